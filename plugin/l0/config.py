@@ -1,0 +1,222 @@
+"""Detector parameters, server defaults and caps, and per-request option parsing.
+
+Pure Python (``yaml`` imported lazily). Contract:
+
+* :class:`DetectorParams` is the frozen set of knobs one request runs with.
+* :func:`load_server_config` reads ``configs/*.yaml`` style files (``L0_CONFIG``).
+* :func:`params_from_xargs` turns ``SamplingParams.extra_args`` (the HTTP
+  body's ``vllm_xargs``) into ``(action, DetectorParams, key)`` and raises
+  :class:`OptionError` (a ``ValueError``, so vLLM answers HTTP 400) naming the
+  option and the allowed range.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+ACTIONS = ("off", "observe", "stop", "penalize")
+
+# User-facing error strings, named so tests can match them.
+ERR_RANGE = "l0: option {name}={value!r} is out of range; allowed: {lo} <= {name} <= {hi}"
+ERR_TYPE = "l0: option {name}={value!r} must be {kind}"
+ERR_ACTION = "l0: option l0_action={value!r} is not one of " + ", ".join(ACTIONS)
+ERR_UNKNOWN = "l0: unknown option {name!r}; known options: {known}"
+ERR_KEY = "l0: option l0_key must be 1-128 characters of [A-Za-z0-9._:-]"
+ERR_PERIOD_ORDER = "l0: l0_min_period ({lo}) must be <= l0_max_period ({hi})"
+
+_KEY_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+# Absolute limits of the implementation (state tensors are sized by the server's
+# max_period; counters are int32 and exact for sequences up to 2**21 tokens).
+HARD_MAX_PERIOD = 4096
+
+
+class OptionError(ValueError):
+    """A per-request or config option is invalid. vLLM turns it into HTTP 400."""
+
+
+@dataclass(frozen=True)
+class DetectorParams:
+    """What one request's detector looks for. Ranges are checked by :func:`check`.
+
+    * exact loop: smallest period p in [min_period, max_period] whose tail is
+      p-periodic over at least ``min_repeats`` copies and ``min_span`` tokens.
+      ``min_repeats = 0`` disables it.
+    * near-loop: period p whose tail matches itself (x[t] == x[t-p]) at a
+      fraction >= ``near_threshold`` over >= ``near_min_repeats`` copies and
+      >= ``near_min_span`` tokens (and more copies than the prompt asked items), with at
+      least ``near_min_content`` of the compared positions being matching
+      content tokens (words, not digits/punctuation). ``near_min_repeats = 0``
+      disables it.
+    * no-progress: more than ``max_blank_run`` consecutive blank tokens
+      (whitespace-only or special-token filler). ``0`` disables it.
+    """
+
+    min_period: int = 1
+    max_period: int = 512
+    min_repeats: int = 3
+    min_span: int = 24
+    near_threshold: float = 0.75
+    near_min_repeats: int = 4
+    near_min_span: int = 192
+    near_min_content: float = 0.2
+    max_blank_run: int = 64
+
+    @property
+    def near_threshold_milli(self) -> int:
+        return int(round(self.near_threshold * 1000))
+
+    @property
+    def near_min_content_milli(self) -> int:
+        return int(round(self.near_min_content * 1000))
+
+
+# name -> (type, lo, hi) for the detector knobs; hi None means "server cap".
+_RANGES: dict[str, tuple[type, float, float | None]] = {
+    "min_period": (int, 1, None),
+    "max_period": (int, 1, None),
+    "min_repeats": (int, 0, 64),
+    "min_span": (int, 1, 8192),
+    "near_threshold": (float, 0.5, 1.0),
+    "near_min_repeats": (int, 0, 256),
+    "near_min_span": (int, 1, 65536),
+    "near_min_content": (float, 0.0, 1.0),
+    "max_blank_run": (int, 0, 8192),
+}
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Server-wide settings: defaults for every request and caps on what a
+    request may ask for. ``max_period`` sizes the device state."""
+
+    action: str = "stop"
+    defaults: DetectorParams = field(default_factory=DetectorParams)
+    max_period_cap: int = 2048
+    penalty: float = 10.0
+    backend: str = "auto"
+    log_interventions: bool = True
+
+    def check(self) -> "ServerConfig":
+        if self.action not in ACTIONS:
+            raise OptionError(ERR_ACTION.format(value=self.action))
+        if not 1 <= self.max_period_cap <= HARD_MAX_PERIOD:
+            raise OptionError(ERR_RANGE.format(name="max_period_cap", value=self.max_period_cap,
+                                               lo=1, hi=HARD_MAX_PERIOD))
+        check(self.defaults, self.max_period_cap)
+        return self
+
+
+def _bounds(name: str, cap: int) -> tuple[type, float, float]:
+    kind, lo, hi = _RANGES[name]
+    return kind, lo, cap if hi is None else hi
+
+
+def check(params: DetectorParams, max_period_cap: int) -> DetectorParams:
+    """Raise :class:`OptionError` unless every field is in range."""
+    for f in dataclasses.fields(params):
+        kind, lo, hi = _bounds(f.name, max_period_cap)
+        v = getattr(params, f.name)
+        if not lo <= v <= hi:
+            raise OptionError(ERR_RANGE.format(name="l0_" + f.name, value=v, lo=lo, hi=hi))
+    if params.min_period > params.max_period:
+        raise OptionError(ERR_PERIOD_ORDER.format(lo=params.min_period, hi=params.max_period))
+    return params
+
+
+def _coerce(name: str, value: Any, kind: type) -> Any:
+    # bool is an int subclass; a JSON true is never a valid count.
+    if isinstance(value, bool):
+        raise OptionError(ERR_TYPE.format(name=name, value=value, kind=kind.__name__))
+    if kind is int:
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str) and re.fullmatch(r"\s*-?\d+\s*", value):
+            return int(value)
+        raise OptionError(ERR_TYPE.format(name=name, value=value, kind="an integer"))
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    raise OptionError(ERR_TYPE.format(name=name, value=value, kind="a number"))
+
+
+@dataclass(frozen=True)
+class RequestOptions:
+    action: str
+    params: DetectorParams
+    key: str | None
+    penalty: float
+
+
+KNOWN_OPTIONS = ("l0_action", "l0_key", "l0_penalty") + tuple("l0_" + n for n in _RANGES)
+
+
+def params_from_xargs(extra_args: Mapping[str, Any] | None, server: ServerConfig) -> RequestOptions:
+    """Parse the ``l0_*`` entries of ``extra_args``; other keys are ignored
+    (they belong to other processors). Raises :class:`OptionError`."""
+    extra = {k: v for k, v in (extra_args or {}).items() if k.startswith("l0_")}
+    unknown = sorted(set(extra) - set(KNOWN_OPTIONS))
+    if unknown:
+        raise OptionError(ERR_UNKNOWN.format(name=unknown[0], known=", ".join(KNOWN_OPTIONS)))
+    action = extra.get("l0_action", server.action)
+    if action not in ACTIONS:
+        raise OptionError(ERR_ACTION.format(value=action))
+    key = extra.get("l0_key")
+    if key is not None and (not isinstance(key, str) or not _KEY_RE.match(key)):
+        raise OptionError(ERR_KEY)
+    penalty = server.penalty
+    if "l0_penalty" in extra:
+        penalty = _coerce("l0_penalty", extra["l0_penalty"], float)
+        if not 0.0 < penalty <= 1000.0:
+            raise OptionError(ERR_RANGE.format(name="l0_penalty", value=penalty, lo=0, hi=1000))
+    changes = {}
+    for name in _RANGES:
+        opt = "l0_" + name
+        if opt in extra:
+            kind, _, _ = _bounds(name, server.max_period_cap)
+            changes[name] = _coerce(opt, extra[opt], kind)
+    params = dataclasses.replace(server.defaults, **changes)
+    # A request that lowers max_period below the default min_period (or raises
+    # min_period) is checked as a whole, so the message names the pair.
+    check(params, server.max_period_cap)
+    return RequestOptions(action=action, params=params, key=key, penalty=penalty)
+
+
+def load_server_config(path: str | os.PathLike | None = None) -> ServerConfig:
+    """Load a YAML server config (``L0_CONFIG`` when ``path`` is None).
+
+    Missing file path → built-in defaults. Unknown keys or bad values raise
+    :class:`OptionError` naming them (the server refuses to start rather than
+    run with a setting it does not understand).
+    """
+    path = path if path is not None else os.environ.get("L0_CONFIG")
+    if not path:
+        return ServerConfig().check()
+    import yaml
+
+    with open(path) as f:
+        doc = yaml.safe_load(f) or {}
+    if not isinstance(doc, dict):
+        raise OptionError(f"l0: config {path} must be a mapping")
+    doc = dict(doc.get("l0", doc))
+    det = dict(doc.pop("detector", {}) or {})
+    top_fields = {f.name for f in dataclasses.fields(ServerConfig)} - {"defaults"}
+    unknown = sorted(set(doc) - top_fields)
+    if unknown:
+        raise OptionError(f"l0: unknown config key {unknown[0]!r} in {path}")
+    cap = int(doc.get("max_period_cap", ServerConfig.max_period_cap))
+    changes = {}
+    for name, value in det.items():
+        if name not in _RANGES:
+            raise OptionError(f"l0: unknown detector key {name!r} in {path}")
+        changes[name] = _coerce(name, value, _bounds(name, cap)[0])
+    return ServerConfig(defaults=DetectorParams(**changes), **doc).check()

@@ -1,0 +1,208 @@
+"""The ``detect`` op: batched loop / near-loop / no-progress detection on a torch device.
+
+Contract (the spec is :mod:`l0.ops.detect_reference`; every backend equals it
+exactly, proven by ``tests/ops/test_detect.py``):
+
+* A detector holds state for ``num_slots`` request slots (rows of vLLM's
+  persistent batch) and periods ``1..max_period``.
+* ``configure(slot, params, expected_items)`` starts a request in a slot;
+  ``clear``, ``move(src, dst)``, ``swap(a, b)`` follow the persistent batch.
+* ``step(tokens)`` takes one token id per slot (int32/int64 tensor of shape
+  ``[n]``, ``n <= num_slots``, rows ``0..n-1``; ``-1`` = no new token) on the
+  detector's device and returns a :class:`StepResult` of device tensors. It
+  never synchronises with the host and costs O(max_period) per slot.
+* Counters are int32 and exact for sequences up to 2**21 tokens.
+
+Backends: ``"torch"`` (CPU or GPU, here), ``"cuda"`` (one CuPy/NVRTC kernel
+launch per step, :mod:`l0.ops.detect_cuda`) and the plain-Python
+``"reference"``. :func:`make_detector` with ``backend="auto"`` picks cuda on a
+GPU when CuPy is importable, else torch.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+from l0.config import DetectorParams
+from l0.ops.detect_reference import (BLANK, LOOP, NEAR, NEVER, NONE, ReferenceDetector,
+                                     loop_need, near_need)
+
+__all__ = ["StepResult", "TorchDetector", "make_detector", "NONE", "LOOP", "NEAR", "BLANK"]
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """Per-slot outcome of one step (device tensors, shape ``[n]``).
+
+    ``kind`` int32 (NONE/LOOP/NEAR/BLANK), ``period`` int32 (0 unless a loop),
+    ``next_token`` int64 (token that would continue the loop, else -1).
+    """
+
+    kind: torch.Tensor
+    period: torch.Tensor
+    next_token: torch.Tensor
+
+
+def _table(values: Sequence[bool] | None, device, default: bool) -> torch.Tensor:
+    if values is None:
+        # One entry, indexed with clamp(max=0): every token gets ``default``.
+        return torch.tensor([default], dtype=torch.int32, device=device)
+    return torch.as_tensor(list(values), dtype=torch.int32, device=device)
+
+
+class TorchDetector:
+    """Vectorised ``[slots, periods]`` implementation of the reference."""
+
+    backend = "torch"
+
+    def __init__(self, num_slots: int, max_period: int,
+                 content_table: Sequence[bool] | None = None,
+                 blank_table: Sequence[bool] | None = None,
+                 device: torch.device | str = "cpu") -> None:
+        if num_slots < 1 or max_period < 1:
+            raise ValueError(f"num_slots ({num_slots}) and max_period ({max_period}) must be >= 1")
+        dev = torch.device(device)
+        S, P = num_slots, max_period
+        self.num_slots, self.max_period, self.device = S, P, dev
+        i32 = dict(dtype=torch.int32, device=dev)
+        self.content = _table(content_table, dev, True)
+        self.blank_tab = _table(blank_table, dev, False)
+        self.periods = torch.arange(1, P + 1, dtype=torch.int64, device=dev)
+        # Ring of the last P tokens; token t lives at column t % P.
+        self.ring = torch.zeros((S, P), dtype=torch.int64, device=dev)
+        self.pos = torch.zeros(S, dtype=torch.int64, device=dev)
+        self.run = torch.zeros((S, P), **i32)
+        self.score = torch.zeros((S, P), **i32)
+        self.nlen = torch.zeros((S, P), **i32)
+        self.ncont = torch.zeros((S, P), **i32)
+        self.blank = torch.zeros(S, **i32)
+        # Per-slot thresholds, precomputed at configure() so a step is compares only.
+        self.loop_need = torch.full((S, P), NEVER, **i32)
+        self.near_need = torch.full((S, P), NEVER, **i32)
+        self.thr = torch.zeros(S, **i32)
+        self.content_milli = torch.zeros(S, **i32)
+        self.max_blank = torch.full((S,), NEVER, **i32)
+        self.active = torch.zeros(S, dtype=torch.bool, device=dev)
+        self._state = (self.ring, self.pos, self.run, self.score, self.nlen, self.ncont, self.blank,
+                       self.loop_need, self.near_need, self.thr, self.content_milli, self.max_blank,
+                       self.active)
+
+    # -- persistent-batch bookkeeping (host-driven, rare) -----------------
+    def configure(self, slot: int, params: DetectorParams, expected_items: int = 0) -> None:
+        self.clear(slot)
+        P = self.max_period
+        self.loop_need[slot] = torch.tensor([min(loop_need(params, p), NEVER) for p in range(1, P + 1)],
+                                            dtype=torch.int32)
+        self.near_need[slot] = torch.tensor(
+            [min(near_need(params, p, expected_items), NEVER) for p in range(1, P + 1)], dtype=torch.int32)
+        self.thr[slot] = params.near_threshold_milli
+        self.content_milli[slot] = params.near_min_content_milli
+        self.max_blank[slot] = params.max_blank_run if params.max_blank_run > 0 else NEVER
+        self.active[slot] = True
+
+    def clear(self, slot: int) -> None:
+        for t in self._state:
+            t[slot] = 0
+        self.loop_need[slot] = NEVER
+        self.near_need[slot] = NEVER
+        self.max_blank[slot] = NEVER
+
+    def move(self, src: int, dst: int) -> None:
+        for t in self._state:
+            t[dst] = t[src]
+        self.clear(src)
+
+    def swap(self, a: int, b: int) -> None:
+        idx = torch.tensor([b, a], device=self.device)
+        for t in self._state:
+            t[[a, b]] = t[idx]
+
+    def position(self, slot: int) -> int:
+        """Tokens seen in ``slot`` (reads the device: not for the hot path)."""
+        return int(self.pos[slot])
+
+    # -- the op -----------------------------------------------------------
+    def step(self, tokens: torch.Tensor) -> StepResult:
+        n = tokens.shape[0]
+        x = tokens.to(torch.int64)
+        has = (x >= 0) & self.active[:n]
+        xs = x.clamp_min(0)
+        pos = self.pos[:n]
+        P = self.max_period
+        cols = pos[:, None] - self.periods  # t - p, [n, P]
+        prev = self.ring[:n].gather(1, cols.remainder(P))
+        match = (prev == xs[:, None]) & (cols >= 0)
+        mi = match.to(torch.int32)
+        hm = has[:, None]
+
+        run = self.run[:n]
+        run.copy_(torch.where(hm, (run + 1) * mi, run))
+
+        thr = self.thr[:n, None]
+        s = self.score[:n] + mi * 1000 - thr
+        keep = (s >= 0).to(torch.int32)
+        cont = self._lookup(self.content, xs)
+        score, nlen, ncont = self.score[:n], self.nlen[:n], self.ncont[:n]
+        score.copy_(torch.where(hm, s * keep, score))
+        nlen.copy_(torch.where(hm, (nlen + 1) * keep, nlen))
+        ncont.copy_(torch.where(hm, (ncont + mi * cont[:, None]) * keep, ncont))
+
+        rows = torch.arange(n, device=self.device)
+        slot_col = pos.remainder(P)
+        self.ring[rows, slot_col] = torch.where(has, xs, self.ring[rows, slot_col])
+        blank = self.blank[:n]
+        blank.copy_(torch.where(has, (blank + 1) * self._lookup(self.blank_tab, xs), blank))
+        pos += has.to(torch.int64)
+
+        loop_ok = run >= self.loop_need[:n]
+        near_ok = (nlen >= self.near_need[:n]) & (
+            ncont.to(torch.int64) * 1000 >= self.content_milli[:n, None].to(torch.int64) * nlen)
+        loop_any, loop_p = self._first(loop_ok)
+        near_any, near_p = self._first(near_ok)
+        blank_any = blank > self.max_blank[:n]
+
+        kind = torch.where(loop_any, LOOP, torch.where(near_any, NEAR, torch.where(blank_any, BLANK, NONE)))
+        kind = torch.where(has, kind, NONE).to(torch.int32)
+        period = torch.where(kind == LOOP, loop_p, torch.where(kind == NEAR, near_p, 0)).to(torch.int32)
+        # next token x[t+1-p] sits at column (pos_after - p) % P.
+        nxt_col = (pos - period.to(torch.int64)).remainder(P)
+        nxt = self.ring[rows, nxt_col]
+        next_token = torch.where(period > 0, nxt, -1)
+        return StepResult(kind, period, next_token)
+
+    @staticmethod
+    def _lookup(table: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return table[x.clamp_max(table.shape[0] - 1)]
+
+    @staticmethod
+    def _first(ok: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(any, smallest period) per row of a [n, P] bool matrix."""
+        anyv = ok.any(dim=1)
+        first = ok.to(torch.uint8).argmax(dim=1) + 1
+        return anyv, first
+
+
+def make_detector(num_slots: int, max_period: int, content_table=None, blank_table=None,
+                  device: torch.device | str = "cpu", backend: str = "auto"):
+    """Build a detector. ``backend``: auto | torch | cuda | reference.
+
+    Raises ``ValueError`` for an unknown backend and ``RuntimeError`` when
+    ``cuda`` is asked for without a CUDA device or CuPy.
+    """
+    dev = torch.device(device)
+    if backend == "auto":
+        backend = "torch"
+        if dev.type == "cuda":
+            from l0.ops import detect_cuda
+            if detect_cuda.available():
+                backend = "cuda"
+    if backend == "torch":
+        return TorchDetector(num_slots, max_period, content_table, blank_table, dev)
+    if backend == "cuda":
+        from l0.ops.detect_cuda import CudaDetector
+        return CudaDetector(num_slots, max_period, content_table, blank_table, dev)
+    if backend == "reference":
+        return ReferenceDetector(num_slots, max_period, content_table, blank_table)
+    raise ValueError(f"unknown detect backend {backend!r}; choose auto, torch, cuda or reference")

@@ -1,0 +1,175 @@
+"""Differential tests of the detect op: every backend equals the reference exactly."""
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+
+from l0.config import DetectorParams
+from l0.ops.detect import BLANK, LOOP, NEAR, NONE, make_detector
+from l0.ops.detect_reference import ReferenceDetector, scan
+
+VOCAB = 12
+CONTENT = [i % 3 != 0 for i in range(VOCAB)]   # ids 0,3,6,9 are "punctuation"
+BLANKS = [i in (10, 11) for i in range(VOCAB)]  # ids 10, 11 are "whitespace"
+
+SMALL = DetectorParams(min_period=1, max_period=8, min_repeats=3, min_span=6,
+                       near_threshold=0.75, near_min_repeats=3, near_min_span=12,
+                       near_min_content=0.2, max_blank_run=4)
+
+
+def _backends():
+    out = [pytest.param("torch", "cpu", id="torch-cpu")]
+    out.append(pytest.param("torch", "cuda", id="torch-cuda", marks=pytest.mark.gpu))
+    out.append(pytest.param("cuda", "cuda", id="cuda-kernel", marks=pytest.mark.gpu))
+    return out
+
+
+def _drive(backend, device, streams, params, max_period=8, ops=()):
+    """Feed streams (list per slot, -1 = idle) step by step to the reference and a
+    backend; ``ops`` maps step -> list of ("move"|"swap"|"configure", a, b)."""
+    n = len(streams)
+    ref = ReferenceDetector(n, max_period, CONTENT, BLANKS)
+    det = make_detector(n, max_period, CONTENT, BLANKS, device=device, backend=backend)
+    for s in range(n):
+        ref.configure(s, params)
+        det.configure(s, params)
+    steps = max(len(x) for x in streams)
+    for t in range(steps):
+        for op, a, b in dict(ops).get(t, []):
+            if op == "move":
+                ref.move(a, b); det.move(a, b)
+            elif op == "swap":
+                ref.swap(a, b); det.swap(a, b)
+            elif op == "configure":
+                ref.configure(a, params); det.configure(a, params)
+        toks = [x[t] if t < len(x) else -1 for x in streams]
+        k, p, nt = ref.step(toks)
+        res = det.step(torch.tensor(toks, dtype=torch.int32, device=device))
+        got = (res.kind.cpu().tolist(), res.period.cpu().tolist(), res.next_token.cpu().tolist())
+        assert got == (k, p, nt), f"step {t}: tokens {toks}"
+    for s in range(n):
+        assert det.position(s) == ref.position(s)
+
+
+# -- the spec itself, on hand-made sequences --------------------------------
+
+def test_exact_loop_fires_at_min_repeats_th_copy():
+    prm = DetectorParams(min_period=1, max_period=8, min_repeats=3, min_span=6, near_min_repeats=0)
+    seq = [1, 2, 4] * 3 + [1]
+    # 3 copies of period 3 complete at index 8; the server replaces index 9.
+    assert scan(seq, prm) == (9, LOOP, 3)
+
+
+def test_short_runs_below_min_span_do_not_fire():
+    prm = DetectorParams(min_period=1, max_period=8, min_repeats=3, min_span=24, near_min_repeats=0,
+                         max_blank_run=0)
+    assert scan([5] * 23, prm) is None            # "=====" of 23 tokens
+    assert scan([5] * 24, prm) == (24, LOOP, 1)
+
+
+def test_period_one_and_period_equal_max_period():
+    prm = DetectorParams(min_period=1, max_period=4, min_repeats=3, min_span=1, near_min_repeats=0)
+    assert scan([7, 7, 7], prm) == (3, LOOP, 1)
+    assert scan([1, 2, 4, 5] * 3, prm) == (12, LOOP, 4)
+    assert scan([1, 2, 4, 5, 7] * 3, prm) is None  # period 5 > max_period
+
+
+def test_run_broken_at_last_token():
+    prm = DetectorParams(min_period=1, max_period=8, min_repeats=3, min_span=1, near_min_repeats=0)
+    assert scan([1, 2, 4, 1, 2, 4, 1, 2, 5], prm) is None
+
+
+def test_near_loop_needs_content_and_count():
+    prm = DetectorParams(min_period=1, max_period=8, min_repeats=0, min_span=1, near_threshold=0.75,
+                         near_min_repeats=3, near_min_span=1, near_min_content=0.2, max_blank_run=0)
+    # period 4, one changing slot (a "counter" 0/3/6/9 cycling), content tokens 1, 2 repeat.
+    seq = []
+    for i in range(12):
+        seq += [[0, 3, 6, 9][i % 4], 1, 2, 4]
+    res = scan(seq, prm, content_table=CONTENT)
+    assert res is not None and res[1] == NEAR and res[2] == 4
+    # The same structure with only punctuation repeating is counting, not looping.
+    counting = []
+    for i in range(12):
+        counting += [[1, 2, 4, 5][i % 4], 0, 3, 6]
+    assert scan(counting, prm, content_table=CONTENT) is None
+    # A prompt that asks for 20 items needs more than 20 copies.
+    late = scan(seq, prm, content_table=CONTENT, expected_items=20)
+    assert late is None
+
+
+def test_blank_run():
+    prm = DetectorParams(min_repeats=0, near_min_repeats=0, max_blank_run=4)
+    assert scan([10, 11, 10, 11, 10], prm, blank_table=BLANKS) == (5, BLANK, 0)
+    assert scan([10, 11, 10, 11, 1, 10], prm, blank_table=BLANKS) is None
+
+
+def test_idle_and_unconfigured_slots_do_nothing():
+    ref = ReferenceDetector(2, 4)
+    ref.configure(0, DetectorParams(max_period=4, min_span=1))
+    assert ref.step([-1, 5]) == ([NONE, NONE], [0, 0], [-1, -1])
+    assert ref.position(0) == 0 and ref.position(1) == 0
+
+
+# -- differential: torch (and CUDA on a GPU) == reference ---------------------
+
+@pytest.mark.parametrize("backend,device", _backends())
+@pytest.mark.parametrize("case", ["period1", "period_eq_max", "broken_last", "blank", "near", "mixed"])
+def test_adversarial(backend, device, case):
+    streams = {
+        "period1": [[3] * 30, [1] * 5 + [2] * 25],
+        "period_eq_max": [[1, 2, 4, 5, 7, 8, 1, 2] * 5, list(range(8)) * 5],
+        "broken_last": [[1, 2, 4] * 6 + [1, 2, 5], [4, 5] * 10 + [4, 4]],
+        "blank": [[10, 11] * 6 + [1] + [10] * 8, [10] * 3 + [-1] * 4 + [11] * 4],
+        "near": [sum(([[0, 3, 6, 9][i % 4], 1, 2, 4] for i in range(10)), []),
+                 sum(([[1, 2, 4, 5][i % 4], 0, 3, 6] for i in range(10)), [])],
+        "mixed": [[random.Random(s).randrange(VOCAB) for _ in range(60)] for s in range(4)],
+    }[case]
+    _drive(backend, device, streams, SMALL)
+
+
+@pytest.mark.parametrize("backend,device", _backends())
+def test_batch_add_remove_move_swap(backend, device):
+    rng = random.Random(7)
+    streams = [[rng.choice([1, 2, 4, 5]) for _ in range(40)] for _ in range(4)]
+    streams[2] = [1, 2, 4] * 14
+    streams[3] = [-1] * 5 + [5, 7] * 17
+    ops = {5: [("swap", 0, 2)], 11: [("move", 1, 3)], 17: [("configure", 1, None)],
+           23: [("swap", 2, 3), ("swap", 0, 1)], 30: [("move", 0, 1)]}
+    _drive(backend, device, streams, SMALL, ops=ops)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.lists(st.integers(-1, VOCAB - 1), min_size=1, max_size=50), min_size=1, max_size=4),
+       st.integers(1, 8), st.integers(0, 4), st.integers(1, 12), st.floats(0.5, 1.0),
+       st.integers(0, 4), st.integers(1, 20), st.floats(0.0, 1.0), st.integers(0, 5))
+def test_hypothesis_torch_equals_reference(streams, max_p, min_rep, min_span, thr, near_rep, near_span,
+                                           content, blank_run):
+    min_p = 1 if max_p == 1 else 1 + max_p // 3
+    prm = DetectorParams(min_period=min_p, max_period=max_p, min_repeats=0 if min_rep == 1 else min_rep,
+                         min_span=min_span, near_threshold=round(thr, 3),
+                         near_min_repeats=0 if near_rep == 1 else near_rep, near_min_span=near_span,
+                         near_min_content=round(content, 3), max_blank_run=blank_run)
+    _drive("torch", "cpu", streams, prm, max_period=8)
+
+
+def test_hypothesis_like_long_random_with_loops():
+    """Long streams: random text with loops spliced in, a period up to max_period."""
+    rng = random.Random(3)
+    streams = []
+    for s in range(6):
+        seq = [rng.randrange(VOCAB) for _ in range(20)]
+        unit = [rng.randrange(VOCAB) for _ in range(rng.randint(1, 8))]
+        seq += unit * rng.randint(2, 6)
+        seq[-1] = rng.randrange(VOCAB) if s % 2 else seq[-1]
+        seq += [rng.randrange(VOCAB) for _ in range(20)]
+        streams.append(seq)
+    _drive("torch", "cpu", streams, SMALL)
+
+
+def test_make_detector_rejects_unknown_backend():
+    with pytest.raises(ValueError, match="unknown detect backend"):
+        make_detector(1, 4, backend="tpu")
