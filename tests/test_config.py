@@ -1,0 +1,70 @@
+import dataclasses
+
+import pytest
+
+from l0.config import (ERR_ACTION, DetectorParams, OptionError, ServerConfig, load_server_config,
+                       params_from_xargs)
+
+SERVER = ServerConfig(action="stop").check()
+
+
+def test_defaults_apply_when_no_xargs():
+    opts = params_from_xargs(None, SERVER)
+    assert opts.action == "stop" and opts.params == SERVER.defaults and opts.key is None
+
+
+def test_overrides_are_coerced():
+    opts = params_from_xargs({"l0_action": "penalize", "l0_max_period": "64", "l0_near_threshold": 0.9,
+                              "l0_key": "abc-1", "other_processor_arg": [1, 2]}, SERVER)
+    assert opts.action == "penalize" and opts.key == "abc-1"
+    assert opts.params.max_period == 64 and opts.params.near_threshold == 0.9
+
+
+@pytest.mark.parametrize("xargs,msg", [
+    ({"l0_max_period": 513}, "l0_max_period=513 is out of range; allowed: 1 <= l0_max_period <= 512"),
+    ({"l0_min_repeats": 65}, "l0_min_repeats=65 is out of range"),
+    ({"l0_near_threshold": 0.2}, "l0_near_threshold=0.2 is out of range"),
+    ({"l0_min_period": True}, "must be an integer"),
+    ({"l0_min_period": 2.5}, "must be an integer"),
+    ({"l0_action": "nuke"}, ERR_ACTION.format(value="nuke")),
+    ({"l0_min_period": 10, "l0_max_period": 5}, "l0_min_period (10) must be <= l0_max_period (5)"),
+    ({"l0_key": "x" * 129}, "l0_key must be"),
+    ({"l0_penalty": 0}, "l0_penalty=0.0 is out of range"),
+    ({"l0_typo": 1}, "unknown option 'l0_typo'"),
+])
+def test_bad_options_name_the_option_and_range(xargs, msg):
+    with pytest.raises(OptionError) as err:
+        params_from_xargs(xargs, SERVER)
+    assert msg in str(err.value)
+    assert isinstance(err.value, ValueError)  # vLLM turns ValueError into HTTP 400
+
+
+def test_yaml_config_and_env_action(tmp_path, monkeypatch):
+    f = tmp_path / "l0.yaml"
+    f.write_text("l0:\n  action: penalize\n  max_period_cap: 2048\n  detector:\n    max_period: 1024\n")
+    monkeypatch.delenv("L0_ACTION", raising=False)
+    cfg = load_server_config(f)
+    assert cfg.action == "penalize" and cfg.max_period_cap == 2048 and cfg.defaults.max_period == 1024
+    monkeypatch.setenv("L0_ACTION", "observe")
+    assert load_server_config(f).action == "observe"
+
+
+def test_yaml_unknown_key_refused(tmp_path):
+    f = tmp_path / "bad.yaml"
+    f.write_text("l0:\n  detector:\n    max_periodd: 3\n")
+    with pytest.raises(OptionError, match="unknown detector key 'max_periodd'"):
+        load_server_config(f)
+
+
+def test_shipped_config_loads(monkeypatch):
+    from pathlib import Path
+    monkeypatch.delenv("L0_ACTION", raising=False)
+    cfg = load_server_config(Path(__file__).resolve().parents[1] / "configs" / "l0.yaml")
+    assert cfg.action == "stop" and cfg.defaults == DetectorParams()
+
+
+def test_installed_default_is_observe(monkeypatch):
+    monkeypatch.delenv("L0_ACTION", raising=False)
+    monkeypatch.delenv("L0_CONFIG", raising=False)
+    assert load_server_config().action == "observe"
+    assert dataclasses.replace(SERVER).max_period_cap == 512
