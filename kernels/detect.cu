@@ -23,6 +23,7 @@ extern "C" __global__ void l0_detect_step(
     const unsigned char* __restrict__ active,  // [S] bool
     const int* __restrict__ content_tab, int content_n,
     const int* __restrict__ blank_tab, int blank_n,
+    const int* __restrict__ number_tab, int number_n,
     int P,
     int* __restrict__ out_kind,                // [n]
     int* __restrict__ out_period,              // [n]
@@ -41,6 +42,7 @@ extern "C" __global__ void l0_detect_step(
     const long long t = pos[s];
     const size_t row = (size_t)s * P;
     const int cont = content_tab[x < content_n ? x : content_n - 1];
+    const bool num_x = number_tab[x < number_n ? x : number_n - 1] != 0;
     const int th = thr[s];
     const long long cm = content_milli[s];
     int my_loop = INT_MAX, my_near = INT_MAX;
@@ -49,10 +51,13 @@ extern "C" __global__ void l0_detect_step(
         const int p = i + 1;
         const size_t o = row + i;
         const long long back = t - p;
-        const bool m = back >= 0 && ring[row + (size_t)(back % P)] == x;
+        const long long prev = back >= 0 ? ring[row + (size_t)(back % P)] : -1;
+        const bool m = back >= 0 && prev == x;
+        // Near match: two numbers compare equal (a list's counter is no difference).
+        const bool mn = m || (back >= 0 && num_x && number_tab[prev < number_n ? prev : number_n - 1] != 0);
         const int r = m ? run[o] + 1 : 0;
         run[o] = r;
-        int sc = score[o] + (m ? 1000 - th : -th);
+        int sc = score[o] + (mn ? 1000 - th : -th);
         int nl = 0, nc = 0;
         if (sc >= 0) { nl = nlen[o] + 1; nc = ncont[o] + (m && cont ? 1 : 0); } else { sc = 0; }
         score[o] = sc; nlen[o] = nl; ncont[o] = nc;

@@ -60,10 +60,10 @@ def scan_lines(lines, params: DetectorParams, out: TextIO, tokenizer=None) -> in
 
     from l0.ops.detect import TorchDetector
     from l0.ops.detect_reference import KIND_NAMES
-    from l0.vocab import expected_items, tables_from_tokenizer
+    from l0.vocab import classes_from_tokenizer, expected_items
 
-    content, blank = tables_from_tokenizer(tokenizer) if tokenizer is not None else (None, None)
-    det = TorchDetector(1, params.max_period, content, blank)
+    classes = classes_from_tokenizer(tokenizer) if tokenizer is not None else None
+    det = TorchDetector(1, params.max_period, classes)
     bad = 0
     for n, line in enumerate(lines, 1):
         if not line.strip():

@@ -59,7 +59,7 @@ class DetectorParams:
     max_period: int = 512
     min_repeats: int = 3
     min_span: int = 24
-    near_threshold: float = 0.75
+    near_threshold: float = 0.9
     near_min_repeats: int = 4
     near_min_span: int = 192
     near_min_content: float = 0.2

@@ -5,12 +5,16 @@
   part is only "1. 1\\n2. 2" scaffolding is counting, not looping.
 * blank: whitespace-only text, or a special token (EOS-looking filler such as
   ``<|im_end|>`` generated while ``ignore_eos`` is set, or ``<pad>``).
+* number: the token's text is digits. Near-loops compare two number tokens as
+  equal: the counter of an enumerated list ("68. Pluto", "69. Pluto") is not
+  what makes the lines differ.
 
 Also :func:`expected_items`, the largest item count a prompt asks for.
 """
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 _INT_RE = re.compile(r"(?<![\w.])(\d{1,4})(?![\w.]*\d)")
@@ -25,27 +29,41 @@ def is_blank(text: str) -> bool:
     return text.strip() == ""
 
 
-def tables_from_texts(texts: Sequence[str], special_ids: Iterable[int] = ()) -> tuple[list[bool], list[bool]]:
-    """(content, blank) tables, one bool per token id, from each id's decoded text."""
+def is_number(text: str) -> bool:
+    return text.strip().isdigit()
+
+
+@dataclass(frozen=True)
+class TokenClasses:
+    """One bool per token id for each class. A ``None`` table means: every
+    token is content, none is blank, none is a number. Ids past a table's end
+    take its last entry."""
+
+    content: Sequence[bool] | None = None
+    blank: Sequence[bool] | None = None
+    number: Sequence[bool] | None = None
+
+
+def classes_from_texts(texts: Sequence[str], special_ids: Iterable[int] = ()) -> TokenClasses:
+    """Classes from each token id's decoded text."""
     content = [is_content(t) for t in texts]
     blank = [is_blank(t) for t in texts]
+    number = [is_number(t) for t in texts]
     for i in special_ids:
         if 0 <= i < len(texts):
-            content[i] = False
+            content[i] = number[i] = False
             blank[i] = True
-    return content, blank
+    return TokenClasses(content, blank, number)
 
 
-def tables_from_tokenizer(tokenizer, vocab_size: int | None = None) -> tuple[list[bool], list[bool]]:
-    """Tables from a Hugging Face tokenizer, padded to ``vocab_size`` (the
+def classes_from_tokenizer(tokenizer, vocab_size: int | None = None) -> TokenClasses:
+    """Classes from a Hugging Face tokenizer, padded to ``vocab_size`` (the
     model's logits width, which may exceed the tokenizer's)."""
     n = len(tokenizer)
     texts = tokenizer.batch_decode([[i] for i in range(n)]) if n else []
-    content, blank = tables_from_texts(texts, getattr(tokenizer, "all_special_ids", ()))
     if vocab_size is not None and vocab_size > n:
-        content += [False] * (vocab_size - n)
-        blank += [False] * (vocab_size - n)
-    return content, blank
+        texts += [""] * (vocab_size - n)  # padding ids: never sampled; blank-like
+    return classes_from_texts(texts, getattr(tokenizer, "all_special_ids", ()))
 
 
 def expected_items(prompt_text: str) -> int:

@@ -10,10 +10,13 @@ from hypothesis import given, settings, strategies as st
 from l0.config import DetectorParams
 from l0.ops.detect import BLANK, LOOP, NEAR, NONE, make_detector
 from l0.ops.detect_reference import ReferenceDetector, scan
+from l0.vocab import TokenClasses
 
 VOCAB = 12
 CONTENT = [i % 3 != 0 for i in range(VOCAB)]   # ids 0,3,6,9 are "punctuation"
 BLANKS = [i in (10, 11) for i in range(VOCAB)]  # ids 10, 11 are "whitespace"
+NUMBERS = [i in (5, 8) for i in range(VOCAB)]   # ids 5, 8 are "digits"
+CLASSES = TokenClasses(CONTENT, BLANKS, NUMBERS)
 
 SMALL = DetectorParams(min_period=1, max_period=8, min_repeats=3, min_span=6,
                        near_threshold=0.75, near_min_repeats=3, near_min_span=12,
@@ -31,8 +34,8 @@ def _drive(backend, device, streams, params, max_period=8, ops=()):
     """Feed streams (list per slot, -1 = idle) step by step to the reference and a
     backend; ``ops`` maps step -> list of ("move"|"swap"|"configure", a, b)."""
     n = len(streams)
-    ref = ReferenceDetector(n, max_period, CONTENT, BLANKS)
-    det = make_detector(n, max_period, CONTENT, BLANKS, device=device, backend=backend)
+    ref = ReferenceDetector(n, max_period, CLASSES)
+    det = make_detector(n, max_period, CLASSES, device=device, backend=backend)
     for s in range(n):
         ref.configure(s, params)
         det.configure(s, params)
@@ -89,22 +92,22 @@ def test_near_loop_needs_content_and_count():
     seq = []
     for i in range(12):
         seq += [[0, 3, 6, 9][i % 4], 1, 2, 4]
-    res = scan(seq, prm, content_table=CONTENT)
+    res = scan(seq, prm, classes=CLASSES)
     assert res is not None and res[1] == NEAR and res[2] == 4
     # The same structure with only punctuation repeating is counting, not looping.
     counting = []
     for i in range(12):
         counting += [[1, 2, 4, 5][i % 4], 0, 3, 6]
-    assert scan(counting, prm, content_table=CONTENT) is None
+    assert scan(counting, prm, classes=CLASSES) is None
     # A prompt that asks for 20 items needs more than 20 copies.
-    late = scan(seq, prm, content_table=CONTENT, expected_items=20)
+    late = scan(seq, prm, classes=CLASSES, expected_items=20)
     assert late is None
 
 
 def test_blank_run():
     prm = DetectorParams(min_repeats=0, near_min_repeats=0, max_blank_run=4)
-    assert scan([10, 11, 10, 11, 10], prm, blank_table=BLANKS) == (5, BLANK, 0)
-    assert scan([10, 11, 10, 11, 1, 10], prm, blank_table=BLANKS) is None
+    assert scan([10, 11, 10, 11, 10], prm, classes=CLASSES) == (5, BLANK, 0)
+    assert scan([10, 11, 10, 11, 1, 10], prm, classes=CLASSES) is None
 
 
 def test_idle_and_unconfigured_slots_do_nothing():
@@ -173,3 +176,26 @@ def test_hypothesis_like_long_random_with_loops():
 def test_make_detector_rejects_unknown_backend():
     with pytest.raises(ValueError, match="unknown detect backend"):
         make_detector(1, 4, backend="tpu")
+
+
+def test_near_loop_numbers_compare_equal():
+    """An enumerated list whose only change is the counter ("68. Pluto", "69. Pluto")
+    is a near-loop even at threshold 1.0; it is never an exact loop."""
+    prm = DetectorParams(min_period=1, max_period=8, min_repeats=3, min_span=1, near_threshold=1.0,
+                         near_min_repeats=4, near_min_span=1, near_min_content=0.2, max_blank_run=0)
+    seq = []
+    for i in range(6):
+        seq += [[5, 8][i % 2], 1, 2, 4]
+    assert scan(seq, prm, classes=CLASSES) == (16, NEAR, 4)
+    # Without number classes the counter breaks every round: only the exact
+    # period-8 loop (two rounds) fires, three copies later.
+    assert scan(seq, prm) == (24, LOOP, 8)
+
+
+@pytest.mark.parametrize("backend,device", _backends())
+def test_counters_differential(backend, device):
+    streams = [sum(([[5, 8][i % 2], 1, 2, 4] for i in range(9)), []),
+               sum(([[5, 8, 5][i % 3], 0, [5, 8][i % 2], 7] for i in range(9)), [])]
+    prm = DetectorParams(min_period=1, max_period=8, min_repeats=3, min_span=4, near_threshold=0.9,
+                         near_min_repeats=3, near_min_span=8, near_min_content=0.2, max_blank_run=3)
+    _drive(backend, device, streams, prm)

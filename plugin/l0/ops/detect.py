@@ -28,6 +28,7 @@ import torch
 from l0.config import DetectorParams
 from l0.ops.detect_reference import (BLANK, LOOP, NEAR, NEVER, NONE, ReferenceDetector,
                                      loop_need, near_need)
+from l0.vocab import TokenClasses
 
 __all__ = ["StepResult", "TorchDetector", "make_detector", "NONE", "LOOP", "NEAR", "BLANK"]
 
@@ -57,9 +58,7 @@ class TorchDetector:
 
     backend = "torch"
 
-    def __init__(self, num_slots: int, max_period: int,
-                 content_table: Sequence[bool] | None = None,
-                 blank_table: Sequence[bool] | None = None,
+    def __init__(self, num_slots: int, max_period: int, classes: TokenClasses | None = None,
                  device: torch.device | str = "cpu") -> None:
         if num_slots < 1 or max_period < 1:
             raise ValueError(f"num_slots ({num_slots}) and max_period ({max_period}) must be >= 1")
@@ -67,8 +66,10 @@ class TorchDetector:
         S, P = num_slots, max_period
         self.num_slots, self.max_period, self.device = S, P, dev
         i32 = dict(dtype=torch.int32, device=dev)
-        self.content = _table(content_table, dev, True)
-        self.blank_tab = _table(blank_table, dev, False)
+        classes = classes or TokenClasses()
+        self.content = _table(classes.content, dev, True)
+        self.blank_tab = _table(classes.blank, dev, False)
+        self.number = _table(classes.number, dev, False)
         self.periods = torch.arange(1, P + 1, dtype=torch.int64, device=dev)
         # Ring of the last P tokens; token t lives at column t % P.
         self.ring = torch.zeros((S, P), dtype=torch.int64, device=dev)
@@ -133,7 +134,10 @@ class TorchDetector:
         P = self.max_period
         cols = pos[:, None] - self.periods  # t - p, [n, P]
         prev = self.ring[:n].gather(1, cols.remainder(P))
-        match = (prev == xs[:, None]) & (cols >= 0)
+        seen = cols >= 0
+        match = (prev == xs[:, None]) & seen
+        num_x = self._lookup(self.number, xs).bool()
+        near = match | (num_x[:, None] & self._lookup(self.number, prev).bool() & seen)
         mi = match.to(torch.int32)
         hm = has[:, None]
 
@@ -141,7 +145,7 @@ class TorchDetector:
         run.copy_(torch.where(hm, (run + 1) * mi, run))
 
         thr = self.thr[:n, None]
-        s = self.score[:n] + mi * 1000 - thr
+        s = self.score[:n] + near.to(torch.int32) * 1000 - thr
         keep = (s >= 0).to(torch.int32)
         cont = self._lookup(self.content, xs)
         score, nlen, ncont = self.score[:n], self.nlen[:n], self.ncont[:n]
@@ -184,7 +188,7 @@ class TorchDetector:
         return anyv, first
 
 
-def make_detector(num_slots: int, max_period: int, content_table=None, blank_table=None,
+def make_detector(num_slots: int, max_period: int, classes: TokenClasses | None = None,
                   device: torch.device | str = "cpu", backend: str = "auto"):
     """Build a detector. ``backend``: auto | torch | cuda | reference.
 
@@ -199,10 +203,10 @@ def make_detector(num_slots: int, max_period: int, content_table=None, blank_tab
             if detect_cuda.available():
                 backend = "cuda"
     if backend == "torch":
-        return TorchDetector(num_slots, max_period, content_table, blank_table, dev)
+        return TorchDetector(num_slots, max_period, classes, dev)
     if backend == "cuda":
         from l0.ops.detect_cuda import CudaDetector
-        return CudaDetector(num_slots, max_period, content_table, blank_table, dev)
+        return CudaDetector(num_slots, max_period, classes, dev)
     if backend == "reference":
-        return ReferenceDetector(num_slots, max_period, content_table, blank_table)
+        return ReferenceDetector(num_slots, max_period, classes)
     raise ValueError(f"unknown detect backend {backend!r}; choose auto, torch, cuda or reference")

@@ -4,9 +4,11 @@ Per slot, for each new token x at position t (0-based count of tokens seen) and
 each period p in 1..P (P = the detector's max_period, the server cap):
 
 * ``m[p]``    = t >= p and x == x[t-p]
+* ``mn[p]``   = m[p] or (t >= p and number[x] and number[x[t-p]])  (near match:
+  two numbers compare equal, so a list's counter is not a difference)
 * ``run[p]``  = run[p] + 1 if m[p] else 0  (length of the p-periodic tail, less p)
-* near-loop segment (a Kadane scan with weights +(1000-thr) on match, -thr on
-  mismatch, thr = near_threshold in thousandths): s = score[p] + w; if s >= 0
+* near-loop segment (a Kadane scan with weights +(1000-thr) on near match, -thr
+  otherwise, thr = near_threshold in thousandths): s = score[p] + w; if s >= 0
   the segment grows (score = s, nlen += 1, ncont += m[p] and content[x]),
   otherwise it resets (score = nlen = ncont = 0). A segment of length L kept
   alive has match fraction >= near_threshold over its L comparisons.
@@ -31,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 from l0.config import DetectorParams
+from l0.vocab import TokenClasses
 
 NONE, LOOP, NEAR, BLANK = 0, 1, 2, 3
 KIND_NAMES = {NONE: "none", LOOP: "loop", NEAR: "near_loop", BLANK: "no_progress"}
@@ -72,19 +75,16 @@ class _Slot:
 class ReferenceDetector:
     """Readable, slow, exact. Same method names as every other backend.
 
-    ``content_table``/``blank_table`` map token id → bool (``None``: every
-    token is content, none is blank). Unconfigured slots ignore tokens.
+    ``classes`` gives the content/blank/number token classes (see
+    :class:`l0.vocab.TokenClasses`). Unconfigured slots ignore tokens.
     """
 
     backend = "reference"
 
-    def __init__(self, num_slots: int, max_period: int,
-                 content_table: Sequence[bool] | None = None,
-                 blank_table: Sequence[bool] | None = None) -> None:
+    def __init__(self, num_slots: int, max_period: int, classes: TokenClasses | None = None) -> None:
         self.num_slots = num_slots
         self.max_period = max_period
-        self.content_table = content_table
-        self.blank_table = blank_table
+        self.classes = classes or TokenClasses()
         self.slots = [_Slot() for _ in range(num_slots)]
 
     # -- persistent-batch bookkeeping ------------------------------------
@@ -123,12 +123,14 @@ class ReferenceDetector:
         prm, P = s.params, self.max_period
         thr = prm.near_threshold_milli
         t = len(s.hist)
-        is_content = True if self.content_table is None else bool(self.content_table[x])
+        is_content = _cls(self.classes.content, x, True)
+        is_number = _cls(self.classes.number, x, False)
         for p in range(1, P + 1):
             i = p - 1
             m = t >= p and s.hist[t - p] == x
+            mn = m or (t >= p and is_number and _cls(self.classes.number, s.hist[t - p], False))
             s.run[i] = s.run[i] + 1 if m else 0
-            sc = s.score[i] + ((1000 - thr) if m else -thr)
+            sc = s.score[i] + ((1000 - thr) if mn else -thr)
             if sc >= 0:
                 s.score[i] = sc
                 s.nlen[i] += 1
@@ -136,7 +138,7 @@ class ReferenceDetector:
             else:
                 s.score[i] = s.nlen[i] = s.ncont[i] = 0
         s.hist.append(x)
-        is_blank = False if self.blank_table is None else bool(self.blank_table[x])
+        is_blank = _cls(self.classes.blank, x, False)
         s.blank = s.blank + 1 if is_blank else 0
 
         for p in range(1, P + 1):
@@ -152,12 +154,18 @@ class ReferenceDetector:
         return NONE, 0, -1
 
 
+def _cls(table: Sequence[bool] | None, x: int, default: bool) -> bool:
+    if table is None:
+        return default
+    return bool(table[min(x, len(table) - 1)])
+
+
 def scan(token_ids: Sequence[int], params: DetectorParams, max_period: int | None = None,
-         content_table=None, blank_table=None, expected_items: int = 0):
+         classes: TokenClasses | None = None, expected_items: int = 0):
     """Run one sequence through the reference; return (at, kind, period) of the
     first firing, ``at`` = index of the first token the server would replace
     (the trigger token's index + 1), or ``None`` when nothing fires."""
-    det = ReferenceDetector(1, max_period or params.max_period, content_table, blank_table)
+    det = ReferenceDetector(1, max_period or params.max_period, classes)
     det.configure(0, params, expected_items)
     for i, x in enumerate(token_ids):
         (k,), (p,), _ = det.step([x])

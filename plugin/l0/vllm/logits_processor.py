@@ -28,7 +28,7 @@ from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor, MoveDi
 from l0.config import ACTIONS, RequestOptions, load_server_config, params_from_xargs
 from l0.ops.detect import NONE, make_detector
 from l0.ops.detect_reference import KIND_NAMES
-from l0.vocab import expected_items, tables_from_tokenizer
+from l0.vocab import classes_from_tokenizer, expected_items
 
 log = logging.getLogger("l0")
 ACTION_CODE = {name: i for i, name in enumerate(ACTIONS)}  # off 0, observe 1, stop 2, penalize 3
@@ -80,8 +80,8 @@ class L0LogitsProcessor(LogitsProcessor):
         S = vllm_config.scheduler_config.max_num_seqs
         self.tokenizer = self._load_tokenizer(vllm_config)
         vocab = vllm_config.model_config.get_vocab_size()
-        content, blank = tables_from_tokenizer(self.tokenizer, vocab) if self.tokenizer else (None, None)
-        self.det = make_detector(S, self.cfg.max_period_cap, content, blank, self.device, self.cfg.backend)
+        classes = classes_from_tokenizer(self.tokenizer, vocab) if self.tokenizer else None
+        self.det = make_detector(S, self.cfg.max_period_cap, classes, self.device, self.cfg.backend)
         dev = dict(device=self.device)
         self.action = torch.zeros(S, dtype=torch.int32, **dev)
         self.stop_tok = torch.full((S,), -1, dtype=torch.int64, **dev)

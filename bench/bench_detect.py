@@ -1,0 +1,104 @@
+"""Bench (c): one detection step at batch 1/64/256 x max_period 64/512/2048.
+
+Side by side in one run: L0's torch backend on the CPU vs vLLM's own
+``check_sequence_repetition`` run once per request as its scheduler does
+(1024-token non-repeating outputs, min_count 3, max_pattern_size = max_period),
+and the CUDA backends when a GPU is present. Prints a table and writes
+``bench/results/bench_detect.json`` (``--out`` to change).
+
+    .venv/bin/python bench/bench_detect.py
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import random
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "plugin"))
+
+from l0.config import DetectorParams  # noqa: E402
+from l0.ops.detect import make_detector  # noqa: E402
+
+HISTORY = 1024
+VOCAB = 49152
+
+
+def time_l0(batch, max_period, device, backend, steps):
+    det = make_detector(batch, max_period, device=device, backend=backend)
+    prm = DetectorParams(max_period=max_period)
+    for s in range(batch):
+        det.configure(s, prm)
+    gen = torch.Generator().manual_seed(0)
+    toks = torch.randint(0, VOCAB, (HISTORY + steps, batch), generator=gen).to(device)
+    for t in range(min(HISTORY, 64)):  # warm-up (the step cost does not depend on history)
+        det.step(toks[t])
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    sync()
+    t0 = time.perf_counter()
+    for t in range(steps):
+        det.step(toks[HISTORY + t])
+    sync()
+    return (time.perf_counter() - t0) / steps * 1e3
+
+
+def time_vllm(batch, max_period, steps):
+    try:
+        from vllm.sampling_params import RepetitionDetectionParams
+        from vllm.v1.core.sched.utils import check_sequence_repetition
+    except Exception:
+        return None
+    rng = random.Random(0)
+    outs = [[rng.randrange(VOCAB) for _ in range(HISTORY)] for _ in range(batch)]
+    prm = RepetitionDetectionParams(max_pattern_size=max_period, min_count=3)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        for o in outs:
+            check_sequence_repetition(o, prm)
+    return (time.perf_counter() - t0) / steps * 1e3
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "bench_detect.json"))
+    ap.add_argument("--steps", type=int, default=30)
+    ns = ap.parse_args()
+    gpu = torch.cuda.is_available()
+    rows = []
+    print(f"{'batch':>5} {'max_p':>5} {'l0 torch-cpu ms':>16} {'vllm check ms':>14} {'ratio':>8}"
+          + ("  torch-cuda ms  cuda-kernel ms" if gpu else ""))
+    for batch in (1, 64, 256):
+        for max_p in (64, 512, 2048):
+            row = {"batch": batch, "max_period": max_p,
+                   "l0_torch_cpu_ms": time_l0(batch, max_p, "cpu", "torch", ns.steps),
+                   "vllm_check_ms": time_vllm(batch, max_p, max(3, ns.steps // 3))}
+            v = row["vllm_check_ms"]
+            row["ratio_vllm_over_l0_cpu"] = v / row["l0_torch_cpu_ms"] if v else None
+            line = (f"{batch:>5} {max_p:>5} {row['l0_torch_cpu_ms']:>16.3f} "
+                    f"{(v if v is not None else float('nan')):>14.3f} {(row['ratio_vllm_over_l0_cpu'] or 0):>8.1f}")
+            if gpu:
+                row["l0_torch_cuda_ms"] = time_l0(batch, max_p, "cuda", "torch", ns.steps)
+                try:
+                    row["l0_cuda_kernel_ms"] = time_l0(batch, max_p, "cuda", "cuda", ns.steps)
+                except RuntimeError as exc:
+                    row["l0_cuda_kernel_ms"] = None
+                    row["cuda_error"] = str(exc)
+                line += f"  {row['l0_torch_cuda_ms']:>13.3f}  {row['l0_cuda_kernel_ms'] or float('nan'):>14.3f}"
+            print(line, flush=True)
+            rows.append(row)
+    meta = {"host": platform.node(), "cpu": platform.processor() or platform.machine(),
+            "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "gpu": torch.cuda.get_device_name() if gpu else None, "history_tokens": HISTORY,
+            "steps": ns.steps, "when": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    Path(ns.out).write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
+    print("wrote", ns.out)
+
+
+if __name__ == "__main__":
+    main()
