@@ -26,6 +26,11 @@ def serve(argv: Sequence[str]) -> int:
     p.add_argument("--l0-config", default=os.environ.get("L0_CONFIG"))
     ours, rest = p.parse_known_args(argv)
     env = dict(os.environ, L0_ACTION=ours.l0_action)
+    # vLLM loads endpoint plugins only when VLLM_PLUGINS names them. Note that
+    # setting VLLM_PLUGINS also turns it into an allowlist for general plugins.
+    named = [p for p in env.get("VLLM_PLUGINS", "").split(",") if p]
+    if "l0" not in named:
+        env["VLLM_PLUGINS"] = ",".join(named + ["l0"])
     if ours.l0_config:
         env["L0_CONFIG"] = os.path.abspath(ours.l0_config)
     try:  # refuse to start on a bad config, before vLLM spends time loading

@@ -32,13 +32,15 @@ class Server:
 
     def __init__(self, model: str, args: Sequence[str] = (), env: dict | None = None,
                  port: int | None = None, log_path: str | os.PathLike | None = None,
-                 startup_timeout: float = 300.0, progress: Callable[[str], None] | None = None) -> None:
+                 startup_timeout: float = 300.0, progress: Callable[[str], None] | None = None,
+                 with_l0: bool = True) -> None:
         self.model, self.args = model, list(args)
         self.port = port or free_port()
         self.env = {**os.environ, **(env or {})}
         self.log_path = Path(log_path) if log_path else None
         self.startup_timeout = startup_timeout
         self.progress = progress
+        self.with_l0 = with_l0  # False: vLLM's own server, for baselines
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -46,8 +48,11 @@ class Server:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> "Server":
-        argv = [sys.executable, "-m", "l0.cli", "serve", self.model, "--host", "127.0.0.1",
-                "--port", str(self.port), *self.args]
+        net = ["--host", "127.0.0.1", "--port", str(self.port)]
+        if self.with_l0:
+            argv = [sys.executable, "-m", "l0.cli", "serve", self.model, *net, *self.args]
+        else:
+            argv = vllm_server_argv(self.model, [*net, *self.args])
         out = open(self.log_path, "w") if self.log_path else subprocess.DEVNULL
         self.proc = subprocess.Popen(argv, env=self.env, stdout=out, stderr=subprocess.STDOUT,
                                      start_new_session=True)

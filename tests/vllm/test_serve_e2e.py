@@ -132,6 +132,11 @@ def test_intervention_logged_once_per_request(server, runs):
     ({"l0_key": "has space"}, "l0_key must be"),
 ], ids=["max_period_over_cap", "bad_action", "threshold_not_number", "period_order", "unknown", "bad_key"])
 def test_bad_xargs_get_http_400(server, xargs, fragment):
-    got = stream_chat(server.url, server.model, "hi", 4, xargs)
+    import httpx
+
+    got = stream_chat(server.url, server.model, "hi", 4, xargs)  # streaming
     assert got.status == 400
     assert fragment in got.error
+    resp = httpx.post(server.url + "/v1/completions", timeout=60, json={
+        "model": server.model, "prompt": "hi", "max_tokens": 4, "vllm_xargs": xargs})
+    assert resp.status_code == 400 and fragment in resp.json()["error"]["message"]
