@@ -68,3 +68,18 @@ def test_installed_default_is_observe(monkeypatch):
     monkeypatch.delenv("L0_CONFIG", raising=False)
     assert load_server_config().action == "observe"
     assert dataclasses.replace(SERVER).max_period_cap == 512
+
+
+@pytest.mark.parametrize("text,msg", [
+    ("l0:\n  backend: tpu\n", "backend 'tpu' is not one of auto, torch, cuda, reference"),
+    ("l0:\n  action: halt\n", "l0_action='halt' is not one of"),
+    ("l0:\n  max_period_cap: 9000\n", "max_period_cap=9000 is out of range"),
+    ("l0:\n  detector:\n    max_period: 1024\n", "l0_max_period=1024 is out of range; allowed: 1 <= l0_max_period <= 512"),
+])
+def test_bad_server_config_refused(tmp_path, monkeypatch, text, msg):
+    monkeypatch.delenv("L0_ACTION", raising=False)
+    f = tmp_path / "c.yaml"
+    f.write_text(text)
+    with pytest.raises(OptionError) as err:
+        load_server_config(f)
+    assert msg in str(err.value)

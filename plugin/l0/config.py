@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 ACTIONS = ("off", "observe", "stop", "penalize")
+BACKENDS = ("auto", "torch", "cuda", "reference")
 
 # User-facing error strings, named so tests can match them.
 ERR_RANGE = "l0: option {name}={value!r} is out of range; allowed: {lo} <= {name} <= {hi}"
@@ -108,6 +109,10 @@ class ServerConfig:
         if not 1 <= self.max_period_cap <= HARD_MAX_PERIOD:
             raise OptionError(ERR_RANGE.format(name="max_period_cap", value=self.max_period_cap,
                                                lo=1, hi=HARD_MAX_PERIOD))
+        if self.backend not in BACKENDS:
+            raise OptionError(f"l0: backend {self.backend!r} is not one of " + ", ".join(BACKENDS))
+        if not 0.0 < self.penalty <= 1000.0:
+            raise OptionError(ERR_RANGE.format(name="penalty", value=self.penalty, lo=0, hi=1000))
         check(self.defaults, self.max_period_cap)
         return self
 
