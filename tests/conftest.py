@@ -1,8 +1,9 @@
 """Markers skipped centrally. In CI (CI=true) a required marker that would skip fails.
 
 Markers: ``gpu`` (a CUDA device + CuPy), ``vllm`` (vLLM importable + the
-SmolLM2 model), ``nvcc`` (the CUDA compiler). GPU is never required in CI
-(CI machines have none); vllm and nvcc are.
+SmolLM2 model), ``nvcc`` (the CUDA compiler), ``cc`` (a host C compiler, for
+the fused cpu detect backend). GPU is never required in CI (CI machines have
+none); vllm, nvcc and cc are.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "plugin"))
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
-REQUIRED_IN_CI = {"vllm", "nvcc"}
+REQUIRED_IN_CI = {"vllm", "nvcc", "cc"}
 
 
 def _have_gpu() -> str | None:
@@ -48,7 +49,12 @@ def _have_nvcc() -> str | None:
     return None if shutil.which("nvcc") else "nvcc missing: install the CUDA toolkit"
 
 
-CHECKS = {"gpu": _have_gpu, "vllm": _have_vllm, "nvcc": _have_nvcc}
+def _have_cc() -> str | None:
+    cc = os.environ.get("CC", "cc")
+    return None if shutil.which(cc) else f"C compiler {cc!r} missing: install gcc (or set CC)"
+
+
+CHECKS = {"gpu": _have_gpu, "vllm": _have_vllm, "nvcc": _have_nvcc, "cc": _have_cc}
 
 
 def pytest_configure(config):

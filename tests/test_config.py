@@ -71,7 +71,7 @@ def test_installed_default_is_observe(monkeypatch):
 
 
 @pytest.mark.parametrize("text,msg", [
-    ("l0:\n  backend: tpu\n", "backend 'tpu' is not one of auto, torch, cuda, reference"),
+    ("l0:\n  backend: tpu\n", "backend 'tpu' is not one of auto, torch, cpu, cuda, reference"),
     ("l0:\n  action: halt\n", "l0_action='halt' is not one of"),
     ("l0:\n  max_period_cap: 9000\n", "max_period_cap=9000 is out of range"),
     ("l0:\n  detector:\n    max_period: 1024\n", "l0_max_period=1024 is out of range; allowed: 1 <= l0_max_period <= 512"),

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 ACTIONS = ("off", "observe", "stop", "penalize")
-BACKENDS = ("auto", "torch", "cuda", "reference")
+BACKENDS = ("auto", "torch", "cpu", "cuda", "reference")
 
 # User-facing error strings, named so tests can match them.
 ERR_RANGE = "l0: option {name}={value!r} is out of range; allowed: {lo} <= {name} <= {hi}"

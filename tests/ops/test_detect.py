@@ -24,7 +24,8 @@ SMALL = DetectorParams(min_period=1, max_period=8, min_repeats=3, min_span=6,
 
 
 def _backends():
-    out = [pytest.param("torch", "cpu", id="torch-cpu")]
+    out = [pytest.param("torch", "cpu", id="torch-cpu"),
+           pytest.param("cpu", "cpu", id="cpu-kernel", marks=pytest.mark.cc)]
     out.append(pytest.param("torch", "cuda", id="torch-cuda", marks=pytest.mark.gpu))
     out.append(pytest.param("cuda", "cuda", id="cuda-kernel", marks=pytest.mark.gpu))
     return out
@@ -149,17 +150,19 @@ def test_batch_add_remove_move_swap(backend, device):
 @given(st.lists(st.lists(st.integers(-1, VOCAB - 1), min_size=1, max_size=50), min_size=1, max_size=4),
        st.integers(1, 8), st.integers(0, 4), st.integers(1, 12), st.floats(0.5, 1.0),
        st.integers(0, 4), st.integers(1, 20), st.floats(0.0, 1.0), st.integers(0, 5))
-def test_hypothesis_torch_equals_reference(streams, max_p, min_rep, min_span, thr, near_rep, near_span,
-                                           content, blank_run):
+@pytest.mark.parametrize("backend,device", _backends())
+def test_hypothesis_equals_reference(backend, device, streams, max_p, min_rep, min_span, thr, near_rep,
+                                     near_span, content, blank_run):
     min_p = 1 if max_p == 1 else 1 + max_p // 3
     prm = DetectorParams(min_period=min_p, max_period=max_p, min_repeats=0 if min_rep == 1 else min_rep,
                          min_span=min_span, near_threshold=round(thr, 3),
                          near_min_repeats=0 if near_rep == 1 else near_rep, near_min_span=near_span,
                          near_min_content=round(content, 3), max_blank_run=blank_run)
-    _drive("torch", "cpu", streams, prm, max_period=8)
+    _drive(backend, device, streams, prm, max_period=8)
 
 
-def test_hypothesis_like_long_random_with_loops():
+@pytest.mark.parametrize("backend,device", _backends())
+def test_hypothesis_like_long_random_with_loops(backend, device):
     """Long streams: random text with loops spliced in, a period up to max_period."""
     rng = random.Random(3)
     streams = []
@@ -170,7 +173,7 @@ def test_hypothesis_like_long_random_with_loops():
         seq[-1] = rng.randrange(VOCAB) if s % 2 else seq[-1]
         seq += [rng.randrange(VOCAB) for _ in range(20)]
         streams.append(seq)
-    _drive("torch", "cpu", streams, SMALL)
+    _drive(backend, device, streams, SMALL)
 
 
 def test_make_detector_rejects_unknown_backend():
@@ -199,3 +202,23 @@ def test_counters_differential(backend, device):
     prm = DetectorParams(min_period=1, max_period=8, min_repeats=3, min_span=4, near_threshold=0.9,
                          near_min_repeats=3, near_min_span=8, near_min_content=0.2, max_blank_run=3)
     _drive(backend, device, streams, prm)
+
+
+@pytest.mark.parametrize("backend,device", _backends())
+def test_long_streams_odd_max_period(backend, device):
+    """A max_period that is no multiple of any vector width, streams that wrap
+    the ring many times, loops of period 1..37 (37 = max_period) with numbers
+    in them, broken and resumed, and a run broken at the very last token."""
+    rng = random.Random(11)
+    prm = DetectorParams(min_period=1, max_period=37, min_repeats=3, min_span=10, near_threshold=0.8,
+                         near_min_repeats=3, near_min_span=40, near_min_content=0.2, max_blank_run=6)
+    streams = []
+    for period in (1, 2, 5, 17, 36, 37):
+        seq = [rng.randrange(VOCAB) for _ in range(50)]
+        for _ in range(3):
+            unit = [rng.randrange(VOCAB) for _ in range(period)]
+            seq += unit * 4 + [rng.randrange(VOCAB) for _ in range(rng.randint(0, 30))]
+        seq += [rng.randrange(VOCAB) for _ in range(20)]
+        streams.append(seq)
+    streams[-1] = streams[-1][:-1] + [(streams[-1][-1 - 37] + 1) % VOCAB]
+    _drive(backend, device, streams, prm, max_period=37)

@@ -14,9 +14,12 @@ exactly, proven by ``tests/ops/test_detect.py``):
 * Counters are int32 and exact for sequences up to 2**21 tokens.
 
 Backends: ``"torch"`` (CPU or GPU, here), ``"cuda"`` (one CuPy/NVRTC kernel
-launch per step, :mod:`l0.ops.detect_cuda`) and the plain-Python
-``"reference"``. :func:`make_detector` with ``backend="auto"`` picks cuda on a
-GPU when CuPy is importable, else torch.
+launch per step, :mod:`l0.ops.detect_cuda`), ``"cpu"`` (one fused C call per
+step, :mod:`l0.ops.detect_cpu`) and the plain-Python ``"reference"``.
+:func:`make_detector` with ``backend="auto"`` picks cuda on a GPU when CuPy is
+importable, cpu on the CPU when a C compiler works, else torch. The cuda and
+cpu backends return views of reused buffers: read a StepResult before the
+next step.
 """
 from __future__ import annotations
 
@@ -190,10 +193,12 @@ class TorchDetector:
 
 def make_detector(num_slots: int, max_period: int, classes: TokenClasses | None = None,
                   device: torch.device | str = "cpu", backend: str = "auto"):
-    """Build a detector. ``backend``: auto | torch | cuda | reference.
+    """Build a detector. ``backend``: auto | torch | cpu | cuda | reference.
 
-    Raises ``ValueError`` for an unknown backend and ``RuntimeError`` when
-    ``cuda`` is asked for without a CUDA device or CuPy.
+    ``auto`` picks cuda on a GPU when CuPy is importable, the fused cpu kernel
+    on the CPU when a C compiler works, else torch. Raises ``ValueError`` for
+    an unknown backend and ``RuntimeError`` when ``cuda`` is asked for without
+    a CUDA device or CuPy, or ``cpu`` without CPU tensors or a C compiler.
     """
     dev = torch.device(device)
     if backend == "auto":
@@ -202,11 +207,18 @@ def make_detector(num_slots: int, max_period: int, classes: TokenClasses | None 
             from l0.ops import detect_cuda
             if detect_cuda.available():
                 backend = "cuda"
+        elif dev.type == "cpu":
+            from l0.ops import detect_cpu
+            if detect_cpu.available():
+                backend = "cpu"
     if backend == "torch":
         return TorchDetector(num_slots, max_period, classes, dev)
     if backend == "cuda":
         from l0.ops.detect_cuda import CudaDetector
         return CudaDetector(num_slots, max_period, classes, dev)
+    if backend == "cpu":
+        from l0.ops.detect_cpu import CpuDetector
+        return CpuDetector(num_slots, max_period, classes, dev)
     if backend == "reference":
         return ReferenceDetector(num_slots, max_period, classes)
-    raise ValueError(f"unknown detect backend {backend!r}; choose auto, torch, cuda or reference")
+    raise ValueError(f"unknown detect backend {backend!r}; choose auto, torch, cpu, cuda or reference")

@@ -1,0 +1,125 @@
+// L0 detect op, fused CPU kernel: one detection step for every slot.
+//
+// Same contract as l0/ops/detect_reference.py (the spec), l0/ops/detect.py and
+// kernels/detect.cu, on the same state tensors (row-major [slots, P]) except
+// the ring, which is int32 here: gcc does not vectorise the backwards walk
+// over an int64 ring next to int32 counters, and it halves the traffic. The
+// torch backend spends its time launching ~40 small ops per step; this does
+// the whole step in one pass over each slot's counters. Built on first use by
+// l0/ops/detect_cpu.py with the host C compiler and called through ctypes.
+//
+// The inner loop is branch-free so the compiler vectorises it; the ring is
+// walked in two straight segments (before / after the wrap) instead of a
+// modulo per period.
+#include <limits.h>
+#include <stddef.h>
+#include <stdint.h>
+
+// Best (smallest) loop / near-loop period found so far in a slot.
+typedef struct {
+    int32_t loop, near;
+} best_t;
+
+// Periods p = p0 .. p0+len-1, whose previous token is prev[-(p - p0)] and
+// whose counters start at run[0] etc. `valid`: t >= p for the whole segment.
+// `numbers` (a compile-time constant at each call): x is a number, so an
+// earlier number token is a near match too (number_tab lookup = a gather,
+// which keeps that variant scalar; the common one vectorises). The body is
+// branch-free, with unconditional loads and and-masks instead of selects:
+// in this form gcc 12 -O3 vectorises it (checked with -fopt-info-vec).
+static inline __attribute__((always_inline)) void cells_body(
+    const int numbers, const int32_t *restrict prev, int32_t p0, int len, int32_t valid, int32_t x,
+    int32_t *restrict run, int32_t *restrict score, int32_t *restrict nlen, int32_t *restrict ncont,
+    const int32_t *restrict ln, const int32_t *restrict nn, int32_t cont, int32_t th, int32_t cm,
+    const int32_t *restrict number_tab, int number_n, best_t *restrict best) {
+    const int32_t up = 1000 - th;
+    int32_t best_loop = best->loop, best_near = best->near;
+    for (int i = 0; i < len; i++) {
+        const int32_t pv = prev[-i];
+        const int32_t m = valid & (pv == x);
+        int32_t mn = m;
+        if (numbers) mn |= valid & (number_tab[pv < number_n ? pv : number_n - 1] != 0);
+        const int32_t r0 = run[i], s0 = score[i], l0 = nlen[i], c0 = ncont[i];
+        const int32_t r = (r0 + 1) & -m;  // masks, not selects: see above
+        const int32_t s = s0 + (mn ? up : -th);
+        const int32_t keep = s >= 0;
+        const int32_t nl = (l0 + 1) & -keep;
+        const int32_t nc = (c0 + (m & cont)) & -keep;
+        run[i] = r;
+        score[i] = s & -keep;
+        nlen[i] = nl;
+        ncont[i] = nc;
+        const int32_t p = p0 + i;
+        // cond ? p : INT_MAX written as arithmetic (p > 0): gcc 12 vectorises
+        // this min-reduction, not the select form.
+        const int32_t cl = p | (((int32_t)(r >= ln[i]) - 1) & INT_MAX);
+        const int32_t cn = p | (((int32_t)((nl >= nn[i]) & (nc * 1000 >= cm * nl)) - 1) & INT_MAX);
+        best_loop = cl < best_loop ? cl : best_loop;
+        best_near = cn < best_near ? cn : best_near;
+    }
+    best->loop = best_loop;
+    best->near = best_near;
+}
+
+// Out of line: restrict on parameters (lost on locals after inlining) spares
+// the vectoriser run-time alias checks. `number_tab` NULL: x is no number.
+__attribute__((noinline)) static void cells(
+    const int32_t *restrict prev, int32_t p0, int len, int32_t valid, int32_t x, int32_t *restrict run,
+    int32_t *restrict score, int32_t *restrict nlen, int32_t *restrict ncont,
+    const int32_t *restrict ln, const int32_t *restrict nn, int32_t cont, int32_t th, int32_t cm,
+    const int32_t *restrict number_tab, int number_n, best_t *restrict best) {
+    if (number_tab)
+        cells_body(1, prev, p0, len, valid, x, run, score, nlen, ncont, ln, nn, cont, th, cm, number_tab,
+                   number_n, best);
+    else
+        cells_body(0, prev, p0, len, valid, x, run, score, nlen, ncont, ln, nn, cont, th, cm, NULL, 0, best);
+}
+
+static inline int32_t lookup(const int32_t *tab, int n, int64_t x) { return tab[x < n ? x : n - 1]; }
+
+// Arguments as in kernels/detect.cu, plus n (rows 0..n-1 are stepped).
+void l0_detect_step_cpu(const int64_t *tokens, int n, int32_t *ring, int64_t *pos, int32_t *run,
+                        int32_t *score, int32_t *nlen, int32_t *ncont, int32_t *blank,
+                        const int32_t *loop_need, const int32_t *near_need, const int32_t *thr,
+                        const int32_t *content_milli, const int32_t *max_blank, const uint8_t *active,
+                        const int32_t *content_tab, int content_n, const int32_t *blank_tab, int blank_n,
+                        const int32_t *number_tab, int number_n, int P, int32_t *out_kind,
+                        int32_t *out_period, int64_t *out_next) {
+    for (int s = 0; s < n; s++) {
+        const int64_t x = tokens[s];
+        if (x < 0 || !active[s]) {
+            out_kind[s] = 0;
+            out_period[s] = 0;
+            out_next[s] = -1;
+            continue;
+        }
+        const size_t row = (size_t)s * P;
+        const int64_t t = pos[s];
+        const int tc = (int)(t % P);
+        int32_t *rg = ring + row;
+        best_t best = {INT_MAX, INT_MAX};
+        const int32_t *num = lookup(number_tab, number_n, x) ? number_tab : NULL;
+        const int32_t cont = lookup(content_tab, content_n, x) != 0;
+        const int32_t x32 = (int32_t)x;  // token ids < 2**31 (vocab sizes)
+        // p = 1..tc: x[t-p] at column tc-p (always seen). p = tc+1..P: column
+        // tc-p+P, seen only once the ring has wrapped (t >= P).
+        if (tc > 0)
+            cells(rg + tc - 1, 1, tc, 1, x32, run + row, score + row, nlen + row, ncont + row,
+                  loop_need + row, near_need + row, cont, thr[s], content_milli[s], num, number_n, &best);
+        const size_t o = row + tc;
+        cells(rg + P - 1, tc + 1, P - tc, t >= P, x32, run + o, score + o, nlen + o, ncont + o,
+              loop_need + o, near_need + o, cont, thr[s], content_milli[s], num, number_n, &best);
+        rg[tc] = x32;
+        const int64_t t1 = t + 1;
+        pos[s] = t1;
+        const int32_t b = lookup(blank_tab, blank_n, x) ? blank[s] + 1 : 0;
+        blank[s] = b;
+        int32_t kind = 0, per = 0;
+        if (best.loop != INT_MAX) { kind = 1; per = best.loop; }
+        else if (best.near != INT_MAX) { kind = 2; per = best.near; }
+        else if (b > max_blank[s]) { kind = 3; }
+        out_kind[s] = kind;
+        out_period[s] = per;
+        out_next[s] = per > 0 ? rg[((t1 - per) % P + P) % P] : -1;
+    }
+}
