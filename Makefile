@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.l0-installed
 
-.PHONY: install model demo test kernels-check bench clean
+.PHONY: install model demo test kernels-check services bench clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -24,7 +24,15 @@ kernels-check:
 	@if command -v nvcc >/dev/null; then bash bench/check_kernels.sh; \
 	 else echo "nvcc not found: CUDA build check skipped"; fi
 
-test: install model kernels-check
+# Debian's redis-server for the checkpoint-store tests (started by the tests
+# themselves on loopback). Installed when missing and we may (root, apt-get).
+services:
+	@if ! command -v redis-server >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; \
+	  else echo "redis-server missing: install it (Debian: apt-get install redis-server)"; fi; fi
+
+test: install model kernels-check services
 	$(PY) -m pytest; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing on purpose"; exit 1; fi; exit $$rc
 

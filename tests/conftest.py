@@ -2,8 +2,8 @@
 
 Markers: ``gpu`` (a CUDA device + CuPy), ``vllm`` (vLLM importable + the
 SmolLM2 model), ``nvcc`` (the CUDA compiler), ``cc`` (a host C compiler, for
-the fused cpu detect backend). GPU is never required in CI (CI machines have
-none); vllm, nvcc and cc are.
+the fused cpu detect backend), ``redis`` (Debian's redis-server + the redis
+package). GPU is never required in CI (CI machines have none); the others are.
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "plugin"))
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
-REQUIRED_IN_CI = {"vllm", "nvcc", "cc"}
+REQUIRED_IN_CI = {"vllm", "nvcc", "cc", "redis"}
 
 
 def _have_gpu() -> str | None:
@@ -54,7 +54,17 @@ def _have_cc() -> str | None:
     return None if shutil.which(cc) else f"C compiler {cc!r} missing: install gcc (or set CC)"
 
 
-CHECKS = {"gpu": _have_gpu, "vllm": _have_vllm, "nvcc": _have_nvcc, "cc": _have_cc}
+def _have_redis() -> str | None:
+    if shutil.which("redis-server") is None:
+        return "redis-server missing: apt-get install redis-server (make test does)"
+    try:
+        import redis  # noqa: F401
+    except ImportError:
+        return "the redis package is missing: pip install redis"
+    return None
+
+
+CHECKS = {"gpu": _have_gpu, "vllm": _have_vllm, "nvcc": _have_nvcc, "cc": _have_cc, "redis": _have_redis}
 
 
 def pytest_configure(config):

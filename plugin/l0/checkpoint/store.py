@@ -1,0 +1,101 @@
+"""The checkpoint store interface and how a URL picks a backend.
+
+Contract of every :class:`CheckpointStore`:
+
+* ``get(key)`` returns the :class:`~l0.checkpoint.record.Record`, or ``None``
+  when there is none (never written, expired, deleted). A stored value that
+  does not decode raises :class:`~l0.checkpoint.record.CorruptRecord`.
+* ``put_many(records)`` writes each record under its key (last write wins),
+  with the store's TTL; one round trip / transaction for the batch.
+* ``delete(key)`` removes a record; deleting a missing key is no error.
+* Every method raises :class:`StoreUnavailable` when the store can't be
+  reached (the writer retries; the HTTP route answers 503).
+* Keys are checked by :func:`check_key` (:class:`BadKey`, a ``ValueError``).
+
+Backends, chosen by :func:`open_store`: ``sqlite:///abs/path.db`` (or
+``sqlite://~/rel``) — embedded default, WAL, file created 0600 — and
+``redis://[:password@]host:port/db`` / ``rediss://`` (TLS) — shared by a fleet.
+"""
+from __future__ import annotations
+
+import os
+import re
+import secrets
+from pathlib import Path
+from typing import Iterable, Protocol, runtime_checkable
+from urllib.parse import urlsplit, urlunsplit
+
+from l0.checkpoint.record import Record
+
+ERR_KEY = "l0: checkpoint key must be 1-128 characters of [A-Za-z0-9._:-]"
+_KEY_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+DEFAULT_TTL_S = 24 * 3600
+DEFAULT_URL = "sqlite:///~/.cache/l0/checkpoints.sqlite3"
+
+
+class BadKey(ValueError):
+    """A checkpoint key is malformed (HTTP 400)."""
+
+
+class StoreUnavailable(RuntimeError):
+    """The store can't be reached right now (HTTP 503; the writer retries)."""
+
+
+def check_key(key: object) -> str:
+    if not isinstance(key, str) or not _KEY_RE.match(key):
+        raise BadKey(ERR_KEY)
+    return key
+
+
+def new_key() -> str:
+    """A fresh key with 128 bits of randomness (``l0-`` + 32 hex digits)."""
+    return "l0-" + secrets.token_hex(16)
+
+
+@runtime_checkable
+class CheckpointStore(Protocol):
+    url: str  # redacted: safe to log
+
+    def get(self, key: str) -> Record | None: ...
+
+    def put_many(self, records: Iterable[Record]) -> None: ...
+
+    def delete(self, key: str) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def redact(url: str) -> str:
+    """The URL with any password replaced by ``***`` (for logs and errors)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port:
+        host += f":{parts.port}"
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
+def sqlite_path(url: str) -> Path:
+    """``sqlite:///abs`` → /abs; ``sqlite://~/x`` or ``sqlite:///~/x`` → ~/x expanded."""
+    rest = url[len("sqlite://"):]
+    if rest.startswith("/~"):
+        rest = rest[1:]
+    if not rest or rest == "/":
+        raise ValueError(f"l0: checkpoint store URL {url!r} names no file")
+    return Path(os.path.expanduser(rest))
+
+
+def open_store(url: str | None = None, ttl_s: int = DEFAULT_TTL_S) -> CheckpointStore:
+    """Open the store a URL names. ``ValueError`` for an unknown scheme or a bad
+    URL (message never contains a password)."""
+    url = url or DEFAULT_URL
+    scheme = url.split(":", 1)[0].lower()
+    if scheme == "sqlite":
+        from l0.checkpoint.sqlite_store import SqliteStore
+        return SqliteStore(sqlite_path(url), ttl_s)
+    if scheme in ("redis", "rediss"):
+        from l0.checkpoint.redis_store import RedisStore
+        return RedisStore(url, ttl_s)
+    raise ValueError(f"l0: checkpoint store URL {redact(url)!r}: scheme must be sqlite, redis or rediss")
