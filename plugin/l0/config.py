@@ -89,6 +89,44 @@ _RANGES: dict[str, tuple[type, float, float | None]] = {
 }
 
 
+RETENTIONS = ("keep", "delete")
+
+
+@dataclass(frozen=True)
+class CheckpointConfig:
+    """Token-state checkpoints (requests opt in with ``vllm_xargs.l0_key``).
+
+    ``store``: a store URL (``sqlite:///path``, ``redis://``, ``rediss://``) or
+    ``off``; ``L0_CHECKPOINT_STORE`` in the environment wins. ``every``:
+    tokens between snapshots of a request (and one when it finishes).
+    ``ttl_s``: lifetime of every record. ``retention``: ``keep`` finished
+    records until their TTL, or ``delete`` them when the request finishes.
+    """
+
+    store: str = "sqlite:///~/.cache/l0/checkpoints.sqlite3"
+    every: int = 16
+    ttl_s: int = 24 * 3600
+    retention: str = "keep"
+
+    @property
+    def enabled(self) -> bool:
+        return self.store != "off"
+
+    def check(self) -> "CheckpointConfig":
+        if not (self.store == "off" or self.store.split(":", 1)[0] in ("sqlite", "redis", "rediss")):
+            from l0.checkpoint.store import redact
+            raise OptionError(f"l0: checkpoint.store {redact(self.store)!r} must be off or a sqlite://, "
+                              "redis:// or rediss:// URL")
+        if not 1 <= self.every <= 65536:
+            raise OptionError(ERR_RANGE.format(name="checkpoint.every", value=self.every, lo=1, hi=65536))
+        if not 1 <= self.ttl_s <= 365 * 24 * 3600:
+            raise OptionError(ERR_RANGE.format(name="checkpoint.ttl_s", value=self.ttl_s, lo=1,
+                                               hi=365 * 24 * 3600))
+        if self.retention not in RETENTIONS:
+            raise OptionError(f"l0: checkpoint.retention {self.retention!r} is not one of keep, delete")
+        return self
+
+
 @dataclass(frozen=True)
 class ServerConfig:
     """Server-wide settings: defaults for every request and caps on what a
@@ -102,6 +140,7 @@ class ServerConfig:
     penalty: float = 10.0
     backend: str = "auto"
     log_interventions: bool = True
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
 
     def check(self) -> "ServerConfig":
         if self.action not in ACTIONS:
@@ -114,6 +153,7 @@ class ServerConfig:
         if not 0.0 < self.penalty <= 1000.0:
             raise OptionError(ERR_RANGE.format(name="penalty", value=self.penalty, lo=0, hi=1000))
         check(self.defaults, self.max_period_cap)
+        self.checkpoint.check()
         return self
 
 
@@ -165,9 +205,13 @@ class RequestOptions:
     params: DetectorParams
     key: str | None
     penalty: float
+    # A resumed request: the last ``resume_from`` prompt tokens are output the
+    # request generated before (on another replica); see l0.resume.
+    resume_from: int = 0
 
 
-KNOWN_OPTIONS = ("l0_action", "l0_key", "l0_penalty") + tuple("l0_" + n for n in _RANGES)
+MAX_RESUME_FROM = 2**21
+KNOWN_OPTIONS = ("l0_action", "l0_key", "l0_penalty", "l0_resume_from") + tuple("l0_" + n for n in _RANGES)
 
 
 def params_from_xargs(extra_args: Mapping[str, Any] | None, server: ServerConfig) -> RequestOptions:
@@ -188,6 +232,12 @@ def params_from_xargs(extra_args: Mapping[str, Any] | None, server: ServerConfig
         penalty = _coerce("l0_penalty", extra["l0_penalty"], float)
         if not 0.0 < penalty <= 1000.0:
             raise OptionError(ERR_RANGE.format(name="l0_penalty", value=penalty, lo=0, hi=1000))
+    resume_from = 0
+    if "l0_resume_from" in extra:
+        resume_from = _coerce("l0_resume_from", extra["l0_resume_from"], int)
+        if not 0 <= resume_from <= MAX_RESUME_FROM:
+            raise OptionError(ERR_RANGE.format(name="l0_resume_from", value=resume_from, lo=0,
+                                               hi=MAX_RESUME_FROM))
     changes = {}
     for name in _RANGES:
         opt = "l0_" + name
@@ -198,7 +248,7 @@ def params_from_xargs(extra_args: Mapping[str, Any] | None, server: ServerConfig
     # A request that lowers max_period below the default min_period (or raises
     # min_period) is checked as a whole, so the message names the pair.
     check(params, server.max_period_cap)
-    return RequestOptions(action=action, params=params, key=key, penalty=penalty)
+    return RequestOptions(action=action, params=params, key=key, penalty=penalty, resume_from=resume_from)
 
 
 def load_server_config(path: str | os.PathLike | None = None) -> ServerConfig:
@@ -209,10 +259,8 @@ def load_server_config(path: str | os.PathLike | None = None) -> ServerConfig:
     run with a setting it does not understand).
     """
     path = path if path is not None else os.environ.get("L0_CONFIG")
-    env_action = os.environ.get("L0_ACTION")
     if not path:
-        cfg = ServerConfig()
-        return (dataclasses.replace(cfg, action=env_action) if env_action else cfg).check()
+        return _with_env(ServerConfig()).check()
     import yaml
 
     with open(path) as f:
@@ -221,7 +269,13 @@ def load_server_config(path: str | os.PathLike | None = None) -> ServerConfig:
         raise OptionError(f"l0: config {path} must be a mapping")
     doc = dict(doc.get("l0", doc))
     det = dict(doc.pop("detector", {}) or {})
-    top_fields = {f.name for f in dataclasses.fields(ServerConfig)} - {"defaults"}
+    ckpt = doc.pop("checkpoint", {}) or {}
+    if not isinstance(ckpt, dict):
+        raise OptionError(f"l0: checkpoint in {path} must be a mapping")
+    unknown = sorted(set(ckpt) - {f.name for f in dataclasses.fields(CheckpointConfig)})
+    if unknown:
+        raise OptionError(f"l0: unknown checkpoint key {unknown[0]!r} in {path}")
+    top_fields = {f.name for f in dataclasses.fields(ServerConfig)} - {"defaults", "checkpoint"}
     unknown = sorted(set(doc) - top_fields)
     if unknown:
         raise OptionError(f"l0: unknown config key {unknown[0]!r} in {path}")
@@ -231,6 +285,20 @@ def load_server_config(path: str | os.PathLike | None = None) -> ServerConfig:
         if name not in _RANGES:
             raise OptionError(f"l0: unknown detector key {name!r} in {path}")
         changes[name] = _coerce(name, value, _bounds(name, cap)[0])
-    if env_action:  # the environment wins: `l0 serve --l0-action` sets it
-        doc["action"] = env_action
-    return ServerConfig(defaults=DetectorParams(**changes), **doc).check()
+    try:
+        cp = CheckpointConfig(**{k: (_coerce(f"checkpoint.{k}", v, int) if k in ("every", "ttl_s") else v)
+                                 for k, v in ckpt.items()})
+    except TypeError as exc:
+        raise OptionError(f"l0: bad checkpoint section in {path}: {exc}") from None
+    return _with_env(ServerConfig(defaults=DetectorParams(**changes), checkpoint=cp, **doc)).check()
+
+
+def _with_env(cfg: ServerConfig) -> ServerConfig:
+    """The environment wins over the file: ``L0_ACTION`` (``l0 serve
+    --l0-action``) and ``L0_CHECKPOINT_STORE`` (``l0 serve --l0-store``)."""
+    if os.environ.get("L0_ACTION"):
+        cfg = dataclasses.replace(cfg, action=os.environ["L0_ACTION"])
+    if os.environ.get("L0_CHECKPOINT_STORE"):
+        cfg = dataclasses.replace(cfg, checkpoint=dataclasses.replace(
+            cfg.checkpoint, store=os.environ["L0_CHECKPOINT_STORE"]))
+    return cfg

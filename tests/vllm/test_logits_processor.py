@@ -14,8 +14,9 @@ EOS = 2
 
 
 @pytest.fixture
-def lp(monkeypatch):
+def lp(monkeypatch, tmp_path):
     monkeypatch.setenv("L0_ACTION", "stop")
+    monkeypatch.setenv("L0_CHECKPOINT_STORE", f"sqlite://{tmp_path}/ck.db")
     monkeypatch.delenv("L0_CONFIG", raising=False)
     from l0.vllm import logits_processor as mod
     mod.server_config.cache_clear()
@@ -25,6 +26,8 @@ def lp(monkeypatch):
                                      trust_remote_code=False, logits_processors=None))
     proc = mod.L0LogitsProcessor(cfg, torch.device("cpu"), False)
     yield proc
+    if proc.ckpt is not None:
+        proc.ckpt.close()
     mod.server_config.cache_clear()
 
 
@@ -148,3 +151,79 @@ def test_off_requests_are_untouched(lp):
 
 def test_is_not_argmax_invariant(lp):
     assert lp.is_argmax_invariant() is False
+
+
+# -- checkpoints from the serving loop -----------------------------------------
+
+@pytest.fixture
+def ck_lp(monkeypatch, tmp_path):
+    (tmp_path / "l0.yaml").write_text("l0:\n  action: stop\n  checkpoint:\n    every: 4\n")
+    monkeypatch.setenv("L0_CONFIG", str(tmp_path / "l0.yaml"))
+    monkeypatch.setenv("L0_CHECKPOINT_STORE", f"sqlite://{tmp_path}/ck.db")
+    monkeypatch.delenv("L0_ACTION", raising=False)
+    from l0.vllm import logits_processor as mod
+    mod.server_config.cache_clear()
+    cfg = SimpleNamespace(
+        scheduler_config=SimpleNamespace(max_num_seqs=4),
+        model_config=SimpleNamespace(get_vocab_size=lambda: V, tokenizer="/nonexistent", tokenizer_revision=None,
+                                     trust_remote_code=False, logits_processors=None, model="tiny",
+                                     served_model_name="tiny"))
+    proc = mod.L0LogitsProcessor(cfg, torch.device("cpu"), False)
+    from l0.checkpoint.store import open_store
+    yield proc, open_store(f"sqlite://{tmp_path}/ck.db")
+    proc.ckpt.close()
+    mod.server_config.cache_clear()
+
+
+def test_keyed_requests_are_checkpointed_every_n_tokens_and_on_finish(ck_lp):
+    lp, store = ck_lp
+    keyed, other = [], []
+    lp.update_state(update(added=[(0, sp(xargs={"l0_key": "req-1"}, seed=3), [5, 6], keyed),
+                                  (1, sp(), [5], other)], size=2))
+    assert lp.ckpt.writer.flush()
+    first = store.get("req-1")
+    assert first.prompt_ids == (5, 6) and first.output_ids == () and not first.finished
+    assert first.model.name == "tiny" and first.model.tokenizer.startswith("sha256:")
+    assert first.sampling["max_tokens"] == 100 and first.sampling["seed"] == 3
+    assert first.sampling["vllm_xargs"]["l0_key"] == "req-1"
+    for tok in [9, 10, 11, 12, 13, 14]:
+        keyed.append(tok)
+        other.append(tok)
+        step(lp, keyed, 2)
+    assert lp.ckpt.writer.flush()
+    assert store.get("req-1").output_ids == (9, 10, 11, 12)  # every 4 tokens
+    keyed.append(EOS)
+    lp.update_state(update(removed=[0, 1], size=0))
+    assert lp.ckpt.writer.flush()
+    done = store.get("req-1")
+    assert done.output_ids == (9, 10, 11, 12, 13, 14, EOS) and done.finished and done.finish_reason == "stop"
+    assert lp.ckpt.tracked == {}
+
+
+def test_removed_without_stop_stays_resumable(ck_lp):
+    lp, store = ck_lp
+    out = []
+    lp.update_state(update(added=[(0, sp(xargs={"l0_key": "req-2"}), [5], out)]))
+    out += [9, 10]
+    lp.update_state(update(removed=[0], size=0))  # aborted, stop string or preempted
+    assert lp.ckpt.writer.flush()
+    rec = store.get("req-2")
+    assert rec.output_ids == (9, 10) and not rec.finished
+
+
+def test_resumed_request_primes_the_detector_and_keeps_one_record(ck_lp):
+    """The same loop as test_stop_allows_only_eos_after_min_repeats, with the first
+    four tokens generated "on another replica" and passed back in the prompt."""
+    lp, store = ck_lp
+    out = []
+    params = sp(xargs={"l0_key": "req-3", "l0_resume_from": 4})
+    params.max_tokens = 96  # the client sends max_tokens minus the 4 tokens done
+    lp.update_state(update(added=[(0, params, [5, 6, 7, 8, 7, 8], out)]))
+    out.append(7)
+    assert torch.isfinite(step(lp, out, 1)).all()
+    out.append(8)  # third copy of (7, 8): four of its tokens came from the prompt
+    assert only_eos(step(lp, out, 1)[0])
+    assert lp.ckpt.writer.flush()
+    rec = store.get("req-3")
+    assert rec.prompt_ids == (5, 6) and rec.output_ids[:4] == (7, 8, 7, 8)
+    assert rec.sampling["max_tokens"] == 100 and "l0_resume_from" not in rec.sampling["vllm_xargs"]

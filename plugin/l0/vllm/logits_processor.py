@@ -71,14 +71,24 @@ class L0LogitsProcessor(LogitsProcessor):
 
     def __init__(self, vllm_config, device: torch.device, is_pin_memory: bool) -> None:
         self.cfg = server_config()
-        self.enabled = self.cfg.action != "off" and not self._shadowed(vllm_config)
+        shadowed = self._shadowed(vllm_config)
+        self.detect = self.cfg.action != "off" and not shadowed
         self.rows: dict[int, _Row] = {}
+        self.ckpt = None
+        rank0 = _tp_rank() == 0
+        want_ckpt = self.cfg.checkpoint.enabled and not shadowed and rank0
+        self.enabled = self.detect or want_ckpt
         if not self.enabled:
+            return
+        self.tokenizer = self._load_tokenizer(vllm_config)
+        if want_ckpt:
+            from l0.vllm.checkpointing import Checkpointer, model_identity
+            self.ckpt = Checkpointer(self.cfg.checkpoint, model_identity(vllm_config, self.tokenizer))
+        if not self.detect:
             return
         self.device = torch.device(device)
         self.is_cpu = self.device.type == "cpu"
         S = vllm_config.scheduler_config.max_num_seqs
-        self.tokenizer = self._load_tokenizer(vllm_config)
         vocab = vllm_config.model_config.get_vocab_size()
         classes = classes_from_tokenizer(self.tokenizer, vocab) if self.tokenizer else None
         self.det = make_detector(S, self.cfg.max_period_cap, classes, self.device, self.cfg.backend)
@@ -93,7 +103,7 @@ class L0LogitsProcessor(LogitsProcessor):
         self._tok_host = [torch.full((S,), -1, dtype=torch.int64, pin_memory=pin) for _ in range(2)]
         self._flip = 0
         self._pending = None  # (event, host copies, row snapshot) awaiting readout
-        self.log_enabled = self.cfg.log_interventions and _tp_rank() == 0
+        self.log_enabled = self.cfg.log_interventions and rank0
         self.neg_inf = torch.tensor(float("-inf"), **dev)
 
     @staticmethod
@@ -119,28 +129,42 @@ class L0LogitsProcessor(LogitsProcessor):
         if not self.enabled or not batch_update:
             return
         for index in batch_update.removed:
-            self._clear(index)
+            if self.ckpt is not None:
+                self.ckpt.remove(index)
+            if self.detect:
+                self._clear(index)
         for index, params, prompt_ids, out_ids in batch_update.added:
-            self._add(index, params, prompt_ids, out_ids)
+            opts = params_from_xargs(params.extra_args, self.cfg)
+            if self.ckpt is not None:
+                self.ckpt.add(index, opts, params, prompt_ids, out_ids)
+            if self.detect:
+                self._add(index, opts, params, prompt_ids, out_ids)
         for a, b, direction in batch_update.moved:
-            if direction == MoveDirectionality.SWAP:
-                self.det.swap(a, b)
-                for t in self._per_slot:
-                    t[[a, b]] = t[[b, a]]
-                ra, rb = self.rows.pop(a, None), self.rows.pop(b, None)
-                if ra is not None:
-                    self.rows[b] = ra
-                if rb is not None:
-                    self.rows[a] = rb
-            else:
-                row = self.rows.pop(a, None)
-                self.rows.pop(b, None)
-                self.det.move(a, b)
-                for t in self._per_slot:
-                    t[b] = t[a]
-                self._clear(a)
-                if row is not None:
-                    self.rows[b] = row
+            swap = direction == MoveDirectionality.SWAP
+            if self.ckpt is not None:
+                self.ckpt.move(a, b, swap)
+            if self.detect:
+                self._move(a, b, swap)
+
+    def _move(self, a: int, b: int, swap: bool) -> None:
+        if swap:
+            self.det.swap(a, b)
+            for t in self._per_slot:
+                t[[a, b]] = t[[b, a]]
+            ra, rb = self.rows.pop(a, None), self.rows.pop(b, None)
+            if ra is not None:
+                self.rows[b] = ra
+            if rb is not None:
+                self.rows[a] = rb
+        else:
+            row = self.rows.pop(a, None)
+            self.rows.pop(b, None)
+            self.det.move(a, b)
+            for t in self._per_slot:
+                t[b] = t[a]
+            self._clear(a)
+            if row is not None:
+                self.rows[b] = row
 
     def _clear(self, index: int) -> None:
         if self.rows.pop(index, None) is not None:
@@ -149,15 +173,18 @@ class L0LogitsProcessor(LogitsProcessor):
             t[index] = 0
         self.stop_tok[index] = -1
 
-    def _add(self, index, params, prompt_ids, out_ids) -> None:
+    def _add(self, index, opts: RequestOptions, params, prompt_ids, out_ids) -> None:
         self._clear(index)
-        opts = params_from_xargs(params.extra_args, self.cfg)
         if opts.action == "off":
             return
+        prompt = list(prompt_ids or ())
+        # A resumed request: its prompt ends with the output generated before.
+        n = opts.resume_from if 0 < opts.resume_from <= len(prompt) else 0
+        prefix, prompt = prompt[len(prompt) - n:], prompt[: len(prompt) - n]
         expected = 0
-        if self.tokenizer is not None and prompt_ids and opts.params.near_min_repeats:
+        if self.tokenizer is not None and prompt and opts.params.near_min_repeats:
             # The tail of the prompt carries the user's request ("... 25 records").
-            expected = expected_items(self.tokenizer.decode(prompt_ids[-512:]))
+            expected = expected_items(self.tokenizer.decode(prompt[-512:]))
         self.det.configure(index, opts.params, expected)
         stop = -1
         if not params.ignore_eos and params.eos_token_id is not None:
@@ -166,13 +193,26 @@ class L0LogitsProcessor(LogitsProcessor):
             stop = params.stop_token_ids[0]
         self.action[index] = ACTION_CODE[opts.action]
         self.stop_tok[index] = stop
-        self.min_tok[index] = params.min_tokens or 0
+        self.min_tok[index] = (params.min_tokens or 0) + n
         self.penalty[index] = opts.penalty
-        self.rows[index] = _Row(opts, out_ids)
+        self.rows[index] = row = _Row(opts, out_ids)
+        if prefix:
+            # Same detector state as if this replica had generated the prefix.
+            self._prime(index, prefix)
+            row.seen = 0
+
+    def _prime(self, index: int, tokens: list[int]) -> None:
+        S = self.action.shape[0]
+        for tok in tokens:
+            one = torch.full((S,), -1, dtype=torch.int64)
+            one[index] = tok
+            self._latch(self.det.step(one.to(self.device)), S)
 
     # -- the step -----------------------------------------------------------
     def apply(self, logits: torch.Tensor) -> torch.Tensor:
-        if not self.enabled or not self.rows:
+        if self.ckpt is not None and self.ckpt.tracked:
+            self.ckpt.step()
+        if not self.detect or not self.rows:
             return logits
         self._readout()
         B = logits.shape[0]
@@ -262,10 +302,12 @@ class L0LogitsProcessor(LogitsProcessor):
         for index, row in snap.items():
             kind = kinds[index]
             if kind != NONE and kind != row.logged_kind:
-                action = row.opts.action
-                log.warning("%s", json.dumps({
-                    "event": "l0.intervention", "key": row.opts.key, "kind": KIND_NAMES[kind],
-                    "period": periods[index], "token_index": positions[index], "action": action}))
+                event = {"event": "l0.intervention", "key": row.opts.key, "kind": KIND_NAMES[kind],
+                         "period": periods[index], "token_index": positions[index],
+                         "action": row.opts.action}
+                log.warning("%s", json.dumps(event))
+                if self.ckpt is not None:
+                    self.ckpt.intervention(row.opts.key, event)
             row.logged_kind = kind
 
 

@@ -1,0 +1,167 @@
+"""Checkpoint glue for the logits processor: turns vLLM's per-request objects
+into :class:`~l0.checkpoint.record.Record` snapshots for the background writer.
+
+Host-only, O(tracked requests) per step: a length compare per request, and
+every ``every`` tokens one list copy handed to the writer (which does the
+encoding and the I/O on its own thread). Rank 0 only.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from l0.checkpoint.record import ModelIdentity, Record
+from l0.checkpoint.store import open_store
+from l0.checkpoint.writer import CheckpointWriter
+from l0.config import CheckpointConfig, RequestOptions
+
+log = logging.getLogger("l0")
+
+# SamplingParams fields a continuation needs, copied as plain JSON values.
+_SAMPLING_FIELDS = ("temperature", "top_p", "top_k", "min_p", "seed", "max_tokens", "min_tokens", "stop",
+                    "stop_token_ids", "ignore_eos", "presence_penalty", "frequency_penalty",
+                    "repetition_penalty", "skip_special_tokens", "spaces_between_special_tokens",
+                    "include_stop_str_in_output", "bad_words", "allowed_token_ids", "logprobs")
+
+
+def sampling_to_dict(params) -> dict[str, Any]:
+    """The continuation-relevant part of a vLLM ``SamplingParams`` as JSON."""
+    out: dict[str, Any] = {}
+    for name in _SAMPLING_FIELDS:
+        value = getattr(params, name, None)
+        if value is not None:
+            out[name] = list(value) if isinstance(value, (set, tuple)) else value
+    bias = getattr(params, "logit_bias", None)
+    if bias:
+        out["logit_bias"] = {str(k): v for k, v in bias.items()}
+    so = getattr(params, "structured_outputs", None)
+    if so is not None:
+        spec = {k: getattr(so, k) for k in ("json", "regex", "choice", "grammar", "json_object",
+                                               "structural_tag") if getattr(so, k, None) is not None}
+        if spec:
+            out["structured_outputs"] = spec
+    xargs = getattr(params, "extra_args", None)
+    if xargs:
+        out["vllm_xargs"] = {k: v for k, v in xargs.items() if k != "l0_resume_from"}
+    return json.loads(json.dumps(out, default=str))
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """sha256 over the vocabulary (token → id) and the special tokens: equal
+    fingerprints mean token ids mean the same text."""
+    h = hashlib.sha256()
+    vocab = tokenizer.get_vocab() if tokenizer is not None else {}
+    for tok, idx in sorted(vocab.items(), key=lambda kv: kv[1]):
+        h.update(f"{idx}\t{tok}\n".encode("utf-8", "surrogatepass"))
+    specials = getattr(tokenizer, "all_special_tokens", []) if tokenizer is not None else []
+    h.update(json.dumps(sorted(map(str, specials))).encode())
+    return "sha256:" + h.hexdigest()
+
+
+def model_identity(vllm_config, tokenizer) -> ModelIdentity:
+    mc = vllm_config.model_config
+    name = getattr(mc, "served_model_name", None)
+    if not isinstance(name, str):
+        name = getattr(mc, "model", None) or "unknown"
+    return ModelIdentity(name=str(name), tokenizer=tokenizer_fingerprint(tokenizer))
+
+
+@dataclass
+class _Tracked:
+    base: Record
+    out_ids: list[int]          # vLLM's live output list
+    prefix: tuple[int, ...]     # output generated before a resume (on another replica)
+    stop_ids: frozenset[int]
+    max_tokens: int | None
+    written: int = -1           # output length at the last snapshot
+    interventions: list[dict] = field(default_factory=list)
+
+
+class Checkpointer:
+    def __init__(self, cfg: CheckpointConfig, identity: ModelIdentity) -> None:
+        self.cfg = cfg
+        self.identity = identity
+        self.writer = CheckpointWriter(lambda: open_store(cfg.store, cfg.ttl_s))
+        self.tracked: dict[int, _Tracked] = {}  # persistent-batch row -> request
+
+    def add(self, index: int, opts: RequestOptions, params, prompt_ids, out_ids) -> None:
+        self.tracked.pop(index, None)
+        if opts.key is None:
+            return
+        prompt = list(prompt_ids or ())
+        n = opts.resume_from if 0 < opts.resume_from <= len(prompt) else 0
+        prefix = tuple(prompt[len(prompt) - n:]) if n else ()
+        sampling = sampling_to_dict(params)
+        if n and sampling.get("max_tokens") is not None:
+            sampling["max_tokens"] += n  # the record keeps the original budget
+        if n and sampling.get("min_tokens"):
+            sampling["min_tokens"] += n
+        now = time.time()
+        base = Record(key=opts.key, model=self.identity, prompt_ids=tuple(prompt[: len(prompt) - n]),
+                      output_ids=prefix, sampling=sampling, created=now, updated=now)
+        stop_ids = set(params.stop_token_ids or ())
+        eos = getattr(params, "eos_token_id", None)
+        if eos is not None and not params.ignore_eos:
+            stop_ids.add(eos)
+        stop_ids |= set(getattr(params, "all_stop_token_ids", ()) or ())
+        self.tracked[index] = _Tracked(base, out_ids, prefix, frozenset(stop_ids), params.max_tokens)
+        self._snapshot(self.tracked[index])  # the prompt is resumable from the first token on
+
+    def move(self, a: int, b: int, swap: bool) -> None:
+        ta, tb = self.tracked.pop(a, None), self.tracked.pop(b, None)
+        if ta is not None:
+            self.tracked[b] = ta
+        if swap and tb is not None:
+            self.tracked[a] = tb
+
+    def remove(self, index: int) -> None:
+        t = self.tracked.pop(index, None)
+        if t is None:
+            return
+        out = self._known(t.out_ids)
+        reason = None
+        if out and out[-1] in t.stop_ids:
+            reason = "stop"
+        elif t.max_tokens is not None and len(out) >= t.max_tokens:
+            reason = "length"
+        # Removed without stop/length: preempted (it comes back), aborted, or
+        # ended by a stop string; the final snapshot stays resumable.
+        if reason is not None and self.cfg.retention == "delete":
+            self.writer.delete(t.base.key)
+            return
+        self._snapshot(t, reason)
+
+    def step(self) -> None:
+        every = self.cfg.every
+        for t in self.tracked.values():
+            if len(t.out_ids) - max(t.written, 0) >= every:
+                self._snapshot(t)
+
+    def intervention(self, key: str | None, event: dict) -> None:
+        """Record a logged intervention with the request's next snapshot
+        (looked up by key: on a GPU the log readout lags a step, rows may move)."""
+        for t in self.tracked.values():
+            if key is not None and t.base.key == key:
+                t.interventions.append(event)
+                return
+
+    def _snapshot(self, t: _Tracked, reason: str | None = None) -> None:
+        out = self._known(t.out_ids)
+        t.written = len(out)
+        self.writer.offer(t.base.with_output(t.prefix + tuple(out), finished=reason is not None,
+                                             finish_reason=reason, interventions=t.interventions))
+
+    @staticmethod
+    def _known(out_ids: list[int]) -> list[int]:
+        # Under async scheduling the newest entry may be a -1 placeholder.
+        out = list(out_ids)
+        while out and out[-1] < 0:
+            out.pop()
+        return out
+
+    def close(self) -> None:
+        self.writer.close()
