@@ -53,3 +53,76 @@ def test_other_routes_and_unparsable_bodies_pass_through():
     assert _post("/other", b"not json").json() == {"len": 8}
     r = _post("/v1/chat/completions", b"{not json")
     assert r.status_code == 200 and r.json() == {"echo": "{not json"}  # vLLM answers it itself
+
+
+# -- GET /l0/checkpoints/{key} ------------------------------------------------
+
+@pytest.fixture
+def ck_app(monkeypatch, tmp_path):
+    """The plugin's route on a bare FastAPI app, reading a real SQLite store."""
+    from fastapi import FastAPI
+
+    from l0.vllm import endpoint, logits_processor
+    monkeypatch.setenv("L0_CHECKPOINT_STORE", f"sqlite://{tmp_path}/ck.db")
+    monkeypatch.delenv("L0_CONFIG", raising=False)
+    logits_processor.server_config.cache_clear()
+    endpoint._checkpoint_store.cache_clear()
+    app = FastAPI()
+    plugin = endpoint.L0EndpointPlugin()
+    plugin.attach_router(app)
+    yield app, plugin
+    endpoint._checkpoint_store.cache_clear()
+    logits_processor.server_config.cache_clear()
+
+
+def _get(app, path, headers=None):
+    import httpx
+
+    async def go():
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
+            return await c.get(path, headers=headers or {})
+    return asyncio.run(go())
+
+
+def _put(tmp_rec):
+    from l0.vllm.endpoint import _checkpoint_store
+    _checkpoint_store().put_many([tmp_rec])
+
+
+def _rec(key="abc-1"):
+    from l0.checkpoint.record import ModelIdentity, Record
+    return Record(key=key, model=ModelIdentity("m", "sha256:x"), prompt_ids=(1, 2), output_ids=(3,),
+                  sampling={"max_tokens": 8})
+
+
+def test_checkpoint_route_200_404_400(ck_app):
+    app, _ = ck_app
+    _put(_rec())
+    r = _get(app, "/l0/checkpoints/abc-1")
+    assert r.status_code == 200 and r.json()["output_ids"] == [3] and r.json()["prompt_ids"] == [1, 2]
+    r = _get(app, "/l0/checkpoints/nope")
+    assert r.status_code == 404 and "no checkpoint" in r.json()["error"]["message"]
+    r = _get(app, "/l0/checkpoints/bad%20key")
+    assert r.status_code == 400 and "1-128 characters" in r.json()["error"]["message"]
+
+
+def test_checkpoint_route_is_guarded_by_the_api_key(ck_app):
+    from types import SimpleNamespace
+    app, plugin = ck_app
+    asyncio.run(plugin.init_state(None, app.state, SimpleNamespace(api_key=["sk-test"])))
+    _put(_rec())
+    assert _get(app, "/l0/checkpoints/abc-1").status_code == 401
+    assert _get(app, "/l0/checkpoints/abc-1", {"Authorization": "Bearer wrong"}).status_code == 401
+    assert _get(app, "/l0/checkpoints/abc-1", {"Authorization": "Basic sk-test"}).status_code == 401
+    assert _get(app, "/l0/checkpoints/abc-1", {"Authorization": "Bearer sk-test"}).status_code == 200
+
+
+def test_checkpoint_route_without_a_store_is_503(ck_app, monkeypatch):
+    from l0.vllm import endpoint, logits_processor
+    app, _ = ck_app
+    monkeypatch.setenv("L0_CHECKPOINT_STORE", "off")
+    logits_processor.server_config.cache_clear()
+    endpoint._checkpoint_store.cache_clear()
+    r = _get(app, "/l0/checkpoints/abc-1")
+    assert r.status_code == 503 and "off" in r.json()["error"]["message"]

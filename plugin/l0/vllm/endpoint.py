@@ -1,12 +1,25 @@
 """L0's ``vllm.endpoint_plugins`` entry (loaded when ``VLLM_PLUGINS`` names
-``l0``, as ``l0 serve`` does): validates ``vllm_xargs`` before vLLM sees the
-request, so a bad L0 option is an HTTP 400 for streaming requests too. (vLLM
-validates streaming requests after the 200 and its event-stream has begun; the
-error then arrives as an SSE event.)
+``l0``, as ``l0 serve`` does):
+
+* validates ``vllm_xargs`` before vLLM sees the request, so a bad L0 option is
+  an HTTP 400 for streaming requests too. (vLLM validates streaming requests
+  after the 200 and its event-stream has begun; the error then arrives as an
+  SSE event.)
+* ``GET /l0/checkpoints/{key}``: a request's checkpoint record as JSON, from
+  the store this server writes to (any replica sharing the store can answer).
+  200, 400 (malformed key), 401 (the server runs with ``--api-key`` /
+  ``VLLM_API_KEY`` and the bearer token is missing or wrong: checkpoints hold
+  prompts and outputs, so they get the same protection as vLLM's own
+  ``/v1`` routes), 404 (no such record), 500 (corrupt record), 503 (store
+  unreachable, or checkpoints off).
 """
 from __future__ import annotations
 
+import asyncio
+import functools
+import hashlib
 import json
+import secrets
 
 from l0.config import OptionError, params_from_xargs
 
@@ -71,6 +84,73 @@ def _replay(chunks, receive, first=None):
     return replay
 
 
+def _api_token_hashes(args) -> list[bytes]:
+    """The tokens vLLM itself guards ``/v1`` with: ``--api-key`` (one or
+    more), else ``VLLM_API_KEY``. Kept as sha256 digests, compared in
+    constant time."""
+    import os
+
+    keys = getattr(args, "api_key", None) if args is not None else None
+    if isinstance(keys, str):
+        keys = [keys]
+    keys = [k for k in (keys or [os.environ.get("VLLM_API_KEY")]) if k]
+    return [hashlib.sha256(k.encode()).digest() for k in keys]
+
+
+def authorized(headers, token_hashes: list[bytes]) -> bool:
+    if not token_hashes:
+        return True
+    scheme, _, token = (headers.get("authorization") or "").partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        return False
+    digest = hashlib.sha256(token.encode()).digest()
+    ok = False
+    for h in token_hashes:  # no early exit: same time whichever matches
+        ok |= secrets.compare_digest(digest, h)
+    return ok
+
+
+@functools.cache
+def _checkpoint_store():
+    from l0.checkpoint.store import open_store
+    from l0.vllm.logits_processor import server_config
+
+    cfg = server_config().checkpoint
+    if not cfg.enabled:
+        return None
+    return open_store(cfg.store, cfg.ttl_s)
+
+
+def _json(status: int, doc) -> "object":
+    from fastapi.responses import JSONResponse
+    return JSONResponse(status_code=status, content=doc)
+
+
+async def get_checkpoint(key: str, request):
+    """The route handler (see module docstring)."""
+    from l0.checkpoint.record import CorruptRecord
+    from l0.checkpoint.store import BadKey, StoreUnavailable, check_key
+
+    if not authorized(request.headers, getattr(request.app.state, "l0_api_tokens", [])):
+        return _json(401, {"error": "Unauthorized"})
+    try:
+        check_key(key)
+    except BadKey as exc:
+        return _json(400, {"error": {"message": str(exc), "code": 400}})
+    try:
+        store = _checkpoint_store()
+        if store is None:
+            return _json(503, {"error": {"message": "l0: checkpoints are off on this server", "code": 503}})
+        record = await asyncio.to_thread(store.get, key)
+    except StoreUnavailable as exc:
+        return _json(503, {"error": {"message": str(exc), "code": 503}})
+    except CorruptRecord as exc:
+        return _json(500, {"error": {"message": f"l0: corrupt checkpoint: {exc}", "code": 500}})
+    if record is None:
+        return _json(404, {"error": {"message": f"l0: no checkpoint for key {key!r}", "code": 404}})
+    return _json(200, record.to_dict())
+
+
 class L0EndpointPlugin:
     """The object vLLM's endpoint-plugin loader instantiates."""
 
@@ -78,7 +158,20 @@ class L0EndpointPlugin:
     required_tasks = None
 
     def attach_router(self, app) -> None:
+        from fastapi import Request
+
         app.add_middleware(XargsValidation)
+        app.state.l0_api_tokens = _api_token_hashes(None)  # until init_state sees the args
+
+        async def l0_get_checkpoint(key, request):
+            return await get_checkpoint(key, request)
+
+        # Real classes, not the strings `from __future__ import annotations`
+        # would leave: FastAPI reads them to inject the request.
+        l0_get_checkpoint.__annotations__ = {"key": str, "request": Request}
+
+        app.add_api_route("/l0/checkpoints/{key}", l0_get_checkpoint, methods=["GET"])
 
     async def init_state(self, engine_client, state, args) -> None:
-        return None
+        tokens = _api_token_hashes(args)
+        state.l0_api_tokens = tokens
