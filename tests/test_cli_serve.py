@@ -16,3 +16,10 @@ def test_bad_action_is_rejected_by_argparse():
     proc = subprocess.run([sys.executable, "-m", "l0.cli", "serve", "m", "--l0-action", "explode"],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "invalid choice: 'explode'" in proc.stderr
+
+
+def test_bad_store_url_exits_2_without_echoing_the_password():
+    proc = subprocess.run([sys.executable, "-m", "l0.cli", "serve", "m", "--l0-store", "mysql://u:hunter2@h/db"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "must be off or a sqlite://" in proc.stderr
+    assert "hunter2" not in proc.stderr

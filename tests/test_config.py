@@ -83,3 +83,28 @@ def test_bad_server_config_refused(tmp_path, monkeypatch, text, msg):
     with pytest.raises(OptionError) as err:
         load_server_config(f)
     assert msg in str(err.value)
+
+
+def test_checkpoint_section(tmp_path, monkeypatch):
+    from l0.config import OptionError, load_server_config
+    monkeypatch.delenv("L0_CHECKPOINT_STORE", raising=False)
+    monkeypatch.delenv("L0_ACTION", raising=False)
+    f = tmp_path / "l0.yaml"
+    f.write_text("l0:\n  checkpoint:\n    store: redis://127.0.0.1:6379/0\n    every: 8\n    ttl_s: 60\n"
+                 "    retention: delete\n")
+    cp = load_server_config(f).checkpoint
+    assert (cp.store, cp.every, cp.ttl_s, cp.retention) == ("redis://127.0.0.1:6379/0", 8, 60, "delete")
+    monkeypatch.setenv("L0_CHECKPOINT_STORE", "off")
+    assert not load_server_config(f).checkpoint.enabled
+    for bad, msg in [("every: 0", "checkpoint.every=0 is out of range"), ("retention: forever", "retention"),
+                     ("colour: red", "unknown checkpoint key 'colour'")]:
+        f.write_text(f"l0:\n  checkpoint:\n    {bad}\n")
+        with pytest.raises(OptionError, match=msg):
+            load_server_config(f)
+
+
+def test_resume_from_option():
+    from l0.config import OptionError, ServerConfig, params_from_xargs
+    assert params_from_xargs({"l0_resume_from": 12}, ServerConfig()).resume_from == 12
+    with pytest.raises(OptionError, match="l0_resume_from=-1 is out of range"):
+        params_from_xargs({"l0_resume_from": -1}, ServerConfig())

@@ -14,7 +14,7 @@ FQCN = "l0.vllm:L0LogitsProcessor"
 
 
 def serve(argv: Sequence[str]) -> int:
-    """``l0 serve MODEL [--l0-action A] [--l0-config F] [vLLM server args...]``.
+    """``l0 serve MODEL [--l0-action A] [--l0-config F] [--l0-store URL] [vLLM server args...]``.
 
     Execs vLLM's OpenAI server with L0 as a logits processor. L0's default
     action here is ``stop`` (an engine that only has L0 installed observes).
@@ -24,6 +24,8 @@ def serve(argv: Sequence[str]) -> int:
     p.add_argument("model")
     p.add_argument("--l0-action", choices=ACTIONS, default=os.environ.get("L0_ACTION", "stop"))
     p.add_argument("--l0-config", default=os.environ.get("L0_CONFIG"))
+    p.add_argument("--l0-store", default=os.environ.get("L0_CHECKPOINT_STORE"),
+                   help="checkpoint store URL (sqlite:///path, redis://host:port/db, rediss://...) or off")
     ours, rest = p.parse_known_args(argv)
     env = dict(os.environ, L0_ACTION=ours.l0_action)
     # vLLM loads endpoint plugins only when VLLM_PLUGINS names them. Note that
@@ -33,8 +35,10 @@ def serve(argv: Sequence[str]) -> int:
         env["VLLM_PLUGINS"] = ",".join(named + ["l0"])
     if ours.l0_config:
         env["L0_CONFIG"] = os.path.abspath(ours.l0_config)
+    if ours.l0_store:
+        env["L0_CHECKPOINT_STORE"] = ours.l0_store
     try:  # refuse to start on a bad config, before vLLM spends time loading
-        os.environ.update({k: env[k] for k in ("L0_ACTION", "L0_CONFIG") if k in env})
+        os.environ.update({k: env[k] for k in ("L0_ACTION", "L0_CONFIG", "L0_CHECKPOINT_STORE") if k in env})
         load_server_config()
     except (OptionError, OSError) as exc:
         print(f"l0 serve: {exc}", file=sys.stderr)

@@ -93,6 +93,16 @@ class Server:
                 pass
             self.proc.wait(timeout=30)
 
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        """Kill the server and its engine processes at once (a crash, not a stop)."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        try:
+            os.killpg(self.proc.pid, sig)
+        except ProcessLookupError:
+            pass
+        self.proc.wait(timeout=30)
+
     def __enter__(self) -> "Server":
         return self.start()
 

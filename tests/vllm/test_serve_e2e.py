@@ -38,7 +38,8 @@ def server(tmp_path_factory):
     log = tmp_path_factory.mktemp("serve") / "server.log"
     args = ["--dtype", "float32", "--gpu-memory-utilization", "0.25", "--max-model-len", "2048",
             "--enforce-eager", "--max-num-seqs", "64", "--seed", "0"]
-    with Server(model, args, env={"L0_ACTION": "stop"}, log_path=log) as srv:
+    store = f"sqlite://{tmp_path_factory.mktemp('ck')}/ck.db"
+    with Server(model, args, env={"L0_ACTION": "stop", "L0_CHECKPOINT_STORE": store}, log_path=log) as srv:
         srv.model = model
         srv.log = log
         yield srv

@@ -1,0 +1,177 @@
+"""Kill-and-resume against real processes: two `l0 serve` replicas of the
+SmolLM2 model sharing a real redis-server, the failover client, SIGKILL.
+
+Greedy decoding throughout, so "exact" is checkable: the final token ids
+after any number of kills equal an uninterrupted run.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from l0.checkpoint.record import ModelIdentity, Record
+from l0.checkpoint.store import open_store
+from l0.client import FailoverClient, RetryPolicy
+from l0.resume import ResumeError
+from services import RedisProcess, free_port
+
+pytestmark = [pytest.mark.vllm, pytest.mark.redis]
+
+ARGS = ["--dtype", "float32", "--gpu-memory-utilization", "0.2", "--max-model-len", "2048",
+        "--enforce-eager", "--max-num-seqs", "16", "--seed", "0"]
+PROMPT = [{"role": "user", "content": "Write a short story about a robot who learns to paint."}]
+MAX_TOKENS = 64
+FAST = RetryPolicy(max_attempts=4, backoff_s=0.05, backoff_max_s=0.2, jitter_s=0.0,
+                   inter_token_timeout_s=60.0)
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory):
+    from l0.models import prepare_smollm2
+    from l0.server import Server
+
+    model = str(prepare_smollm2())
+    tmp = tmp_path_factory.mktemp("fleet")
+    redis = RedisProcess(tmp).start()
+    env = {"L0_ACTION": "stop", "L0_CHECKPOINT_STORE": redis.url}
+    r1 = Server(model, ARGS, env=env, log_path=tmp / "r1.log", port=free_port())
+    r2 = Server(model, ARGS, env=env, log_path=tmp / "r2.log", port=free_port())
+    r1.start()
+    r2.start()
+    yield {"model": model, "redis": redis, "r1": r1, "r2": r2, "tmp": tmp}
+    r1.stop()
+    r2.stop()
+    redis.stop()
+
+
+def _collect(client, messages=PROMPT, kill_at=None, victim=None, **params):
+    """Run one streamed chat to the end; SIGKILL ``victim`` once ``kill_at``
+    tokens have arrived. Returns (token ids, text, outcome)."""
+    params.setdefault("max_tokens", MAX_TOKENS)
+    params.setdefault("temperature", 0.0)
+
+    async def go():
+        ids, text = [], ""
+        async for d in client.stream_chat(messages, **params):
+            ids += d.token_ids
+            text += d.text
+            if kill_at is not None and len(ids) >= kill_at and victim.proc.poll() is None:
+                victim.kill()
+        return ids, text, client.last
+    return asyncio.run(go())
+
+
+@pytest.fixture(scope="module")
+def reference(fleet):
+    client = FailoverClient([fleet["r2"].url], fleet["model"], policy=FAST)
+    ids, text, out = _collect(client)
+    assert len(ids) == MAX_TOKENS and out.finish_reason == "length" and out.attempts == 1
+    return ids, text
+
+
+@pytest.mark.parametrize("kill_at", [3, 32, MAX_TOKENS - 1], ids=["early", "middle", "one-before-end"])
+def test_sigkill_mid_stream_resumes_exactly_on_the_other_replica(fleet, reference, kill_at):
+    r1, r2 = fleet["r1"], fleet["r2"]
+    if r1.proc is None or r1.proc.poll() is not None:
+        r1.start()  # back from the previous kill
+    events = []
+    client = FailoverClient([r1.url, r2.url], fleet["model"], policy=FAST, on_event=events.append)
+    ids, text, out = _collect(client, kill_at=kill_at, victim=r1)
+    assert r1.proc.poll() is not None, "the replica was killed"
+    assert ids == reference[0]            # token for token
+    assert text == reference[1]           # nothing duplicated, nothing missing
+    kinds = [e.kind for e in events]
+    assert kinds[0] == "attempt" and "failure" in kinds and kinds[-1] == "complete"
+    resume = next(e for e in events if e.kind == "resume")
+    assert resume.replica == r2.url and resume.offset >= kill_at
+    # The record is one record across both replicas, finished by replica 2.
+    rec = open_store(fleet["redis"].url).get(out.key)
+    assert rec.output_ids == tuple(reference[0]) and rec.finished and rec.finish_reason == "length"
+
+
+def test_sqlite_replica_killed_and_restarted_on_the_same_port(fleet, reference):
+    from l0.server import Server
+
+    db = fleet["tmp"] / "ck.sqlite3"
+    env = {"L0_ACTION": "stop", "L0_CHECKPOINT_STORE": f"sqlite://{db}"}
+    solo = Server(fleet["model"], ARGS, env=env, log_path=fleet["tmp"] / "solo.log", port=free_port())
+    solo.start()
+    try:
+        def restart(event):
+            if event.kind == "failure":
+                solo.start()  # same port, same SQLite file
+
+        client = FailoverClient([solo.url], fleet["model"], policy=FAST, on_event=restart)
+        ids, text, out = _collect(client, kill_at=40, victim=solo)
+        assert ids == reference[0] and text == reference[1]
+        assert [e.mode for e in out.events if e.kind == "attempt"] == ["fresh", "resume"]
+        assert open_store(f"sqlite://{db}").get(out.key).finished
+    finally:
+        solo.stop()
+
+
+def test_store_outage_generation_continues_and_writes_resume(fleet, reference):
+    redis, r2 = fleet["redis"], fleet["r2"]
+    client = FailoverClient([r2.url], fleet["model"], policy=FAST)
+    stopped = []
+
+    def outage(n):
+        if n >= 8 and not stopped:
+            redis.stop()
+            stopped.append(n)
+
+    async def go():
+        ids = []
+        async for d in client.stream_chat(PROMPT, max_tokens=MAX_TOKENS, temperature=0.0):
+            ids += d.token_ids
+            outage(len(ids))
+        return ids
+    ids = asyncio.run(go())
+    assert stopped and ids == reference[0]  # serving went on without the store
+    redis.start()
+    store = open_store(redis.url)
+    deadline = time.monotonic() + 60
+    rec = None
+    while time.monotonic() < deadline:
+        rec = store.get(client.last.key)
+        if rec is not None and rec.finished:
+            break
+        time.sleep(0.5)
+    assert rec is not None and rec.finished and rec.output_ids == tuple(reference[0])
+
+
+def test_checkpoint_route_on_a_real_replica(fleet):
+    import httpx
+    r2 = fleet["r2"]
+    assert httpx.get(f"{r2.url}/l0/checkpoints/never-written").status_code == 404
+    r = httpx.get(f"{r2.url}/l0/checkpoints/bad%20key")
+    assert r.status_code == 400 and "1-128 characters" in r.json()["error"]["message"]
+
+
+def test_checkpoint_from_another_model_is_refused_and_nothing_is_lost(fleet):
+    r2 = fleet["r2"]
+    foreign = Record(key="foreign-1", model=ModelIdentity("some-other-model", "sha256:0"),
+                     prompt_ids=(1, 2, 3), output_ids=(4, 5), sampling={"max_tokens": 64})
+    open_store(fleet["redis"].url).put_many([foreign])
+    dead = f"http://127.0.0.1:{free_port()}"  # nothing listens: the first attempt fails
+    client = FailoverClient([dead, r2.url], fleet["model"], policy=FAST)
+    with pytest.raises(ResumeError, match="written by model 'some-other-model'") as err:
+        _collect(client, key="foreign-1")
+    assert err.value.token_ids == [] and client.last.token_ids == []
+
+
+def test_guided_json_is_regenerated_and_skips_what_was_delivered(fleet):
+    r1, r2 = fleet["r1"], fleet["r2"]
+    if r1.proc is None or r1.proc.poll() is not None:
+        r1.start()
+    schema = {"type": "object", "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
+              "required": ["name", "age"]}
+    msgs = [{"role": "user", "content": "Give me a person as JSON with a name and an age."}]
+    guided = {"response_format": {"type": "json_schema", "json_schema": {"name": "p", "schema": schema}}}
+    ref_ids, ref_text, _ = _collect(FailoverClient([r2.url], fleet["model"], policy=FAST), msgs, **guided)
+    client = FailoverClient([r1.url, r2.url], fleet["model"], policy=FAST)
+    ids, text, out = _collect(client, msgs, kill_at=min(6, len(ref_ids) - 1), victim=r1, **guided)
+    assert ids == ref_ids and text == ref_text
+    assert [e.mode for e in out.events if e.kind == "attempt"] == ["fresh", "regenerate"]
