@@ -53,12 +53,13 @@ def _collect(client, messages=PROMPT, kill_at=None, victim=None, **params):
     params.setdefault("temperature", 0.0)
 
     async def go():
-        ids, text = [], ""
+        ids, text, killed = [], "", False
         async for d in client.stream_chat(messages, **params):
             ids += d.token_ids
             text += d.text
-            if kill_at is not None and len(ids) >= kill_at and victim.proc.poll() is None:
-                victim.kill()
+            if kill_at is not None and len(ids) >= kill_at and not killed:
+                victim.kill()  # once: a restarted victim must live
+                killed = True
         return ids, text, client.last
     return asyncio.run(go())
 
@@ -100,7 +101,7 @@ def test_sqlite_replica_killed_and_restarted_on_the_same_port(fleet, reference):
     solo.start()
     try:
         def restart(event):
-            if event.kind == "failure":
+            if event.kind == "failure" and solo.proc.poll() is not None:
                 solo.start()  # same port, same SQLite file
 
         client = FailoverClient([solo.url], fleet["model"], policy=FAST, on_event=restart)
