@@ -1,20 +1,30 @@
-"""``l0 demo``: a real vLLM server on loopback stops a runaway loop.
+"""``l0 demo``: a real vLLM server on loopback stops a runaway loop, then a
+replica is killed mid-stream and the stream resumes exactly on another one.
 
 Prepares SmolLM2-135M-Instruct (once), starts ``l0 serve``, streams a runaway
 prompt and a normal prompt side by side (each with L0 stop and with L0 off for
 comparison, greedy), prints where L0 stopped the loop and how many tokens it
-saved, shows that the normal answer is untouched, and shuts the server down.
+saved, shows that the normal answer is untouched. Then (unless
+``--no-failover``) it starts a second replica sharing the first one's
+checkpoint store (one SQLite file), streams a story through the failover
+client, SIGKILLs the first replica mid-stream, and shows the stream finishing
+on the second one token-identical to an uninterrupted run. Servers are shut
+down at the end.
 """
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
+import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 RUNAWAY = "List the planets of the solar system."
 NORMAL = "Count from 1 to 50."
+STORY = "Write a short story about a robot who learns to paint."
 
 
 def _say(msg: str) -> None:
@@ -26,6 +36,8 @@ def main(argv=()) -> int:
     p.add_argument("--max-tokens", type=int, default=1024)
     p.add_argument("--runaway", default=RUNAWAY)
     p.add_argument("--normal", default=NORMAL)
+    p.add_argument("--no-failover", action="store_true", help="skip the kill-and-resume part")
+    p.add_argument("--kill-at", type=int, default=40, help="token at which replica 1 is killed")
     ns = p.parse_args(list(argv))
 
     from l0.models import prepare_smollm2
@@ -52,7 +64,10 @@ def main(argv=()) -> int:
             with lock:
                 _say("tokens so far: " + "  ".join(f"{k}={v}" for k, v in counts.items()))
 
-    with Server(model, args, env={"L0_ACTION": "stop"}, progress=_say) as srv:
+    store = f"sqlite://{Path(tempfile.mkdtemp(prefix='l0-demo-'))}/checkpoints.sqlite3"
+    env = {"L0_ACTION": "stop", "L0_CHECKPOINT_STORE": store}
+    srv = Server(model, args, env=env, progress=_say).start()
+    try:
         _say(f"server ready at {srv.url}; streaming 4 requests side by side (greedy) ...")
         threading.Thread(target=ticker, daemon=True).start()
         jobs = {"runaway/L0": (ns.runaway, "stop"), "runaway/off": (ns.runaway, "off"),
@@ -65,8 +80,16 @@ def main(argv=()) -> int:
             res = {k: f.result() for k, f in futs.items()}
         done.set()
         elapsed = time.monotonic() - t0
-    _say(f"server stopped ({elapsed:.0f} s of streaming)")
+        _say(f"streaming done ({elapsed:.0f} s)")
+        ok_loop = _report_loop(ns, res)
+        ok_failover = True if ns.no_failover else _failover(ns, model, args, env, srv)
+    finally:
+        srv.stop()
+    _say("servers stopped")
+    return 0 if ok_loop and ok_failover else 1
 
+
+def _report_loop(ns, res) -> bool:
     on, off = res["runaway/L0"], res["runaway/off"]
     print()
     print(f"== runaway prompt: {ns.runaway!r}")
@@ -80,8 +103,49 @@ def main(argv=()) -> int:
     print(f"   {len(res['normal/L0'].token_ids)} tokens, finish_reason={res['normal/L0'].finish_reason}, "
           f"identical to L0 off: {same}")
     print("   " + res["normal/L0"].text[:120].replace("\n", " / ") + " ...")
-    ok = on.finish_reason == "stop" and len(on.token_ids) < len(off.token_ids) and same
-    return 0 if ok else 1
+    return on.finish_reason == "stop" and len(on.token_ids) < len(off.token_ids) and same
+
+
+def _failover(ns, model, args, env, first) -> bool:
+    from l0.client import FailoverClient, RetryPolicy
+    from l0.server import Server
+
+    print()
+    _say("starting a second replica on the same checkpoint store ...")
+    second = Server(model, args, env=env, progress=_say).start()
+    try:
+        policy = RetryPolicy(backoff_s=0.05, jitter_s=0.0)
+        msgs = [{"role": "user", "content": STORY}]
+
+        async def run(client, kill_at=None):
+            ids, text = [], ""
+            async for d in client.stream_chat(msgs, max_tokens=96, temperature=0.0):
+                ids += d.token_ids
+                text += d.text
+                if kill_at is not None and len(ids) >= kill_at and first.proc.poll() is None:
+                    _say(f"token {len(ids)} received: SIGKILL to replica 1 ({first.url})")
+                    first.kill()
+            return ids, text
+
+        _say("uninterrupted reference run on replica 2 ...")
+        ref_ids, ref_text = asyncio.run(run(FailoverClient([second.url], model, policy=policy)))
+
+        def show(e):
+            detail = {"attempt": f"mode={e.mode}", "failure": f"reason={e.reason}", "resume": f"offset={e.offset}",
+                      "complete": f"tokens={e.offset} finish={e.reason}"}.get(e.kind, e.reason or "")
+            _say(f"  event {e.kind:<8} replica={e.replica or '-'} {detail}")
+
+        _say(f"streaming through the failover client [replica 1, replica 2]; kill at token {ns.kill_at} ...")
+        client = FailoverClient([first.url, second.url], model, policy=policy, on_event=show)
+        ids, text = asyncio.run(run(client, ns.kill_at))
+    finally:
+        second.stop()
+    exact = ids == ref_ids and text == ref_text
+    print(f"\n== failover: {STORY!r}")
+    print(f"   replica 1 killed at token {ns.kill_at}; resumed on replica 2 from its checkpoint")
+    print(f"   {len(ids)} tokens, identical to the uninterrupted run: {exact}")
+    print("   " + text[:160].replace("\n", " / ") + " ...")
+    return exact
 
 
 if __name__ == "__main__":
