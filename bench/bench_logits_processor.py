@@ -31,9 +31,9 @@ sys.path.insert(0, str(ROOT / "plugin"))
 VOCAB = 49152
 
 
-def make_lp(batch: int):
+def make_lp(batch: int, store: str = "off"):
     os.environ["L0_ACTION"] = "observe"
-    os.environ["L0_CHECKPOINT_STORE"] = "off"
+    os.environ["L0_CHECKPOINT_STORE"] = store
     from l0.models import prepare_smollm2
     from l0.vllm import logits_processor as mod
     mod.server_config.cache_clear()
@@ -45,16 +45,19 @@ def make_lp(batch: int):
     return mod.L0LogitsProcessor(cfg, torch.device("cpu"), False)
 
 
-def run(batch: int, steps: int) -> dict:
+def run(batch: int, steps: int, store: str = "off") -> dict:
     from vllm import SamplingParams
     from vllm.v1.sample.logits_processor import BatchUpdate
 
-    lp = make_lp(batch)
+    lp = make_lp(batch, store)
     rng = random.Random(0)
     outs = [[] for _ in range(batch)]
     added = []
     for i in range(batch):
-        p = SamplingParams(max_tokens=100000, extra_args={"l0_action": "observe"})
+        xargs = {"l0_action": "observe"}
+        if store != "off":
+            xargs["l0_key"] = f"bench-{i}"
+        p = SamplingParams(max_tokens=100000, extra_args=xargs)
         p.update_from_generation_config({}, eos_token_id=2)
         added.append((i, p, [1, 2, 3], outs[i]))
     lp.update_state(BatchUpdate(batch_size=batch, removed=[], added=added, moved=[]))
@@ -72,7 +75,16 @@ def run(batch: int, steps: int) -> dict:
         lp.update_state(None)
         lp.apply(logits)
         spent += time.perf_counter() - t0
-    return {"batch": batch, "l0_ms_per_step": spent / steps * 1e3, "backend": lp.det.backend}
+    row = {"batch": batch, "l0_ms_per_step": spent / steps * 1e3, "backend": lp.det.backend}
+    if lp.ckpt is not None:
+        w = lp.ckpt.writer
+        cpu0 = w.cpu_s
+        w.flush()
+        lp.ckpt.close()
+        row.update(checkpoint_store=store.split(":")[0], checkpoint_every=lp.cfg.checkpoint.every,
+                   records_written=w.written, writer_cpu_ms_per_step=w.cpu_s / (steps + 64) * 1e3,
+                   writer_cpu_ms_unflushed=(w.cpu_s - cpu0) * 1e3)
+    return row
 
 
 def main() -> None:
@@ -90,6 +102,16 @@ def main() -> None:
         print(f"batch {batch:>3}: L0 host time {row['l0_ms_per_step']:.3f} ms/step ({row['backend']})"
               + (f" = {row['share_of_engine_step'] * 100:.3f}% of a {ns.engine_step_ms:g} ms engine step"
                  if batch == 32 else ""), flush=True)
+    import tempfile
+    store = f"sqlite://{tempfile.mkdtemp(prefix='l0-bench-')}/ck.sqlite3"
+    row = run(32, ns.steps, store)
+    total = row["l0_ms_per_step"] + row["writer_cpu_ms_per_step"]
+    row["share_of_engine_step"] = total / ns.engine_step_ms
+    rows.append(row)
+    print(f"batch  32 + checkpoints (every {row['checkpoint_every']}, sqlite): serving-loop "
+          f"{row['l0_ms_per_step']:.3f} ms/step + writer thread {row['writer_cpu_ms_per_step']:.3f} ms CPU/step "
+          f"= {row['share_of_engine_step'] * 100:.3f}% of a {ns.engine_step_ms:g} ms engine step "
+          f"({row['records_written']} records written)", flush=True)
     meta = {"host": platform.node(), "torch": torch.__version__, "threads": torch.get_num_threads(),
             "engine_step_ms": ns.engine_step_ms, "when": time.strftime("%Y-%m-%dT%H:%M:%S")}
     Path(ns.out).write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")

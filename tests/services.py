@@ -14,19 +14,38 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def make_tls_files(workdir: Path) -> dict[str, Path]:
+    """A throw-away CA and a server certificate for 127.0.0.1 (openssl CLI)."""
+    d = Path(workdir)
+    f = {k: d / n for k, n in (("ca", "ca.crt"), ("ca_key", "ca.key"), ("cert", "server.crt"),
+                               ("key", "server.key"), ("csr", "server.csr"), ("ext", "san.ext"))}
+    f["ext"].write_text("subjectAltName=IP:127.0.0.1\n")
+    run = lambda *a: subprocess.run(["openssl", *a], check=True, capture_output=True)  # noqa: E731
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", f["ca_key"], "-out", f["ca"], "-days", "1",
+        "-subj", "/CN=l0-test-ca")
+    run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f["key"], "-out", f["csr"], "-subj", "/CN=127.0.0.1")
+    run("x509", "-req", "-in", f["csr"], "-CA", f["ca"], "-CAkey", f["ca_key"], "-CAcreateserial", "-out",
+        f["cert"], "-days", "1", "-extfile", f["ext"])
+    return f
+
+
 class RedisProcess:
     """A throw-away ``redis-server`` on 127.0.0.1 (no persistence). ``stop()``
-    and ``start()`` again on the same port model an outage."""
+    and ``start()`` again on the same port model an outage. ``tls``: the files
+    from :func:`make_tls_files`; the server then speaks TLS only."""
 
-    def __init__(self, workdir: Path, password: str | None = None) -> None:
+    def __init__(self, workdir: Path, password: str | None = None, tls: dict[str, Path] | None = None) -> None:
         self.port = free_port()
         self.workdir = Path(workdir)
         self.password = password
+        self.tls = tls
         self.proc: subprocess.Popen | None = None
 
     @property
     def url(self) -> str:
         auth = f":{self.password}@" if self.password else ""
+        if self.tls:
+            return f"rediss://{auth}127.0.0.1:{self.port}/0?ssl_ca_certs={self.tls['ca']}"
         return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     def start(self) -> "RedisProcess":
@@ -35,6 +54,11 @@ class RedisProcess:
             raise RuntimeError("redis-server missing: apt-get install redis-server")
         argv = [exe, "--bind", "127.0.0.1", "--port", str(self.port), "--save", "", "--appendonly", "no",
                 "--dir", str(self.workdir)]
+        if self.tls:
+            argv[4] = "0"  # plain port off
+            argv += ["--tls-port", str(self.port), "--tls-cert-file", str(self.tls["cert"]),
+                     "--tls-key-file", str(self.tls["key"]), "--tls-ca-cert-file", str(self.tls["ca"]),
+                     "--tls-auth-clients", "no"]
         if self.password:
             argv += ["--requirepass", self.password]
         self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

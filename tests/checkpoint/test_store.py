@@ -172,3 +172,17 @@ def test_urls_and_keys():
         assert "pw" not in str(exc).replace("***", "")
     k = new_key()
     assert check_key(k) == k and len(k) == 35 and len({new_key() for _ in range(100)}) == 100
+
+
+@pytest.mark.redis
+def test_rediss_tls_with_a_password(tmp_path):
+    from services import make_tls_files
+    tls = make_tls_files(tmp_path)
+    with RedisProcess(tmp_path, password="tls-pw", tls=tls) as r:
+        assert r.url.startswith("rediss://")
+        s = open_store(r.url, ttl_s=60)
+        s.put_many([rec()])
+        assert s.get("k1") == rec() and "tls-pw" not in s.url
+        plain = open_store(f"redis://:tls-pw@127.0.0.1:{r.port}/0", ttl_s=60)
+        with pytest.raises(StoreUnavailable):  # the server speaks TLS only
+            plain.get("k1")

@@ -176,3 +176,23 @@ def test_guided_json_is_regenerated_and_skips_what_was_delivered(fleet):
     ids, text, out = _collect(client, msgs, kill_at=min(6, len(ref_ids) - 1), victim=r1, **guided)
     assert ids == ref_ids and text == ref_text
     assert [e.mode for e in out.events if e.kind == "attempt"] == ["fresh", "regenerate"]
+
+
+def test_seeded_sampling_keeps_the_exact_prefix_and_loses_nothing(fleet):
+    """What the README claims for seeded sampling: the tokens delivered before
+    the kill are kept exactly, nothing is duplicated or missing, and the output
+    runs to the same length; the continuation itself is a fresh sample."""
+    r1, r2 = fleet["r1"], fleet["r2"]
+    if r1.proc is None or r1.proc.poll() is not None:
+        r1.start()
+    sampled = {"temperature": 0.8, "seed": 7}
+    ref_ids, _, _ = _collect(FailoverClient([r2.url], fleet["model"], policy=FAST), **sampled)
+    client = FailoverClient([r1.url, r2.url], fleet["model"], policy=FAST)
+    ids, text, out = _collect(client, kill_at=20, victim=r1, **sampled)
+    resume = next(e for e in out.events if e.kind == "resume")
+    assert ids[: resume.offset] == ref_ids[: resume.offset]   # same seed, same prefix, kept exactly
+    assert out.finish_reason in ("length", "stop")
+    assert len(ids) == MAX_TOKENS if out.finish_reason == "length" else len(ids) < MAX_TOKENS
+    import httpx
+    detok = httpx.post(f"{r2.url}/detokenize", json={"model": fleet["model"], "tokens": ids}).json()["prompt"]
+    assert text == detok                                       # no text duplicated or missing

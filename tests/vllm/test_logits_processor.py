@@ -13,6 +13,14 @@ V = 16
 EOS = 2
 
 
+def fake_vllm_config(**model):
+    """The parts of a VllmConfig the processor reads (no tokenizer: classes off)."""
+    return SimpleNamespace(
+        scheduler_config=SimpleNamespace(max_num_seqs=4),
+        model_config=SimpleNamespace(get_vocab_size=lambda: V, tokenizer="/nonexistent", tokenizer_revision=None,
+                                     trust_remote_code=False, logits_processors=None, **model))
+
+
 @pytest.fixture
 def lp(monkeypatch, tmp_path):
     monkeypatch.setenv("L0_ACTION", "stop")
@@ -20,11 +28,7 @@ def lp(monkeypatch, tmp_path):
     monkeypatch.delenv("L0_CONFIG", raising=False)
     from l0.vllm import logits_processor as mod
     mod.server_config.cache_clear()
-    cfg = SimpleNamespace(
-        scheduler_config=SimpleNamespace(max_num_seqs=4),
-        model_config=SimpleNamespace(get_vocab_size=lambda: V, tokenizer="/nonexistent", tokenizer_revision=None,
-                                     trust_remote_code=False, logits_processors=None))
-    proc = mod.L0LogitsProcessor(cfg, torch.device("cpu"), False)
+    proc = mod.L0LogitsProcessor(fake_vllm_config(), torch.device("cpu"), False)
     yield proc
     if proc.ckpt is not None:
         proc.ckpt.close()
@@ -163,12 +167,8 @@ def ck_lp(monkeypatch, tmp_path):
     monkeypatch.delenv("L0_ACTION", raising=False)
     from l0.vllm import logits_processor as mod
     mod.server_config.cache_clear()
-    cfg = SimpleNamespace(
-        scheduler_config=SimpleNamespace(max_num_seqs=4),
-        model_config=SimpleNamespace(get_vocab_size=lambda: V, tokenizer="/nonexistent", tokenizer_revision=None,
-                                     trust_remote_code=False, logits_processors=None, model="tiny",
-                                     served_model_name="tiny"))
-    proc = mod.L0LogitsProcessor(cfg, torch.device("cpu"), False)
+    proc = mod.L0LogitsProcessor(fake_vllm_config(model="tiny", served_model_name="tiny"), torch.device("cpu"),
+                                 False)
     from l0.checkpoint.store import open_store
     yield proc, open_store(f"sqlite://{tmp_path}/ck.db")
     proc.ckpt.close()
@@ -227,3 +227,16 @@ def test_resumed_request_primes_the_detector_and_keeps_one_record(ck_lp):
     rec = store.get("req-3")
     assert rec.prompt_ids == (5, 6) and rec.output_ids[:4] == (7, 8, 7, 8)
     assert rec.sampling["max_tokens"] == 100 and "l0_resume_from" not in rec.sampling["vllm_xargs"]
+
+
+def test_retention_delete_removes_a_finished_record(ck_lp, monkeypatch):
+    import dataclasses
+    lp, store = ck_lp
+    lp.ckpt.cfg = dataclasses.replace(lp.ckpt.cfg, retention="delete")
+    out = []
+    lp.update_state(update(added=[(0, sp(xargs={"l0_key": "req-4"}), [5], out)]))
+    assert lp.ckpt.writer.flush() and store.get("req-4") is not None
+    out += [9, EOS]
+    lp.update_state(update(removed=[0], size=0))
+    assert lp.ckpt.writer.flush()
+    assert store.get("req-4") is None

@@ -56,6 +56,8 @@ class CheckpointWriter:
         self.dropped = 0
         self.failures = 0
         self.lag = 0
+        self.cpu_s = 0.0  # CPU time the writer thread spent encoding and writing
+        self.batches = 0
         self._thread = threading.Thread(target=self._run, name="l0-checkpoint-writer", daemon=True)
         self._thread.start()
 
@@ -125,13 +127,18 @@ class CheckpointWriter:
                     self._wake.set()
 
     def _write(self, batch: dict[str, object]) -> None:
-        if self._store is None:
-            self._store = self._factory()
-        records = [v for v in batch.values() if isinstance(v, Record)]
-        self._store.put_many(records)
-        for k, v in batch.items():
-            if v is _DELETE:
-                self._store.delete(k)
+        t0 = time.thread_time()
+        try:
+            if self._store is None:
+                self._store = self._factory()
+            records = [v for v in batch.values() if isinstance(v, Record)]
+            self._store.put_many(records)
+            for k, v in batch.items():
+                if v is _DELETE:
+                    self._store.delete(k)
+            self.batches += 1
+        finally:
+            self.cpu_s += time.thread_time() - t0
 
     def _requeue(self, batch: dict[str, object]) -> None:
         with self._lock:
