@@ -84,7 +84,7 @@ def main() -> None:
            "a": a or old.get("a"), "b": b or old.get("b")}
     if b:
         ratios = [r["observe_over_off"] for r in b]
-        doc["b_ratio_observe_over_off_median"] = sorted(ratios)[len(ratios) // 2]
+        doc["b_ratio_observe_over_off_median"] = statistics.median(ratios)
         doc["b_ratio_observe_over_off_mean"] = sum(ratios) / len(ratios)
         print(f"observe/off throughput: median ratio {doc['b_ratio_observe_over_off_median']:.4f}, "
               f"mean {doc['b_ratio_observe_over_off_mean']:.4f} over {len(ratios)} paired rounds")
