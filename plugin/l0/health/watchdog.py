@@ -1,0 +1,129 @@
+"""Stuck-decode watchdog: the serving loop beats, a thread watches.
+
+``Heartbeat.beat(in_flight)`` is what the serving loop calls once per step
+(from ``apply()``: a clock read and three stores, no lock, no device sync).
+:class:`Watchdog` runs in its own daemon thread: when requests are in flight
+and no beat came for ``stall_timeout_s`` it declares a stall once per episode:
+logs every thread's Python stack, runs the ``on_stall`` callbacks (flush
+checkpoints, flip health, exit if configured), and clears when beats resume.
+
+``stall_timeout_s`` adapts: ``max(floor_s, factor × p99 of recent step
+intervals)`` (intervals while idle are not steps and are not counted).
+The clock is injectable, and :meth:`Watchdog.check` can be driven by hand, so
+tests never sleep.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+import time
+import traceback
+from collections import deque
+from typing import Callable
+
+log = logging.getLogger("l0.watchdog")
+
+
+class Heartbeat:
+    """Written by the serving loop, read by the watchdog (plain attribute
+    stores: atomic under the GIL, and a torn read only delays a verdict)."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic, window: int = 512) -> None:
+        self.clock = clock
+        self.last = clock()
+        self.in_flight = 0
+        self.steps = 0
+        self.intervals: deque[float] = deque(maxlen=window)
+
+    def beat(self, in_flight: int) -> None:
+        now = self.clock()
+        if self.in_flight > 0 and in_flight > 0:
+            self.intervals.append(now - self.last)
+        self.last = now
+        self.in_flight = in_flight
+        self.steps += 1
+
+    def idle(self) -> None:
+        """No request in flight (the batch emptied): nothing can be stuck."""
+        self.in_flight = 0
+        self.last = self.clock()
+
+    def p99_interval(self) -> float | None:
+        if len(self.intervals) < 8:
+            return None
+        xs = sorted(self.intervals)
+        return xs[min(len(xs) - 1, int(0.99 * len(xs)))]
+
+
+def thread_stacks() -> str:
+    """Every thread's Python stack, as one text block."""
+    names = {t.ident: t.name for t in threading.enumerate()}
+    parts = []
+    for ident, frame in sys._current_frames().items():
+        parts.append(f"--- thread {names.get(ident, '?')} ({ident}) ---\n" + "".join(traceback.format_stack(frame)))
+    return "\n".join(parts)
+
+
+class Watchdog:
+    def __init__(self, heartbeat: Heartbeat, *, floor_s: float = 30.0, factor: float = 10.0,
+                 fixed_timeout_s: float | None = None, check_every_s: float = 0.25,
+                 on_stall: list[Callable[[float], None]] | None = None,
+                 on_recover: list[Callable[[], None]] | None = None) -> None:
+        self.hb = heartbeat
+        self.floor_s, self.factor, self.fixed = floor_s, factor, fixed_timeout_s
+        self.check_every_s = check_every_s
+        self.on_stall = list(on_stall or [])
+        self.on_recover = list(on_recover or [])
+        self.stalled = False
+        self.stalls = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def stall_timeout_s(self) -> float:
+        if self.fixed is not None:
+            return self.fixed
+        p99 = self.hb.p99_interval()
+        return self.floor_s if p99 is None else max(self.floor_s, self.factor * p99)
+
+    def heartbeat_age_s(self) -> float:
+        return self.hb.clock() - self.hb.last
+
+    def check(self) -> bool:
+        """One verdict; returns whether the engine is stalled now."""
+        age = self.heartbeat_age_s()
+        stuck = self.hb.in_flight > 0 and age > self.stall_timeout_s
+        if stuck and not self.stalled:
+            self.stalled = True
+            self.stalls += 1
+            log.error("l0: decode loop stalled: %d request(s) in flight, no step for %.1f s (timeout %.1f s); "
+                      "thread stacks follow\n%s", self.hb.in_flight, age, self.stall_timeout_s, thread_stacks())
+            for fn in self.on_stall:
+                try:
+                    fn(age)
+                except Exception:  # a failing callback must not kill the watchdog
+                    log.exception("l0: on_stall callback failed")
+        elif not stuck and self.stalled:
+            self.stalled = False
+            log.warning("l0: decode loop moving again")
+            for fn in self.on_recover:
+                try:
+                    fn()
+                except Exception:
+                    log.exception("l0: on_recover callback failed")
+        return self.stalled
+
+    def start(self) -> "Watchdog":
+        self._thread = threading.Thread(target=self._run, name="l0-watchdog", daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.check_every_s):
+            self.check()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)
