@@ -37,6 +37,10 @@ def serve(argv: Sequence[str]) -> int:
         env["L0_CONFIG"] = os.path.abspath(ours.l0_config)
     if ours.l0_store:
         env["L0_CHECKPOINT_STORE"] = ours.l0_store
+    if not env.get("L0_STATUS_DIR"):
+        # Engines publish their health here; the HTTP server reads it (l0.health.status).
+        import tempfile
+        env["L0_STATUS_DIR"] = tempfile.mkdtemp(prefix="l0-status-")
     try:  # refuse to start on a bad config, before vLLM spends time loading
         os.environ.update({k: env[k] for k in ("L0_ACTION", "L0_CONFIG", "L0_CHECKPOINT_STORE") if k in env})
         load_server_config()

@@ -127,6 +127,46 @@ class CheckpointConfig:
         return self
 
 
+ON_STALL = ("none", "exit")
+
+
+@dataclass(frozen=True)
+class HealthConfig:
+    """Watchdog, device telemetry and drain.
+
+    ``stall_timeout_s``: fixed stall timeout, or None for adaptive
+    ``max(stall_floor_s, stall_factor × p99 step time)``. ``on_stall``:
+    ``none`` (report: health fails, requests drain) or ``exit`` (also kill the
+    engine process so the orchestrator restarts it). ``retry_after_s``: the
+    Retry-After of the 503 new requests get while the replica is FAILED.
+    ``replace_vllm_health``: serve L0's verdict on vLLM's own ``/health`` too.
+    """
+
+    enabled: bool = True
+    stall_floor_s: float = 30.0
+    stall_factor: float = 10.0
+    stall_timeout_s: float | None = None
+    on_stall: str = "none"
+    status_interval_s: float = 0.25
+    telemetry_interval_s: float = 1.0
+    retry_after_s: int = 5
+    replace_vllm_health: bool = False
+
+    def check(self) -> "HealthConfig":
+        if self.on_stall not in ON_STALL:
+            raise OptionError(f"l0: health.on_stall {self.on_stall!r} is not one of none, exit")
+        for name, lo, hi in (("stall_floor_s", 0.1, 86400), ("stall_factor", 1.0, 1000),
+                             ("status_interval_s", 0.05, 60), ("telemetry_interval_s", 0.05, 3600),
+                             ("retry_after_s", 0, 3600)):
+            v = getattr(self, name)
+            if not lo <= v <= hi:
+                raise OptionError(ERR_RANGE.format(name="health." + name, value=v, lo=lo, hi=hi))
+        if self.stall_timeout_s is not None and not 0.1 <= self.stall_timeout_s <= 86400:
+            raise OptionError(ERR_RANGE.format(name="health.stall_timeout_s", value=self.stall_timeout_s,
+                                               lo=0.1, hi=86400))
+        return self
+
+
 @dataclass(frozen=True)
 class ServerConfig:
     """Server-wide settings: defaults for every request and caps on what a
@@ -141,6 +181,7 @@ class ServerConfig:
     backend: str = "auto"
     log_interventions: bool = True
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    health: HealthConfig = field(default_factory=HealthConfig)
 
     def check(self) -> "ServerConfig":
         if self.action not in ACTIONS:
@@ -154,6 +195,7 @@ class ServerConfig:
             raise OptionError(ERR_RANGE.format(name="penalty", value=self.penalty, lo=0, hi=1000))
         check(self.defaults, self.max_period_cap)
         self.checkpoint.check()
+        self.health.check()
         return self
 
 
@@ -269,13 +311,9 @@ def load_server_config(path: str | os.PathLike | None = None) -> ServerConfig:
         raise OptionError(f"l0: config {path} must be a mapping")
     doc = dict(doc.get("l0", doc))
     det = dict(doc.pop("detector", {}) or {})
-    ckpt = doc.pop("checkpoint", {}) or {}
-    if not isinstance(ckpt, dict):
-        raise OptionError(f"l0: checkpoint in {path} must be a mapping")
-    unknown = sorted(set(ckpt) - {f.name for f in dataclasses.fields(CheckpointConfig)})
-    if unknown:
-        raise OptionError(f"l0: unknown checkpoint key {unknown[0]!r} in {path}")
-    top_fields = {f.name for f in dataclasses.fields(ServerConfig)} - {"defaults", "checkpoint"}
+    ckpt = _section(doc, "checkpoint", CheckpointConfig, path)
+    health = _section(doc, "health", HealthConfig, path)
+    top_fields = {f.name for f in dataclasses.fields(ServerConfig)} - {"defaults", "checkpoint", "health"}
     unknown = sorted(set(doc) - top_fields)
     if unknown:
         raise OptionError(f"l0: unknown config key {unknown[0]!r} in {path}")
@@ -290,7 +328,29 @@ def load_server_config(path: str | os.PathLike | None = None) -> ServerConfig:
                                  for k, v in ckpt.items()})
     except TypeError as exc:
         raise OptionError(f"l0: bad checkpoint section in {path}: {exc}") from None
-    return _with_env(ServerConfig(defaults=DetectorParams(**changes), checkpoint=cp, **doc)).check()
+    for k in ("stall_floor_s", "stall_factor", "status_interval_s", "telemetry_interval_s"):
+        if k in health:
+            health[k] = _coerce(f"health.{k}", health[k], float)
+    if health.get("stall_timeout_s") is not None:
+        health["stall_timeout_s"] = _coerce("health.stall_timeout_s", health["stall_timeout_s"], float)
+    if "retry_after_s" in health:
+        health["retry_after_s"] = _coerce("health.retry_after_s", health["retry_after_s"], int)
+    try:
+        hc = HealthConfig(**health)
+    except TypeError as exc:
+        raise OptionError(f"l0: bad health section in {path}: {exc}") from None
+    return _with_env(ServerConfig(defaults=DetectorParams(**changes), checkpoint=cp, health=hc, **doc)).check()
+
+
+def _section(doc: dict, name: str, cls: type, path) -> dict:
+    """Pop sub-mapping ``name`` from ``doc``; unknown keys raise OptionError."""
+    sec = doc.pop(name, {}) or {}
+    if not isinstance(sec, dict):
+        raise OptionError(f"l0: {name} in {path} must be a mapping")
+    unknown = sorted(set(sec) - {f.name for f in dataclasses.fields(cls)})
+    if unknown:
+        raise OptionError(f"l0: unknown {name} key {unknown[0]!r} in {path}")
+    return dict(sec)
 
 
 def _with_env(cfg: ServerConfig) -> ServerConfig:

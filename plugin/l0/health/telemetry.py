@@ -83,11 +83,21 @@ class ScriptedSource:
 
     ``at_s`` counts from the source's creation (or from ``start``), on the
     injected ``clock``. Entries take effect in order once their time has come.
+    Made with :meth:`from_file`, the source watches the file: rewriting it
+    loads the new script and restarts its clock (how tests and drills inject
+    a fault into a running server).
     """
 
     name = "scripted"
 
     def __init__(self, doc: dict, clock: Callable[[], float] = time.monotonic, start: float | None = None) -> None:
+        self._clock = clock
+        self._cv = threading.Condition()
+        self._path: Path | None = None
+        self._mtime = None
+        self._load(doc, clock() if start is None else start)
+
+    def _load(self, doc: dict, t0: float) -> None:
         gpus = doc.get("gpus") or [{"index": 0}]
         self._gpus = {}
         for g in gpus:
@@ -103,23 +113,42 @@ class ScriptedSource:
             unknown = set(e.get("set", {})) - _READING_FIELDS
             if unknown:
                 raise ValueError(f"l0: telemetry script: unknown field {sorted(unknown)[0]!r} at {e['at_s']} s")
-        self._clock = clock
-        self._t0 = clock() if start is None else start
+        self._t0 = t0
         self._next = 0
         self._events: list[XidEvent] = []
-        self._cv = threading.Condition()
+
+    @staticmethod
+    def _parse(path: Path) -> dict:
+        text = path.read_text()
+        if str(path).endswith((".yaml", ".yml")):
+            import yaml
+            return yaml.safe_load(text) or {}
+        return json.loads(text) if text.strip() else {}
 
     @classmethod
     def from_file(cls, path: str | os.PathLike, **kw) -> "ScriptedSource":
-        text = Path(path).read_text()
-        if str(path).endswith((".yaml", ".yml")):
-            import yaml
-            doc = yaml.safe_load(text)
-        else:
-            doc = json.loads(text)
-        return cls(doc or {}, **kw)
+        path = Path(path)
+        src = cls(cls._parse(path), **kw)
+        src._path, src._mtime = path, path.stat().st_mtime_ns
+        return src
+
+    def _reload_if_changed(self) -> None:
+        if self._path is None:
+            return
+        try:
+            mtime = self._path.stat().st_mtime_ns
+            if mtime == self._mtime:
+                return
+            doc = self._parse(self._path)
+        except (OSError, ValueError) as exc:  # mid-rewrite: try again next time
+            log.debug("l0: telemetry script unreadable for now: %s", exc)
+            return
+        self._mtime = mtime
+        self._load(doc, self._clock())
+        log.warning("l0: telemetry script %s reloaded", self._path)
 
     def _advance(self) -> None:
+        self._reload_if_changed()
         now = self._clock() - self._t0
         while self._next < len(self._timeline) and float(self._timeline[self._next]["at_s"]) <= now:
             e = self._timeline[self._next]

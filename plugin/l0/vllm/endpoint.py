@@ -12,6 +12,13 @@
   prompts and outputs, so they get the same protection as vLLM's own
   ``/v1`` routes), 404 (no such record), 500 (corrupt record), 503 (store
   unreachable, or checkpoints off).
+* ``GET /l0/health``: 200 with details while the replica is HEALTHY or
+  DEGRADED, 503 with the reasons when FAILED (decode loop stalled, engine
+  frozen, device failed: see :mod:`l0.health`). ``GET /l0/status``: the
+  engines' documents (per-GPU readings, watchdog, counters) and the verdict.
+  With ``health.replace_vllm_health`` vLLM's own ``/health`` answers the same.
+* While FAILED, new completion requests get 503 with ``Retry-After``
+  (:class:`Drain`), so load balancers and the failover client go elsewhere.
 """
 from __future__ import annotations
 
@@ -151,6 +158,90 @@ async def get_checkpoint(key: str, request):
     return _json(200, record.to_dict())
 
 
+def replica_health():
+    """The replica's combined health from the engines' status documents
+    (None when no status directory is configured: health unknown → not L0's call)."""
+    import os
+
+    from l0.health.status import combine, read_status
+
+    d = os.environ.get("L0_STATUS_DIR")
+    if not d:
+        return None
+    from l0.vllm.logits_processor import server_config
+    h = server_config().health
+    return combine(read_status(d), stale_after_s=max(10.0, 4 * h.status_interval_s), require_engine=False)
+
+
+async def get_health(request):
+    from l0.health.policy import Level
+
+    h = replica_health()
+    if h is None:
+        return _json(200, {"status": "unknown", "reasons": ["L0_STATUS_DIR not set: L0 health off"]})
+    body = {"status": h.level.name.lower(), "reasons": list(h.reasons)}
+    return _json(503 if h.level == Level.FAILED else 200, body)
+
+
+async def get_status(request):
+    if not authorized(request.headers, getattr(request.app.state, "l0_api_tokens", [])):
+        return _json(401, {"error": "Unauthorized"})
+    h = replica_health()
+    return _json(200, {"status": "unknown"} if h is None else h.to_dict())
+
+
+class ReplicaDraining(Exception):
+    """Raised into a streaming response to cut it: the replica is FAILED."""
+
+
+class Drain:
+    """Pure ASGI middleware for the completion routes while the replica is
+    FAILED: new POSTs get 503 + Retry-After before vLLM sees them, and
+    streams already running are cut at their next chunk (the connection is
+    dropped, not finished), so failover clients resume them elsewhere from
+    their checkpoints. Health is read at most every ``refresh_s``."""
+
+    def __init__(self, app, retry_after_s: int = 5, refresh_s: float = 0.1) -> None:
+        self.app = app
+        self.retry_after_s = retry_after_s
+        self.refresh_s = refresh_s
+        self._cached = (0.0, None)
+
+    def _failed(self):
+        import time
+
+        from l0.health.policy import Level
+        at, h = self._cached
+        now = time.monotonic()
+        if now - at > self.refresh_s:
+            h = replica_health()
+            self._cached = (now, h)
+        return h if h is not None and h.level == Level.FAILED else None
+
+    async def __call__(self, scope, receive, send) -> None:
+        if not (scope["type"] == "http" and scope.get("method") == "POST"
+                and scope.get("path", "").startswith("/v1/")):
+            await self.app(scope, receive, send)
+            return
+        h = self._failed()
+        if h is not None:
+            payload = json.dumps({"error": {"message": "l0: replica draining: " + "; ".join(h.reasons),
+                                            "type": "ServiceUnavailable", "code": 503}}).encode()
+            await send({"type": "http.response.start", "status": 503,
+                        "headers": [(b"content-type", b"application/json"),
+                                    (b"retry-after", str(self.retry_after_s).encode()),
+                                    (b"content-length", str(len(payload)).encode())]})
+            await send({"type": "http.response.body", "body": payload})
+            return
+
+        async def guarded_send(message):
+            if message["type"] == "http.response.body" and message.get("more_body") and self._failed():
+                raise ReplicaDraining("l0: replica FAILED: stream cut so the client fails over")
+            await send(message)
+
+        await self.app(scope, receive, guarded_send)
+
+
 class L0EndpointPlugin:
     """The object vLLM's endpoint-plugin loader instantiates."""
 
@@ -160,7 +251,11 @@ class L0EndpointPlugin:
     def attach_router(self, app) -> None:
         from fastapi import Request
 
+        from l0.vllm.logits_processor import server_config
+
+        health = server_config().health
         app.add_middleware(XargsValidation)
+        app.add_middleware(Drain, retry_after_s=health.retry_after_s)
         app.state.l0_api_tokens = _api_token_hashes(None)  # until init_state sees the args
 
         async def l0_get_checkpoint(key, request):
@@ -171,6 +266,19 @@ class L0EndpointPlugin:
         l0_get_checkpoint.__annotations__ = {"key": str, "request": Request}
 
         app.add_api_route("/l0/checkpoints/{key}", l0_get_checkpoint, methods=["GET"])
+
+        async def l0_health(request):
+            return await get_health(request)
+
+        async def l0_status(request):
+            return await get_status(request)
+
+        for fn in (l0_health, l0_status):
+            fn.__annotations__ = {"request": Request}
+        app.add_api_route("/l0/health", l0_health, methods=["GET"])
+        app.add_api_route("/l0/status", l0_status, methods=["GET"])
+        if health.replace_vllm_health:
+            app.add_api_route("/health", l0_health, methods=["GET"])
 
     async def init_state(self, engine_client, state, args) -> None:
         tokens = _api_token_hashes(args)

@@ -20,12 +20,15 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
+import time
 from dataclasses import dataclass
 
 import torch
 from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor, MoveDirectionality
 
 from l0.config import ACTIONS, RequestOptions, load_server_config, params_from_xargs
+from l0.health.watchdog import Heartbeat
 from l0.ops.detect import NONE, make_detector
 from l0.ops.detect_reference import KIND_NAMES
 from l0.vocab import classes_from_tokenizer, expected_items
@@ -49,6 +52,21 @@ class _Row:
     out_ids: list[int]       # vLLM's live output list for the request
     seen: int = 0            # tokens of out_ids already fed to the detector
     logged_kind: int = NONE  # last kind logged (log episodes, not every step)
+
+
+def _debug_freeze_hook():
+    """DEBUG ONLY, off by default: with ``L0_DEBUG_FAULTS=1`` and
+    ``L0_DEBUG_FREEZE_FILE=path``, every decode step waits while that file
+    exists — tests freeze a real server's decode loop with it."""
+    if os.environ.get("L0_DEBUG_FAULTS") != "1" or not os.environ.get("L0_DEBUG_FREEZE_FILE"):
+        return None
+    path = os.environ["L0_DEBUG_FREEZE_FILE"]
+    log.warning("l0: DEBUG fault hook armed: the decode loop freezes while %s exists", path)
+
+    def freeze() -> None:
+        while os.path.exists(path):
+            time.sleep(0.05)
+    return freeze
 
 
 def _tp_rank() -> int:
@@ -75,9 +93,15 @@ class L0LogitsProcessor(LogitsProcessor):
         self.detect = self.cfg.action != "off" and not shadowed
         self.rows: dict[int, _Row] = {}
         self.ckpt = None
+        self.monitor = None
+        self.heartbeat = Heartbeat()
+        self.kinds_seen: dict[str, int] = {}
+        self._freeze = _debug_freeze_hook()
         rank0 = _tp_rank() == 0
         want_ckpt = self.cfg.checkpoint.enabled and not shadowed and rank0
         self.enabled = self.detect or want_ckpt
+        if self.cfg.health.enabled and not shadowed:
+            self._start_monitor()
         if not self.enabled:
             return
         self.tokenizer = self._load_tokenizer(vllm_config)
@@ -110,6 +134,28 @@ class L0LogitsProcessor(LogitsProcessor):
     def _shadowed(vllm_config) -> bool:
         return False
 
+    def _start_monitor(self) -> None:
+        """The engine's watchdog/telemetry/status thread (never fatal to the engine)."""
+        try:
+            from l0.health.monitor import EngineMonitor
+
+            def flush():
+                if self.ckpt is not None:
+                    self.ckpt.writer.flush(2.0)
+
+            def counters():
+                out = {"interventions": dict(self.kinds_seen)}
+                if self.ckpt is not None:
+                    w = self.ckpt.writer
+                    out.update(checkpoints_written=w.written, checkpoint_lag=w.lag,
+                               checkpoint_failures=w.failures, checkpoint_dropped=w.dropped)
+                return out
+
+            self.monitor = EngineMonitor(self.cfg.health, self.heartbeat, os.environ.get("L0_STATUS_DIR"),
+                                         flush=flush, counters=counters).start()
+        except Exception as exc:
+            log.warning("l0: health monitor off: %s", exc)
+
     @staticmethod
     def _load_tokenizer(vllm_config):
         try:
@@ -126,6 +172,8 @@ class L0LogitsProcessor(LogitsProcessor):
 
     # -- persistent batch ---------------------------------------------------
     def update_state(self, batch_update: BatchUpdate | None) -> None:
+        if batch_update is not None and batch_update.batch_size == 0:
+            self.heartbeat.idle()  # nothing in flight: nothing can be stuck
         if not self.enabled or not batch_update:
             return
         for index in batch_update.removed:
@@ -210,6 +258,9 @@ class L0LogitsProcessor(LogitsProcessor):
 
     # -- the step -----------------------------------------------------------
     def apply(self, logits: torch.Tensor) -> torch.Tensor:
+        self.heartbeat.beat(logits.shape[0])
+        if self._freeze is not None:
+            self._freeze()
         if self.ckpt is not None and self.ckpt.tracked:
             self.ckpt.step()
         if not self.detect or not self.rows:
@@ -306,6 +357,7 @@ class L0LogitsProcessor(LogitsProcessor):
                          "period": periods[index], "token_index": positions[index],
                          "action": row.opts.action}
                 log.warning("%s", json.dumps(event))
+                self.kinds_seen[event["kind"]] = self.kinds_seen.get(event["kind"], 0) + 1
                 if self.ckpt is not None:
                     self.ckpt.intervention(row.opts.key, event)
             row.logged_kind = kind
