@@ -160,3 +160,19 @@ def test_fatal_xid_mid_stream_drains_and_the_client_resumes_exactly(pair, refere
     assert r.status_code == 503 and r.headers["retry-after"] == "7" and "draining" in r.json()["error"]["message"]
     st = httpx.get(r1.url + "/l0/status", timeout=5).json()
     assert {"gpu": 0, "xid": 79, "count": 1} in st["engines"][0]["xid_counts"]
+
+
+def test_metrics_scraped_from_the_real_endpoint(pair):
+    """After the tests above: names and labels as documented, values as happened."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    r1 = pair["r1"]
+    text = httpx.get(r1.url + "/l0/metrics", timeout=5).text
+    got = {(s.name, tuple(sorted((k, v) for k, v in s.labels.items() if k != "engine"))): s.value
+           for f in text_string_to_metric_families(text) for s in f.samples}
+    assert got[("l0_health_state", ())] == 2
+    assert got[("l0_xid_events_total", (("gpu", "0"), ("xid", "79")))] == 1
+    assert got[("l0_watchdog_stalls_total", ())] == 1
+    assert got[("l0_device_health_state", ())] == 2
+    assert got[("l0_decode_steps_total", ())] > 0
+    assert ("l0_gpu_temperature_celsius", (("gpu", "0"),)) not in got  # the last script set no temperature

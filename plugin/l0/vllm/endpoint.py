@@ -16,6 +16,7 @@
   DEGRADED, 503 with the reasons when FAILED (decode loop stalled, engine
   frozen, device failed: see :mod:`l0.health`). ``GET /l0/status``: the
   engines' documents (per-GPU readings, watchdog, counters) and the verdict.
+  ``GET /l0/metrics``: the same as Prometheus series.
   With ``health.replace_vllm_health`` vLLM's own ``/health`` answers the same.
 * While FAILED, new completion requests get 503 with ``Retry-After``
   (:class:`Drain`), so load balancers and the failover client go elsewhere.
@@ -190,6 +191,23 @@ async def get_status(request):
     return _json(200, {"status": "unknown"} if h is None else h.to_dict())
 
 
+async def get_metrics(request):
+    """Prometheus text of L0's series (see :mod:`l0.health.metrics`)."""
+    import os
+
+    from fastapi.responses import PlainTextResponse
+
+    from l0.health.metrics import render
+    from l0.health.status import read_status
+
+    if not authorized(request.headers, getattr(request.app.state, "l0_api_tokens", [])):
+        return _json(401, {"error": "Unauthorized"})
+    h = replica_health()
+    d = os.environ.get("L0_STATUS_DIR")
+    text = render(read_status(d) if d else [], None if h is None else h.level)
+    return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
+
+
 class ReplicaDraining(Exception):
     """Raised into a streaming response to cut it: the replica is FAILED."""
 
@@ -273,10 +291,14 @@ class L0EndpointPlugin:
         async def l0_status(request):
             return await get_status(request)
 
-        for fn in (l0_health, l0_status):
+        async def l0_metrics(request):
+            return await get_metrics(request)
+
+        for fn in (l0_health, l0_status, l0_metrics):
             fn.__annotations__ = {"request": Request}
         app.add_api_route("/l0/health", l0_health, methods=["GET"])
         app.add_api_route("/l0/status", l0_status, methods=["GET"])
+        app.add_api_route("/l0/metrics", l0_metrics, methods=["GET"])
         if health.replace_vllm_health:
             app.add_api_route("/health", l0_health, methods=["GET"])
 
