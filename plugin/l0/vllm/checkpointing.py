@@ -18,6 +18,7 @@ from l0.checkpoint.record import ModelIdentity, Record
 from l0.checkpoint.store import open_store
 from l0.checkpoint.writer import CheckpointWriter
 from l0.config import CheckpointConfig, RequestOptions
+from l0.vllm.rows import move_entry
 
 log = logging.getLogger("l0")
 
@@ -112,11 +113,7 @@ class Checkpointer:
         self._snapshot(self.tracked[index])  # the prompt is resumable from the first token on
 
     def move(self, a: int, b: int, swap: bool) -> None:
-        ta, tb = self.tracked.pop(a, None), self.tracked.pop(b, None)
-        if ta is not None:
-            self.tracked[b] = ta
-        if swap and tb is not None:
-            self.tracked[a] = tb
+        move_entry(self.tracked, a, b, swap)
 
     def remove(self, index: int) -> None:
         t = self.tracked.pop(index, None)

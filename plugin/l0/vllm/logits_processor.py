@@ -31,6 +31,7 @@ from l0.config import ACTIONS, RequestOptions, load_server_config, params_from_x
 from l0.health.watchdog import Heartbeat
 from l0.ops.detect import NONE, make_detector
 from l0.ops.detect_reference import KIND_NAMES
+from l0.vllm.rows import move_entry
 from l0.vocab import classes_from_tokenizer, expected_items
 
 log = logging.getLogger("l0")
@@ -195,24 +196,16 @@ class L0LogitsProcessor(LogitsProcessor):
                 self._move(a, b, swap)
 
     def _move(self, a: int, b: int, swap: bool) -> None:
+        move_entry(self.rows, a, b, swap)
         if swap:
             self.det.swap(a, b)
             for t in self._per_slot:
                 t[[a, b]] = t[[b, a]]
-            ra, rb = self.rows.pop(a, None), self.rows.pop(b, None)
-            if ra is not None:
-                self.rows[b] = ra
-            if rb is not None:
-                self.rows[a] = rb
         else:
-            row = self.rows.pop(a, None)
-            self.rows.pop(b, None)
             self.det.move(a, b)
             for t in self._per_slot:
                 t[b] = t[a]
-            self._clear(a)
-            if row is not None:
-                self.rows[b] = row
+            self._clear(a)  # row a's entry already moved: only its per-slot values reset
 
     def _clear(self, index: int) -> None:
         if self.rows.pop(index, None) is not None:
