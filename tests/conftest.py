@@ -1,9 +1,9 @@
 """Markers skipped centrally. In CI (CI=true) a required marker that would skip fails.
 
-Markers: ``gpu`` (a CUDA device + CuPy), ``vllm`` (vLLM importable + the
+Markers: ``gpu`` (a CUDA device + CuPy), ``nvml`` (nvidia-ml-py + a driver), ``vllm`` (vLLM importable + the
 SmolLM2 model), ``nvcc`` (the CUDA compiler), ``cc`` (a host C compiler, for
 the fused cpu detect backend), ``redis`` (Debian's redis-server + the redis
-package). GPU is never required in CI (CI machines have none); the others are.
+package). GPU and NVML are never required in CI (CI machines have none); the others are.
 """
 from __future__ import annotations
 
@@ -32,6 +32,19 @@ def _have_gpu() -> str | None:
         import cupy  # noqa: F401
     except Exception:
         return "CuPy missing: pip install cupy-cuda13x"
+    return None
+
+
+def _have_nvml() -> str | None:
+    try:
+        import pynvml
+    except ImportError:
+        return "nvidia-ml-py missing: pip install 'l0[nvml]'"
+    try:
+        pynvml.nvmlInit()
+        pynvml.nvmlShutdown()
+    except Exception as exc:
+        return f"NVML unavailable (no NVIDIA driver): {exc}"
     return None
 
 
@@ -64,7 +77,7 @@ def _have_redis() -> str | None:
     return None
 
 
-CHECKS = {"gpu": _have_gpu, "vllm": _have_vllm, "nvcc": _have_nvcc, "cc": _have_cc, "redis": _have_redis}
+CHECKS = {"gpu": _have_gpu, "nvml": _have_nvml, "vllm": _have_vllm, "nvcc": _have_nvcc, "cc": _have_cc, "redis": _have_redis}
 
 
 def pytest_configure(config):

@@ -10,7 +10,9 @@ DOC = {"pid": 42, "in_flight": 3, "steps": 1200, "heartbeat_age_s": 0.02, "stall
                  "ecc_uncorrected": 0, "lost": False, "clock_events": ["hw_thermal_slowdown"]}],
        "xid_counts": [{"gpu": 0, "xid": 79, "count": 2}],
        "counters": {"interventions": {"loop": 5, "near_loop": 2}, "checkpoints_written": 17, "checkpoint_lag": 0,
-                    "checkpoint_failures": 1, "checkpoint_dropped": 0}}
+                    "checkpoint_failures": 1, "checkpoint_dropped": 0,
+                    "starvation": {"le": [0.05, 1.0, "+Inf"], "cumulative": [7, 9, 10], "sum": 12.5, "count": 10,
+                                   "worst_s": 9.5}}}
 
 
 def test_render_parses_and_carries_the_values():
@@ -26,6 +28,13 @@ def test_render_parses_and_carries_the_values():
     assert got[("l0_gpu_clock_event", (("engine", "42"), ("gpu", "0"), ("reason", "hw_thermal_slowdown")))] == 1
     assert got[("l0_checkpoints_written_total", (("engine", "42"),))] == 17
     assert got[("l0_watchdog_stalled", (("engine", "42"),))] == 0
+    assert got[("l0_request_starvation_seconds_bucket", (("engine", "42"), ("le", "0.05")))] == 7
+    assert got[("l0_request_starvation_seconds_bucket", (("engine", "42"), ("le", "1")))] == 9
+    assert got[("l0_request_starvation_seconds_bucket", (("engine", "42"), ("le", "+Inf")))] == 10
+    assert got[("l0_request_starvation_seconds_count", (("engine", "42"),))] == 10
+    assert got[("l0_request_starvation_seconds_sum", (("engine", "42"),))] == 12.5
+    assert got[("l0_request_starvation_worst_seconds", (("engine", "42"),))] == 9.5
+    assert fams["l0_request_starvation_seconds"].type == "histogram"
 
 
 def test_no_engines_still_valid():

@@ -1,21 +1,39 @@
-"""Engine status documents and the replica's combined health."""
+"""Engine status documents and the replica's combined health. Documents are
+written under the pids of real live processes (read_status drops dead ones)."""
+import os
+import subprocess
+import sys
+
+import pytest
+
 from l0.health.policy import Level
 from l0.health.status import combine, read_status, write_status
 
 
-def test_write_read_and_combine(tmp_path):
-    write_status(tmp_path, {"in_flight": 2, "stalled": False, "device": {"level": "healthy", "reasons": []}}, pid=11)
+@pytest.fixture
+def pids():
+    """Two live processes standing in for engines; killed by the test or at the end."""
+    procs = [subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"]) for _ in range(2)]
+    yield sorted(p.pid for p in procs), procs
+    for p in procs:
+        p.kill()
+        p.wait()
+
+
+def test_write_read_and_combine(tmp_path, pids):
+    (a, b), _ = pids
+    write_status(tmp_path, {"in_flight": 2, "stalled": False, "device": {"level": "healthy", "reasons": []}}, pid=a)
     write_status(tmp_path, {"in_flight": 0, "stalled": False,
-                            "device": {"level": "degraded", "reasons": ["gpu 0: clocks slowed (hw_slowdown)"]}}, pid=12)
+                            "device": {"level": "degraded", "reasons": ["gpu 0: clocks slowed (hw_slowdown)"]}}, pid=b)
     docs = read_status(tmp_path)
-    assert [d["pid"] for d in docs] == [11, 12]
+    assert [d["pid"] for d in docs] == [a, b]
     h = combine(docs)
-    assert h.level == Level.DEGRADED and h.reasons == ("engine 12: gpu 0: clocks slowed (hw_slowdown)",)
+    assert h.level == Level.DEGRADED and h.reasons == (f"engine {b}: gpu 0: clocks slowed (hw_slowdown)",)
     assert h.to_dict()["status"] == "degraded"
 
 
 def test_stalled_stale_and_missing_engines_fail(tmp_path):
-    write_status(tmp_path, {"in_flight": 1, "stalled": True, "heartbeat_age_s": 12.5}, pid=1)
+    write_status(tmp_path, {"in_flight": 1, "stalled": True, "heartbeat_age_s": 12.5})  # this process
     h = combine(read_status(tmp_path))
     assert h.level == Level.FAILED and "stalled (12.5 s without a step)" in h.reasons[0]
     doc = {"pid": 2, "in_flight": 3, "published": 100.0}
@@ -25,6 +43,24 @@ def test_stalled_stale_and_missing_engines_fail(tmp_path):
 
 
 def test_unreadable_documents_are_skipped(tmp_path):
-    (tmp_path / "engine-9.json").write_text("{half")
-    write_status(tmp_path, {"in_flight": 0}, pid=10)
-    assert [d["pid"] for d in read_status(tmp_path)] == [10]
+    (tmp_path / f"engine-{os.getpid()}.json").write_text("{half")
+    (tmp_path / "engine-x.json").write_text("{}")
+    assert read_status(tmp_path) == []
+    write_status(tmp_path, {"in_flight": 0})
+    assert [d["pid"] for d in read_status(tmp_path)] == [os.getpid()]
+
+
+def test_a_dead_engines_document_is_dropped_not_inherited(tmp_path, pids):
+    """A restarted server reusing the directory: the old engine's FAILED
+    verdict (e.g. a latched Xid) must not fail the new one."""
+    (dead, live), procs = pids
+    failed = {"in_flight": 1, "stalled": False, "device": {"level": "failed", "reasons": ["gpu 0: Xid 79"]}}
+    write_status(tmp_path, failed, pid=dead)
+    write_status(tmp_path, {"in_flight": 0, "device": {"level": "healthy", "reasons": []}}, pid=live)
+    assert combine(read_status(tmp_path)).level == Level.FAILED
+    p = next(p for p in procs if p.pid == dead)
+    p.kill()
+    p.wait()
+    assert [d["pid"] for d in read_status(tmp_path)] == [live]
+    assert combine(read_status(tmp_path)).level == Level.HEALTHY
+    assert not (tmp_path / f"engine-{dead}.json").exists()

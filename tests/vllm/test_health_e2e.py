@@ -122,6 +122,9 @@ def test_frozen_decode_loop_fails_health_and_the_client_resumes(pair, reference)
         if n >= 10 and not frozen_at:
             freeze.touch()  # the DEBUG hook: r1's decode loop stops stepping
             frozen_at.append(time.monotonic())
+            # Reported, not asserted (no timing assertions): freeze → /l0/health 503.
+            latency = _wait_health(r1, 503, "failed")
+            print(f"\ndecode loop frozen -> /l0/health 503 after {latency:.2f} s (stall_timeout {STALL_S} s)")
 
     client = FailoverClient([r1.url, r2.url], pair["model"], policy=POLICY)
     ids, text, out = _stream(client, on_tokens)
@@ -176,3 +179,40 @@ def test_metrics_scraped_from_the_real_endpoint(pair):
     assert got[("l0_device_health_state", ())] == 2
     assert got[("l0_decode_steps_total", ())] > 0
     assert ("l0_gpu_temperature_celsius", (("gpu", "0"),)) not in got  # the last script set no temperature
+    # Token gaps: every request of the tests above went through r1's engine.
+    assert got[("l0_request_starvation_seconds_bucket", (("le", "+Inf"),))] \
+        == got[("l0_request_starvation_seconds_count", ())] > 0
+    # One bucket per documented bound.
+    les = {dict(k[1]).get("le") for k in got if k[0] == "l0_request_starvation_seconds_bucket"}
+    assert les == {"0.005", "0.01", "0.025", "0.05", "0.1", "0.25", "0.5", "1", "2.5", "5", "10", "30", "60", "+Inf"}
+
+
+def test_on_stall_exit_kills_the_replica_and_the_client_resumes(pair, reference):
+    """Last: r1 restarts with ``on_stall: exit``; freezing its decode loop
+    ends the whole server process, and the stream finishes on r2 exactly."""
+    r1, r2, tmp = pair["r1"], pair["r2"], pair["tmp"]
+    r1.stop()
+    cfg = tmp / "l0-exit.yaml"
+    cfg.write_text(f"l0:\n  action: stop\n  health:\n    stall_timeout_s: {STALL_S}\n    on_stall: exit\n")
+    pair["script"].write_text(json.dumps({"gpus": [{"index": 0, "name": "scripted GPU"}]}))
+    r1.env["L0_CONFIG"] = str(cfg)
+    r1.log_path = tmp / "r1-exit.log"
+    r1.start()
+    # Same status directory: the dead engine's latched Xid verdict is not inherited.
+    _wait_health(r1, 200, "healthy")
+    freeze = tmp / "freeze-r1"
+
+    def on_tokens(n):
+        if n >= 10 and not freeze.exists():
+            freeze.touch()
+
+    client = FailoverClient([r1.url, r2.url], pair["model"], policy=POLICY)
+    ids, text, out = _stream(client, on_tokens)
+    assert ids == reference[0] and text == reference[1]
+    assert [e.mode for e in out.events if e.kind == "attempt"] == ["fresh", "resume"]
+    r1.proc.wait(timeout=60)  # the server process ends by itself
+    log_text = (tmp / "r1-exit.log").read_text()
+    assert "thread stacks follow" in log_text and "on_stall=exit" in log_text
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(r1.url + "/l0/health", timeout=5)
+    freeze.unlink()

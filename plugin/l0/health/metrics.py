@@ -28,6 +28,9 @@ SERIES = {
     "l0_stall_timeout_seconds": ("gauge", "The watchdog's current stall timeout."),
     "l0_requests_in_flight": ("gauge", "Requests in the engine's batch at the last step."),
     "l0_decode_steps_total": ("counter", "Decode steps seen by L0."),
+    "l0_request_starvation_seconds": ("histogram", "Time between consecutive tokens of one request, "
+                                      "measured in the engine (out-of-batch time included)."),
+    "l0_request_starvation_worst_seconds": ("gauge", "The longest gap between two tokens of one request so far."),
     "l0_xid_events_total": ("counter", "NVIDIA Xid events, by GPU and code."),
     "l0_gpu_ecc_uncorrected": ("gauge", "Volatile uncorrected ECC error count."),
     "l0_gpu_temperature_celsius": ("gauge", "GPU temperature."),
@@ -52,10 +55,10 @@ def _labels(**kw: Any) -> str:
 def render(docs: Iterable[dict[str, Any]], replica_level: Level | None) -> str:
     samples: dict[str, list[str]] = {name: [] for name in SERIES}
 
-    def add(name: str, value: Any, **labels: Any) -> None:
+    def add(name: str, value: Any, _suffix: str = "", **labels: Any) -> None:
         if value is None:
             return
-        samples[name].append(f"{name}{_labels(**labels)} {float(value):g}")
+        samples[name].append(f"{name}{_suffix}{_labels(**labels)} {float(value):g}")
 
     if replica_level is not None:
         add("l0_health_state", int(replica_level))
@@ -75,6 +78,13 @@ def render(docs: Iterable[dict[str, Any]], replica_level: Level | None) -> str:
         add("l0_stall_timeout_seconds", d.get("stall_timeout_s"), engine=e)
         add("l0_requests_in_flight", d.get("in_flight"), engine=e)
         add("l0_decode_steps_total", d.get("steps"), engine=e)
+        st = c.get("starvation")
+        if st:
+            for le, n in zip(st["le"], st["cumulative"]):
+                add("l0_request_starvation_seconds", n, "_bucket", engine=e, le=le if le == "+Inf" else f"{le:g}")
+            add("l0_request_starvation_seconds", st["sum"], "_sum", engine=e)
+            add("l0_request_starvation_seconds", st["count"], "_count", engine=e)
+            add("l0_request_starvation_worst_seconds", st.get("worst_s"), engine=e)
         for x in d.get("xid_counts") or []:
             add("l0_xid_events_total", x["count"], engine=e, gpu=x["gpu"], xid=x["xid"])
         for g in d.get("gpus") or []:

@@ -39,11 +39,31 @@ def write_status(directory: str | os.PathLike, doc: dict[str, Any], pid: int | N
     return path
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
 def read_status(directory: str | os.PathLike) -> list[dict[str, Any]]:
-    """Every engine document in the directory (unreadable ones are skipped:
-    a writer may be replacing it this instant)."""
+    """Every live engine's document in the directory. Unreadable ones are
+    skipped (a writer may be replacing it this instant); documents of engine
+    processes that no longer exist are removed — a restarted server reusing
+    the directory must not inherit a dead engine's verdict (the directory is
+    per host, so pids are this host's)."""
     out = []
     for path in sorted(Path(directory).glob("engine-*.json")):
+        try:
+            pid = int(path.stem.split("-", 1)[1])
+        except ValueError:
+            continue
+        if not _alive(pid):
+            path.unlink(missing_ok=True)
+            continue
         try:
             out.append(json.loads(path.read_text()))
         except (OSError, ValueError):

@@ -28,6 +28,7 @@ import torch
 from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor, MoveDirectionality
 
 from l0.config import ACTIONS, RequestOptions, load_server_config, params_from_xargs
+from l0.health.starvation import StarvationTracker
 from l0.health.watchdog import Heartbeat
 from l0.ops.detect import NONE, make_detector
 from l0.ops.detect_reference import KIND_NAMES
@@ -96,12 +97,14 @@ class L0LogitsProcessor(LogitsProcessor):
         self.ckpt = None
         self.monitor = None
         self.heartbeat = Heartbeat()
+        self.starvation = None  # per-request token gaps, only with the health monitor
         self.kinds_seen: dict[str, int] = {}
         self._freeze = _debug_freeze_hook()
         rank0 = _tp_rank() == 0
         want_ckpt = self.cfg.checkpoint.enabled and not shadowed and rank0
         self.enabled = self.detect or want_ckpt
         if self.cfg.health.enabled and not shadowed:
+            self.starvation = StarvationTracker()
             self._start_monitor()
         if not self.enabled:
             return
@@ -145,7 +148,7 @@ class L0LogitsProcessor(LogitsProcessor):
                     self.ckpt.writer.flush(2.0)
 
             def counters():
-                out = {"interventions": dict(self.kinds_seen)}
+                out = {"interventions": dict(self.kinds_seen), "starvation": self.starvation.to_dict()}
                 if self.ckpt is not None:
                     w = self.ckpt.writer
                     out.update(checkpoints_written=w.written, checkpoint_lag=w.lag,
@@ -175,6 +178,8 @@ class L0LogitsProcessor(LogitsProcessor):
     def update_state(self, batch_update: BatchUpdate | None) -> None:
         if batch_update is not None and batch_update.batch_size == 0:
             self.heartbeat.idle()  # nothing in flight: nothing can be stuck
+        if self.starvation is not None and batch_update:
+            self._follow_starvation(batch_update)
         if not self.enabled or not batch_update:
             return
         for index in batch_update.removed:
@@ -194,6 +199,16 @@ class L0LogitsProcessor(LogitsProcessor):
                 self.ckpt.move(a, b, swap)
             if self.detect:
                 self._move(a, b, swap)
+
+    def _follow_starvation(self, bu: BatchUpdate) -> None:
+        st = self.starvation
+        for index in bu.removed:
+            st.remove(index)
+        for index, _params, _prompt, out_ids in bu.added:
+            st.remove(index)  # an add may replace a row without a removal
+            st.add(index, out_ids)
+        for a, b, direction in bu.moved:
+            st.move(a, b, direction == MoveDirectionality.SWAP)
 
     def _move(self, a: int, b: int, swap: bool) -> None:
         move_entry(self.rows, a, b, swap)
@@ -254,6 +269,8 @@ class L0LogitsProcessor(LogitsProcessor):
         self.heartbeat.beat(logits.shape[0])
         if self._freeze is not None:
             self._freeze()
+        if self.starvation is not None:
+            self.starvation.step()
         if self.ckpt is not None and self.ckpt.tracked:
             self.ckpt.step()
         if not self.detect or not self.rows:

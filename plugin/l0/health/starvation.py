@@ -1,0 +1,126 @@
+"""Per-request starvation: the time between consecutive tokens of one request,
+measured in the engine while it steps.
+
+A request that stays in the batch gets a token every step, so its gaps are
+the step time. A request that is starved — taken out of the batch (vLLM
+removes unscheduled and preempted requests from its persistent batch and adds
+them back later), or kept in it without output — shows a long gap at its next
+token. Gaps go into a fixed-bucket histogram (``l0_request_starvation_seconds``).
+
+The tracker follows the persistent batch like the logits processor does
+(``add``/``remove``/``move``) and reads only vLLM's live output lists: no
+device work. A request that leaves the batch is remembered by its output
+list object (the same list comes back when it is re-added) for ``horizon_s``;
+a finished request also leaves the batch, but never adds another token, so it
+is never observed and is forgotten after the horizon.
+"""
+from __future__ import annotations
+
+import bisect
+import time
+from typing import Callable
+
+# Seconds. Step times on a GPU are ~10-50 ms; starvation worth an alert is seconds.
+BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+class Histogram:
+    """Cumulative-on-export histogram with fixed upper bounds (``le``)."""
+
+    def __init__(self, bounds: tuple[float, ...] = BUCKETS) -> None:
+        if list(bounds) != sorted(set(bounds)):
+            raise ValueError(f"histogram bounds must be strictly increasing: {bounds}")
+        self.bounds = tuple(float(b) for b in bounds)
+        self.counts = [0] * (len(self.bounds) + 1)  # the last one is +Inf
+        self.sum = 0.0
+        self.count = 0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+        self.sum += value
+        self.count += 1
+
+    def to_dict(self) -> dict:
+        """``{"le": [...bounds, "+Inf"], "cumulative": [...], "sum", "count"}`` (Prometheus shape)."""
+        cum, total = [], 0
+        for c in list(self.counts):
+            total += c
+            cum.append(total)
+        # count from the same copy, so +Inf == count even when read mid-observe
+        return {"le": [*self.bounds, "+Inf"], "cumulative": cum, "sum": self.sum, "count": total}
+
+
+class StarvationTracker:
+    """Rows are persistent-batch indices; ``out_ids`` is vLLM's live output list.
+
+    ``step()`` is called once per engine step; a row whose output grew since
+    the last call contributes one observation: now − the time of its previous
+    token (the first token of a request is not a gap and is not observed).
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic, horizon_s: float = 600.0,
+                 max_away: int = 4096) -> None:
+        self.clock = clock
+        self.horizon_s = horizon_s
+        self.max_away = max_away
+        self.hist = Histogram()
+        self.worst_s = 0.0  # the longest gap observed
+        # index -> [out_ids, tokens seen, time of the last token or None]
+        self._rows: dict[int, list] = {}
+        # id(out_ids) -> (out_ids, tokens seen, time of last token, time it left)
+        self._away: dict[int, tuple] = {}
+        self._pruned = clock()
+
+    def add(self, index: int, out_ids: list[int]) -> None:
+        back = self._away.pop(id(out_ids), None)
+        if back is not None and back[0] is out_ids:
+            self._rows[index] = [out_ids, back[1], back[2]]
+        else:
+            self._rows[index] = [out_ids, len(out_ids), None]
+
+    def remove(self, index: int) -> None:
+        row = self._rows.pop(index, None)
+        if row is None or row[2] is None:
+            return
+        now = self.clock()
+        self._away[id(row[0])] = (row[0], row[1], row[2], now)
+        if len(self._away) > self.max_away or now - self._pruned > 10.0:
+            self._prune(now)
+
+    def move(self, a: int, b: int, swap: bool) -> None:
+        ra, rb = self._rows.pop(a, None), self._rows.pop(b, None)
+        if ra is not None:
+            self._rows[b] = ra
+        if swap and rb is not None:
+            self._rows[a] = rb
+
+    def step(self) -> None:
+        now = None
+        for row in self._rows.values():
+            n = len(row[0])
+            if n > row[1]:
+                if now is None:
+                    now = self.clock()
+                if row[2] is not None:
+                    gap = now - row[2]
+                    self.hist.observe(gap)
+                    if gap > self.worst_s:
+                        self.worst_s = gap
+                row[1], row[2] = n, now
+            elif n < row[1]:
+                row[1] = n  # the list was rewritten (e.g. rolled back): follow it
+
+    def _prune(self, now: float) -> None:
+        # Engine thread only (the monitor thread reads the histogram, never this dict).
+        self._pruned = now
+        old = [k for k, v in self._away.items() if now - v[3] > self.horizon_s]
+        for k in old:
+            del self._away[k]
+        if len(self._away) > self.max_away:
+            for k in sorted(self._away, key=lambda k: self._away[k][3])[: len(self._away) - self.max_away]:
+                del self._away[k]
+
+    def to_dict(self) -> dict:
+        """Safe from another thread: reads a copy of the counts (a torn read
+        is at most one observation behind)."""
+        return dict(self.hist.to_dict(), worst_s=self.worst_s)
