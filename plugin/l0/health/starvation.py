@@ -35,10 +35,10 @@ class Histogram:
         self.sum = 0.0
         self.count = 0
 
-    def observe(self, value: float) -> None:
-        self.counts[bisect.bisect_left(self.bounds, value)] += 1
-        self.sum += value
-        self.count += 1
+    def observe(self, value: float, times: int = 1) -> None:
+        self.counts[bisect.bisect_left(self.bounds, value)] += times
+        self.sum += value * times
+        self.count += times
 
     def to_dict(self) -> dict:
         """``{"le": [...bounds, "+Inf"], "cumulative": [...], "sum", "count"}`` (Prometheus shape)."""
@@ -96,19 +96,24 @@ class StarvationTracker:
 
     def step(self) -> None:
         now = None
+        gaps: dict[float, int] = {}  # rows that got their previous token together share one gap
         for row in self._rows.values():
             n = len(row[0])
-            if n > row[1]:
-                if now is None:
-                    now = self.clock()
-                if row[2] is not None:
-                    gap = now - row[2]
-                    self.hist.observe(gap)
-                    if gap > self.worst_s:
-                        self.worst_s = gap
-                row[1], row[2] = n, now
-            elif n < row[1]:
+            if n == row[1]:
+                continue
+            if n < row[1]:
                 row[1] = n  # the list was rewritten (e.g. rolled back): follow it
+                continue
+            if now is None:
+                now = self.clock()
+            if row[2] is not None:
+                gaps[row[2]] = gaps.get(row[2], 0) + 1
+            row[1], row[2] = n, now
+        for last, k in gaps.items():
+            gap = now - last
+            self.hist.observe(gap, k)
+            if gap > self.worst_s:
+                self.worst_s = gap
 
     def _prune(self, now: float) -> None:
         # Engine thread only (the monitor thread reads the histogram, never this dict).
