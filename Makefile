@@ -4,7 +4,10 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.l0-installed
 
-.PHONY: install model demo test kernels-check services bench clean
+TRITON_VENV ?= .venv-triton
+TRITON_STAMP := $(TRITON_VENV)/.l0-installed
+
+.PHONY: install model demo test kernels-check services triton bench clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -16,6 +19,20 @@ $(STAMP): pyproject.toml
 	touch $@
 
 install: $(STAMP)
+
+# A real tritonserver for the Triton tests: the binary, Python backend and
+# stubs bundled in nvidia-pytriton (installed without its numpy<2 pin, which
+# vLLM's environment can't meet), and the Python environment Triton's stub runs
+# L0's models in: numpy<2, because the bundled stubs are built against numpy 1
+# (with numpy 2 they exchange corrupted tensors). L0 itself goes in editable.
+$(TRITON_STAMP): pyproject.toml $(STAMP)
+	$(PY) -m pip install -q --no-deps 'nvidia-pytriton==0.7.0'
+	python3 -m venv $(TRITON_VENV)
+	$(TRITON_VENV)/bin/python -m pip install -q 'numpy<2' pyyaml
+	$(TRITON_VENV)/bin/python -m pip install -q --no-deps -e .
+	touch $@
+
+triton: $(TRITON_STAMP)
 
 model: install
 	$(PY) -m l0.models
@@ -32,7 +49,7 @@ services:
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; \
 	  else echo "redis-server missing: install it (Debian: apt-get install redis-server)"; fi; fi
 
-test: install model kernels-check services
+test: install model kernels-check services triton
 	$(PY) -m pytest; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing on purpose"; exit 1; fi; exit $$rc
 
@@ -44,4 +61,4 @@ bench: install model
 	$(PY) bench/bench_workload.py
 
 clean:
-	rm -rf $(VENV) build dist
+	rm -rf $(VENV) $(TRITON_VENV) build dist

@@ -3,7 +3,8 @@
 Markers: ``gpu`` (a CUDA device + CuPy), ``nvml`` (nvidia-ml-py + a driver), ``vllm`` (vLLM importable + the
 SmolLM2 model), ``nvcc`` (the CUDA compiler), ``cc`` (a host C compiler, for
 the fused cpu detect backend), ``redis`` (Debian's redis-server + the redis
-package). GPU and NVML are never required in CI (CI machines have none); the others are.
+package), ``triton`` (tritonserver from nvidia-pytriton, tritonclient, and the
+stub's Python environment). GPU and NVML are never required in CI (CI machines have none); the others are.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "plugin"))
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
-REQUIRED_IN_CI = {"vllm", "nvcc", "cc", "redis"}
+REQUIRED_IN_CI = {"vllm", "nvcc", "cc", "redis", "triton"}
 
 
 def _have_gpu() -> str | None:
@@ -45,6 +46,22 @@ def _have_nvml() -> str | None:
         pynvml.nvmlShutdown()
     except Exception as exc:
         return f"NVML unavailable (no NVIDIA driver): {exc}"
+    return None
+
+
+def _have_triton() -> str | None:
+    try:
+        import tritonclient.grpc  # noqa: F401
+        import tritonclient.http  # noqa: F401
+    except ImportError:
+        return "tritonclient missing: pip install 'tritonclient[grpc,http]' (make test does)"
+    try:
+        from l0.triton.server import default_python_env, find_bundle
+        find_bundle()
+    except RuntimeError as exc:
+        return str(exc)
+    if not (default_python_env() / "bin" / "python").exists():
+        return "no Python environment for Triton's stub: make triton builds .venv-triton"
     return None
 
 
@@ -77,7 +94,8 @@ def _have_redis() -> str | None:
     return None
 
 
-CHECKS = {"gpu": _have_gpu, "nvml": _have_nvml, "vllm": _have_vllm, "nvcc": _have_nvcc, "cc": _have_cc, "redis": _have_redis}
+CHECKS = {"gpu": _have_gpu, "nvml": _have_nvml, "triton": _have_triton, "vllm": _have_vllm, "nvcc": _have_nvcc,
+          "cc": _have_cc, "redis": _have_redis}
 
 
 def pytest_configure(config):

@@ -1,4 +1,4 @@
-"""``l0`` command line: ``serve``, ``scan``, ``demo``."""
+"""``l0`` command line: ``serve``, ``scan``, ``demo``, ``triton-probe``."""
 from __future__ import annotations
 
 import argparse
@@ -137,10 +137,12 @@ def scan(argv: Sequence[str]) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
-        print("usage: l0 {serve,scan,demo} ...\n"
+        print("usage: l0 {serve,scan,demo,triton-probe} ...\n"
               "  serve MODEL [vLLM args]  vLLM's OpenAI server with L0 on\n"
               "  scan FILE.jsonl          audit recorded token ids offline\n"
-              "  demo                     a runaway loop stopped by a real vLLM server")
+              "  demo                     a runaway loop stopped by a real vLLM server\n"
+              "  triton-probe URL --model M [--reload]\n"
+              "                           find (and reload) Triton Python models whose stub died")
         return 0
     cmd, rest = argv[0], argv[1:]
     if cmd == "serve":
@@ -150,6 +152,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if cmd == "demo":
         from l0.demo import main as demo_main
         return demo_main(rest)
+    if cmd == "triton-probe":
+        from l0.triton.probe import main as probe_main
+        return probe_main(rest)
     print(f"l0: unknown command {cmd!r}", file=sys.stderr)
     return 2
 
