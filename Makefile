@@ -7,7 +7,7 @@ STAMP := $(VENV)/.l0-installed
 TRITON_VENV ?= .venv-triton
 TRITON_STAMP := $(TRITON_VENV)/.l0-installed
 
-.PHONY: install model demo test kernels-check services triton bench clean
+.PHONY: install model demo test kernels-check services triton triton-torch bench clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -33,6 +33,15 @@ $(TRITON_STAMP): pyproject.toml $(STAMP)
 	touch $@
 
 triton: $(TRITON_STAMP)
+
+# For bench/bench_triton.py only: a stub environment that also sees the main
+# environment's torch (after its own numpy<2), so L0 runs its fused C kernel
+# inside Triton as it would in a Triton image that ships torch.
+triton-torch: $(TRITON_STAMP)
+	python3 -m venv .venv-triton-torch
+	.venv-triton-torch/bin/python -m pip install -q 'numpy<2' pyyaml
+	.venv-triton-torch/bin/python -m pip install -q --no-deps -e .
+	echo "$(abspath $(VENV))/lib/python3.11/site-packages" > .venv-triton-torch/lib/python3.11/site-packages/zz-l0-main-venv.pth
 
 model: install
 	$(PY) -m l0.models
@@ -61,4 +70,4 @@ bench: install model
 	$(PY) bench/bench_workload.py
 
 clean:
-	rm -rf $(VENV) $(TRITON_VENV) build dist
+	rm -rf $(VENV) $(TRITON_VENV) .venv-triton-torch build dist

@@ -175,6 +175,8 @@ def run_end_to_end(ns, out) -> None:
     rows = [json.loads(x) for x in (ROOT / "tests" / "data" / "smollm2_labelled.jsonl").read_text().splitlines()]
     finished = [r for r in rows if r["label"] == "finished"]
     model = str(prepare_smollm2())
+    for k in [k for k in os.environ if k.startswith("L0_")]:  # part (1) set these for itself
+        del os.environ[k]
     env_on = {"L0_CONFIG": _config(True), "L0_TELEMETRY_SCRIPT": str(SCRIPT), "L0_STATUS_DIR": str(TMP / "s-on")}
     env_off = {"L0_CONFIG": _config(False)}
     print(f"(3) decode throughput, health on vs off, {len(finished)} prompts, {ns.rounds} paired rounds")

@@ -114,5 +114,10 @@ class EngineMonitor:
 
     def stop(self) -> None:
         self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(5)
         if self.source is not None:
             self.source.close()
+        if self.status_dir:  # a stopped monitor must not leave a verdict behind
+            from pathlib import Path
+            (Path(self.status_dir) / f"engine-{os.getpid()}.json").unlink(missing_ok=True)
