@@ -47,45 +47,19 @@ def _config(health: bool) -> str:
 
 
 def lp_step_ms(batch: int, health: bool, steps: int) -> float:
-    import random
-
-    import torch
-    from vllm import SamplingParams
-    from vllm.v1.sample.logits_processor import BatchUpdate
-
-    from bench_logits_processor import VOCAB, make_lp
+    from bench_logits_processor import drive, make_lp
 
     os.environ["L0_CONFIG"] = _config(health)
     os.environ["L0_TELEMETRY_SCRIPT"] = str(SCRIPT)
     os.environ["L0_STATUS_DIR"] = str(TMP / "status")
     lp = make_lp(batch)
     assert (lp.monitor is not None) == health
-    rng = random.Random(0)
-    outs = [[] for _ in range(batch)]
-    added = []
-    for i in range(batch):
-        p = SamplingParams(max_tokens=100000, extra_args={"l0_action": "observe"})
-        p.update_from_generation_config({}, eos_token_id=2)
-        added.append((i, p, [1, 2, 3], outs[i]))
-    lp.update_state(BatchUpdate(batch_size=batch, removed=[], added=added, moved=[]))
-    logits = torch.zeros(batch, VOCAB)
-    for _ in range(64):
-        for o in outs:
-            o.append(rng.randrange(VOCAB))
-        lp.update_state(None)
-        lp.apply(logits)
-    spent = 0.0
-    for _ in range(steps):
-        for o in outs:
-            o.append(rng.randrange(VOCAB))
-        t0 = time.perf_counter()
-        lp.update_state(None)
-        lp.apply(logits)
-        spent += time.perf_counter() - t0
-        time.sleep(0.002)  # the engine's own step: the monitor thread gets its ticks in between
-    if lp.monitor is not None:
-        lp.monitor.stop()
-    return spent / steps * 1e3
+    try:
+        # 2 ms between steps stands for the engine: the monitor thread ticks in between.
+        return drive(lp, batch, steps, pause_s=0.002) * 1e3
+    finally:
+        if lp.monitor is not None:
+            lp.monitor.stop()
 
 
 def run_in_process(ns, out) -> None:

@@ -46,19 +46,19 @@ def make_lp(batch: int, store: str = "off"):
     return mod.L0LogitsProcessor(cfg, torch.device("cpu"), False)
 
 
-def run(batch: int, steps: int, store: str = "off") -> dict:
+def drive(lp, batch: int, steps: int, xargs=lambda i: {"l0_action": "observe"}, pause_s: float = 0.0) -> float:
+    """Drive ``lp`` the way vLLM's CPU engine does: ``batch`` requests added
+    at once, 64 warm-up steps (so every ring is full), then ``steps`` timed
+    steps of non-repeating tokens (nothing fires). ``pause_s`` between steps
+    stands for the engine's own work. Returns L0's seconds per step."""
     from vllm import SamplingParams
     from vllm.v1.sample.logits_processor import BatchUpdate
 
-    lp = make_lp(batch, store)
     rng = random.Random(0)
     outs = [[] for _ in range(batch)]
     added = []
     for i in range(batch):
-        xargs = {"l0_action": "observe"}
-        if store != "off":
-            xargs["l0_key"] = f"bench-{i}"
-        p = SamplingParams(max_tokens=100000, extra_args=xargs)
+        p = SamplingParams(max_tokens=100000, extra_args=xargs(i))
         p.update_from_generation_config({}, eos_token_id=2)
         added.append((i, p, [1, 2, 3], outs[i]))
     lp.update_state(BatchUpdate(batch_size=batch, removed=[], added=added, moved=[]))
@@ -76,6 +76,20 @@ def run(batch: int, steps: int, store: str = "off") -> dict:
         lp.update_state(None)
         lp.apply(logits)
         spent += time.perf_counter() - t0
+        if pause_s:
+            time.sleep(pause_s)
+    return spent / steps
+
+
+def run(batch: int, steps: int, store: str = "off") -> dict:
+    lp = make_lp(batch, store)
+
+    def xargs(i):
+        x = {"l0_action": "observe"}
+        if store != "off":
+            x["l0_key"] = f"bench-{i}"
+        return x
+    spent = drive(lp, batch, steps, xargs) * steps
     row = {"batch": batch, "l0_ms_per_step": spent / steps * 1e3, "backend": lp.det.backend}
     if lp.ckpt is not None:
         w = lp.ckpt.writer
