@@ -43,12 +43,15 @@ def _free_port() -> int:
 def find_bundle() -> Bundle:
     """The tritonserver binary and a Python-backend directory for this
     interpreter, assembled once under ``~/.cache/l0/triton-backends``."""
-    try:
-        import pytriton
-    except ImportError:
+    # Located, not imported: installed with --no-deps, pytriton's own Python
+    # API lacks its dependencies; only the files it bundles are used.
+    import importlib.util
+    spec = importlib.util.find_spec("pytriton")
+    if spec is None or not spec.submodule_search_locations:
         raise RuntimeError("tritonserver missing: pip install --no-deps nvidia-pytriton "
-                           "(bundles tritonserver 2.51 and the Python backend)") from None
-    root = Path(pytriton.__file__).parent / "tritonserver"
+                           "(bundles tritonserver 2.51 and the Python backend)")
+    pkg = Path(list(spec.submodule_search_locations)[0])
+    root = pkg / "tritonserver"
     binary = root / "bin" / "tritonserver"
     pyver = f"{sys.version_info.major}.{sys.version_info.minor}"
     stub = root / "python_backend_stubs" / pyver / "triton_python_backend_stub"
@@ -62,7 +65,7 @@ def find_bundle() -> Bundle:
         target = dest / src.name
         if not target.exists() or target.stat().st_size != src.stat().st_size:
             shutil.copy2(src, target)
-    libs = [str(Path(pytriton.__file__).parent.parent / "nvidia_pytriton.libs")]
+    libs = [str(pkg.parent / "nvidia_pytriton.libs")]
     libdir = sysconfig.get_config_var("LIBDIR")
     if libdir and glob.glob(os.path.join(libdir, "libpython3*.so*")):
         libs.append(libdir)
