@@ -214,8 +214,9 @@ def _probe(ts, *extra: str) -> tuple[int, list[dict]]:
     return p.returncode, [json.loads(x) for x in p.stdout.splitlines() if x.strip()]
 
 
-def _stub_pid(model: str) -> int:
-    out = subprocess.run(["pgrep", "-f", f"triton_python_backend_stub.*/{model}/1/model.py"],
+def _stub_pid(ts, model: str) -> int:
+    # This server's stub only: its argv names the model file in this repository.
+    out = subprocess.run(["pgrep", "-f", f"triton_python_backend_stub {ts.repo}/{model}/1/model.py"],
                          capture_output=True, text=True).stdout.split()
     assert len(out) == 1, out
     return int(out[0])
@@ -224,7 +225,7 @@ def _stub_pid(model: str) -> int:
 def test_a_killed_stub_is_found_and_reloaded_by_the_probe(triton, looper_runs):
     rc, res = _probe(triton)
     assert rc == 0 and [r["status"] for r in res] == ["ok", "ok", "ok"]
-    os.kill(_stub_pid("l0_step"), signal.SIGKILL)
+    os.kill(_stub_pid(triton, "l0_step"), signal.SIGKILL)
     time.sleep(1.0)
     # Triton still calls the model READY, yet every request fails.
     assert httpx.get(f"{triton.http_url}/v2/models/l0_step/ready").status_code == 200
