@@ -33,12 +33,10 @@ class Histogram:
         self.bounds = tuple(float(b) for b in bounds)
         self.counts = [0] * (len(self.bounds) + 1)  # the last one is +Inf
         self.sum = 0.0
-        self.count = 0
 
     def observe(self, value: float, times: int = 1) -> None:
         self.counts[bisect.bisect_left(self.bounds, value)] += times
         self.sum += value * times
-        self.count += times
 
     def to_dict(self) -> dict:
         """``{"le": [...bounds, "+Inf"], "cumulative": [...], "sum", "count"}`` (Prometheus shape)."""

@@ -40,7 +40,7 @@ import threading
 from typing import Any
 
 from l0.config import OptionError, ServerConfig, load_server_config
-from l0.triton.guard import ERR_PENALIZE, StreamGuard, StreamTable, Verdict, options_json, parse_options
+from l0.triton.guard import ERR_PENALIZE, StreamGuard, StreamTable, options_json, parse_options
 
 log = logging.getLogger("l0.triton")
 
@@ -144,22 +144,18 @@ class _Base:
             raise OptionError("l0: the LLM sent text without token_ids: set the model's tokenizer parameter")
         return [], None
 
-    def _response(self, ids: list[int], text: str | None, verdict: Verdict | None, stopped: bool):
+    def _response(self, ids: list[int], text: str | None, event: str, stopped: bool):
+        """One response: ``event`` is the ``l0_event`` JSON text ("" for none)."""
         np, pb = self.np, self.pb
         out = [pb.Tensor("output_ids", np.array(ids, dtype=np.int64)),
-               pb.Tensor("l0_event", np.array([verdict.to_json().encode() if verdict else b""], dtype=np.object_)),
+               pb.Tensor("l0_event", np.array([event.encode()], dtype=np.object_)),
                pb.Tensor("l0_stopped", np.array([stopped], dtype=np.bool_))]
         if text is not None:
             out.append(pb.Tensor("output_text", np.array([text.encode()], dtype=np.object_)))
         return pb.InferenceResponse(output_tensors=out)
 
     def _probe(self, sender) -> None:
-        np, pb = self.np, self.pb
-        sender.send(pb.InferenceResponse(output_tensors=[
-            pb.Tensor("output_ids", np.zeros(0, dtype=np.int64)),
-            pb.Tensor("l0_event", np.array([PROBE_EVENT.encode()], dtype=np.object_)),
-            pb.Tensor("l0_stopped", np.array([False], dtype=np.bool_))]),
-            flags=pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+        sender.send(self._response([], None, PROBE_EVENT, False), flags=self.pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
 
     def _error(self, message: str):
         return self.pb.InferenceResponse(error=self.pb.TritonError(message))
@@ -169,14 +165,12 @@ class _Base:
         if guard.stopped:
             return None
         n, verdict = guard.feed(ids)
-        if verdict is not None:
-            log.warning("%s", verdict.to_json())
+        event = verdict.to_json() if verdict is not None else ""
+        if event:
+            log.warning("%s", event)
         if text is not None and n < len(ids):
             text = self.text.cut(text, ids, n) if self.text is not None else ""
-        return self._response(ids[:n], text, verdict, guard.stopped)
-
-    def finalize(self) -> None:
-        pass
+        return self._response(ids[:n], text, event, guard.stopped)
 
 
 class StepModel(_Base):
