@@ -15,9 +15,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
-// Best (smallest) loop / near-loop period found so far in a slot.
+// Best (smallest) loop / near-loop period and echo lag found so far in a slot.
 typedef struct {
-    int32_t loop, near;
+    int32_t loop, near, echo;
 } best_t;
 
 // Periods p = p0 .. p0+len-1, whose previous token is prev[-(p - p0)] and
@@ -30,17 +30,19 @@ typedef struct {
 static inline __attribute__((always_inline)) void cells_body(
     const int numbers, const int32_t *restrict prev, int32_t p0, int len, int32_t valid, int32_t x,
     int32_t *restrict run, int32_t *restrict score, int32_t *restrict nlen, int32_t *restrict ncont,
-    const int32_t *restrict ln, const int32_t *restrict nn, int32_t cont, int32_t th, int32_t cm,
-    const int32_t *restrict number_tab, int number_n, best_t *restrict best) {
+    int32_t *restrict erun, const int32_t *restrict ln, const int32_t *restrict nn,
+    const int32_t *restrict en, int32_t cont, int32_t th, int32_t cm, const int32_t *restrict number_tab,
+    int number_n, best_t *restrict best) {
     const int32_t up = 1000 - th;
-    int32_t best_loop = best->loop, best_near = best->near;
+    int32_t best_loop = best->loop, best_near = best->near, best_echo = best->echo;
     for (int i = 0; i < len; i++) {
         const int32_t pv = prev[-i];
         const int32_t m = valid & (pv == x);
         int32_t mn = m;
         if (numbers) mn |= valid & (number_tab[pv < number_n ? pv : number_n - 1] != 0);
-        const int32_t r0 = run[i], s0 = score[i], l0 = nlen[i], c0 = ncont[i];
+        const int32_t r0 = run[i], s0 = score[i], l0 = nlen[i], c0 = ncont[i], e0 = erun[i];
         const int32_t r = (r0 + 1) & -m;  // masks, not selects: see above
+        const int32_t er = (e0 + 1) & -mn;
         const int32_t s = s0 + (mn ? up : -th);
         const int32_t keep = s >= 0;
         const int32_t nl = (l0 + 1) & -keep;
@@ -49,30 +51,35 @@ static inline __attribute__((always_inline)) void cells_body(
         score[i] = s & -keep;
         nlen[i] = nl;
         ncont[i] = nc;
+        erun[i] = er;
         const int32_t p = p0 + i;
         // cond ? p : INT_MAX written as arithmetic (p > 0): gcc 12 vectorises
         // this min-reduction, not the select form.
         const int32_t cl = p | (((int32_t)(r >= ln[i]) - 1) & INT_MAX);
         const int32_t cn = p | (((int32_t)((nl >= nn[i]) & (nc * 1000 >= cm * nl)) - 1) & INT_MAX);
+        const int32_t ce = p | (((int32_t)(er >= en[i]) - 1) & INT_MAX);
         best_loop = cl < best_loop ? cl : best_loop;
         best_near = cn < best_near ? cn : best_near;
+        best_echo = ce < best_echo ? ce : best_echo;
     }
     best->loop = best_loop;
     best->near = best_near;
+    best->echo = best_echo;
 }
 
 // Out of line: restrict on parameters (lost on locals after inlining) spares
 // the vectoriser run-time alias checks. `number_tab` NULL: x is no number.
 __attribute__((noinline)) static void cells(
     const int32_t *restrict prev, int32_t p0, int len, int32_t valid, int32_t x, int32_t *restrict run,
-    int32_t *restrict score, int32_t *restrict nlen, int32_t *restrict ncont,
-    const int32_t *restrict ln, const int32_t *restrict nn, int32_t cont, int32_t th, int32_t cm,
-    const int32_t *restrict number_tab, int number_n, best_t *restrict best) {
+    int32_t *restrict score, int32_t *restrict nlen, int32_t *restrict ncont, int32_t *restrict erun,
+    const int32_t *restrict ln, const int32_t *restrict nn, const int32_t *restrict en, int32_t cont,
+    int32_t th, int32_t cm, const int32_t *restrict number_tab, int number_n, best_t *restrict best) {
     if (number_tab)
-        cells_body(1, prev, p0, len, valid, x, run, score, nlen, ncont, ln, nn, cont, th, cm, number_tab,
-                   number_n, best);
+        cells_body(1, prev, p0, len, valid, x, run, score, nlen, ncont, erun, ln, nn, en, cont, th, cm,
+                   number_tab, number_n, best);
     else
-        cells_body(0, prev, p0, len, valid, x, run, score, nlen, ncont, ln, nn, cont, th, cm, NULL, 0, best);
+        cells_body(0, prev, p0, len, valid, x, run, score, nlen, ncont, erun, ln, nn, en, cont, th, cm,
+                   NULL, 0, best);
 }
 
 static inline int32_t lookup(const int32_t *tab, int n, int64_t x) { return tab[x < n ? x : n - 1]; }
@@ -83,8 +90,9 @@ void l0_detect_step_cpu(const int64_t *tokens, int n, int32_t *ring, int64_t *po
                         const int32_t *loop_need, const int32_t *near_need, const int32_t *thr,
                         const int32_t *content_milli, const int32_t *max_blank, const uint8_t *active,
                         const int32_t *content_tab, int content_n, const int32_t *blank_tab, int blank_n,
-                        const int32_t *number_tab, int number_n, int P, int32_t *out_kind,
-                        int32_t *out_period, int64_t *out_next) {
+                        const int32_t *number_tab, int number_n, int32_t *erun, int32_t *echo,
+                        int64_t *elag, const int32_t *echo_need, const int32_t *echo_cfg, int P,
+                        int32_t *out_kind, int32_t *out_period, int64_t *out_next) {
     for (int s = 0; s < n; s++) {
         const int64_t x = tokens[s];
         if (x < 0 || !active[s]) {
@@ -97,26 +105,47 @@ void l0_detect_step_cpu(const int64_t *tokens, int n, int32_t *ring, int64_t *po
         const int64_t t = pos[s];
         const int tc = (int)(t % P);
         int32_t *rg = ring + row;
-        best_t best = {INT_MAX, INT_MAX};
+        best_t best = {INT_MAX, INT_MAX, INT_MAX};
         const int32_t *num = lookup(number_tab, number_n, x) ? number_tab : NULL;
         const int32_t cont = lookup(content_tab, content_n, x) != 0;
         const int32_t x32 = (int32_t)x;  // token ids < 2**31 (vocab sizes)
         // p = 1..tc: x[t-p] at column tc-p (always seen). p = tc+1..P: column
         // tc-p+P, seen only once the ring has wrapped (t >= P).
         if (tc > 0)
-            cells(rg + tc - 1, 1, tc, 1, x32, run + row, score + row, nlen + row, ncont + row,
-                  loop_need + row, near_need + row, cont, thr[s], content_milli[s], num, number_n, &best);
+            cells(rg + tc - 1, 1, tc, 1, x32, run + row, score + row, nlen + row, ncont + row, erun + row,
+                  loop_need + row, near_need + row, echo_need + row, cont, thr[s], content_milli[s], num,
+                  number_n, &best);
         const size_t o = row + tc;
-        cells(rg + P - 1, tc + 1, P - tc, t >= P, x32, run + o, score + o, nlen + o, ncont + o,
-              loop_need + o, near_need + o, cont, thr[s], content_milli[s], num, number_n, &best);
+        cells(rg + P - 1, tc + 1, P - tc, t >= P, x32, run + o, score + o, nlen + o, ncont + o, erun + o,
+              loop_need + o, near_need + o, echo_need + o, cont, thr[s], content_milli[s], num, number_n,
+              &best);
         rg[tc] = x32;
         const int64_t t1 = t + 1;
         pos[s] = t1;
         const int32_t b = lookup(blank_tab, blank_n, x) ? blank[s] + 1 : 0;
         blank[s] = b;
+        // Echo stretch (a Kadane scan per slot, see the reference).
+        int32_t *ec = echo + (size_t)s * 4;  // score, length, content, echoing
+        const int32_t *cfg = echo_cfg + (size_t)s * 4;  // threshold, span, content, expected
+        const int32_t lag = best.echo != INT_MAX ? best.echo : 0;
+        const int32_t es = ec[0] + (lag ? 1000 - cfg[0] : -cfg[0]);
+        if (es >= 0) {
+            ec[0] = es;
+            ec[1] += 1;
+            ec[2] += lag && cont;
+            ec[3] += lag != 0;
+            elag[s] += lag;
+        } else {
+            ec[0] = ec[1] = ec[2] = ec[3] = 0;
+            elag[s] = 0;
+        }
+        const int64_t elen = ec[1];
+        const int echo_ok = lag && elen >= cfg[1] && (int64_t)ec[2] * 1000 >= (int64_t)cfg[2] * elen &&
+                            elen * ec[3] >= (int64_t)cfg[3] * elag[s];
         int32_t kind = 0, per = 0;
         if (best.loop != INT_MAX) { kind = 1; per = best.loop; }
         else if (best.near != INT_MAX) { kind = 2; per = best.near; }
+        else if (echo_ok) { kind = 4; per = lag; }
         else if (b > max_blank[s]) { kind = 3; }
         out_kind[s] = kind;
         out_period[s] = per;

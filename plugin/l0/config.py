@@ -52,6 +52,15 @@ class DetectorParams:
       least ``near_min_content`` of the compared positions being matching
       content tokens (words, not digits/punctuation). ``near_min_repeats = 0``
       disables it.
+    * echo (template loop): the same phrases keep coming back at no fixed
+      period (a block of lines re-emitted with other names and lengths). A
+      token echoes when its last ``echo_ngram`` tokens appeared within the
+      last max_period tokens (numbers compare equal); fires after a stretch
+      of >= ``echo_min_span`` tokens of which >= ``echo_threshold`` echo, with
+      >= ``echo_min_content`` echoing content tokens, longer than the
+      ``expected_items`` rounds the prompt asked for. ``echo_ngram = 0``
+      disables it. A slow backstop: it needs far more evidence than the
+      periodic detectors.
     * no-progress: more than ``max_blank_run`` consecutive blank tokens
       (whitespace-only or special-token filler). ``0`` disables it.
     """
@@ -64,7 +73,19 @@ class DetectorParams:
     near_min_repeats: int = 4
     near_min_span: int = 192
     near_min_content: float = 0.2
+    echo_ngram: int = 4
+    echo_threshold: float = 0.75
+    echo_min_span: int = 512
+    echo_min_content: float = 0.15
     max_blank_run: int = 64
+
+    @property
+    def echo_threshold_milli(self) -> int:
+        return int(round(self.echo_threshold * 1000))
+
+    @property
+    def echo_min_content_milli(self) -> int:
+        return int(round(self.echo_min_content * 1000))
 
     @property
     def near_threshold_milli(self) -> int:
@@ -85,6 +106,10 @@ _RANGES: dict[str, tuple[type, float, float | None]] = {
     "near_min_repeats": (int, 0, 256),
     "near_min_span": (int, 1, 65536),
     "near_min_content": (float, 0.0, 1.0),
+    "echo_ngram": (int, 0, 64),
+    "echo_threshold": (float, 0.5, 1.0),
+    "echo_min_span": (int, 1, 65536),
+    "echo_min_content": (float, 0.0, 1.0),
     "max_blank_run": (int, 0, 8192),
 }
 

@@ -8,7 +8,7 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 from l0.config import DetectorParams
-from l0.ops.detect import BLANK, LOOP, NEAR, NONE, make_detector
+from l0.ops.detect import BLANK, ECHO, LOOP, NEAR, NONE, make_detector
 from l0.ops.detect_reference import ReferenceDetector, scan
 from l0.vocab import TokenClasses
 
@@ -20,7 +20,8 @@ CLASSES = TokenClasses(CONTENT, BLANKS, NUMBERS)
 
 SMALL = DetectorParams(min_period=1, max_period=8, min_repeats=3, min_span=6,
                        near_threshold=0.75, near_min_repeats=3, near_min_span=12,
-                       near_min_content=0.2, max_blank_run=4)
+                       near_min_content=0.2, echo_ngram=3, echo_threshold=0.7, echo_min_span=16,
+                       echo_min_content=0.2, max_blank_run=4)
 
 
 def _backends():
@@ -31,15 +32,18 @@ def _backends():
     return out
 
 
-def _drive(backend, device, streams, params, max_period=8, ops=()):
+def _drive(backend, device, streams, params, max_period=8, ops=(), expected=()):
     """Feed streams (list per slot, -1 = idle) step by step to the reference and a
-    backend; ``ops`` maps step -> list of ("move"|"swap"|"configure", a, b)."""
+    backend; ``ops`` maps step -> list of ("move"|"swap"|"configure", a, b);
+    ``expected`` gives slots' expected_items (default 0). Returns the kinds fired."""
     n = len(streams)
     ref = ReferenceDetector(n, max_period, CLASSES)
     det = make_detector(n, max_period, CLASSES, device=device, backend=backend)
+    expected = list(expected) + [0] * n
+    fired = set()
     for s in range(n):
-        ref.configure(s, params)
-        det.configure(s, params)
+        ref.configure(s, params, expected[s])
+        det.configure(s, params, expected[s])
     steps = max(len(x) for x in streams)
     for t in range(steps):
         for op, a, b in dict(ops).get(t, []):
@@ -54,8 +58,10 @@ def _drive(backend, device, streams, params, max_period=8, ops=()):
         res = det.step(torch.tensor(toks, dtype=torch.int32, device=device))
         got = (res.kind.cpu().tolist(), res.period.cpu().tolist(), res.next_token.cpu().tolist())
         assert got == (k, p, nt), f"step {t}: tokens {toks}"
+        fired.update(k)
     for s in range(n):
         assert det.position(s) == ref.position(s)
+    return fired
 
 
 # -- the spec itself, on hand-made sequences --------------------------------
@@ -105,6 +111,65 @@ def test_near_loop_needs_content_and_count():
     assert late is None
 
 
+def _template(rounds):
+    """Rounds of one template whose slot varies in length (1-3 new tokens), so
+    no fixed period lines the rounds up."""
+    seq = []
+    for i in range(rounds):
+        seq += list(range(100, 108)) + [200 + 10 * i + j for j in range(1 + i % 3)] + list(range(110, 118))
+    return seq
+
+
+ECHO_PRM = DetectorParams(max_period=64, min_span=24, near_min_repeats=4, echo_ngram=3,
+                          echo_threshold=0.7, echo_min_span=60, echo_min_content=0.2, max_blank_run=0)
+
+
+def test_echo_fires_on_a_template_loop_with_no_fixed_period():
+    seq = _template(12)
+    # Neither periodic detector sees it: the rounds are 17, 18, 19 tokens long.
+    periodic_only = DetectorParams(**{**ECHO_PRM.__dict__, "echo_ngram": 0})
+    assert scan(seq, periodic_only) is None
+    # Every token echoes but the varying slot and the two after it (their
+    # 3-grams run through the slot): 14 of 17-19 per round, above 0.7. The
+    # stretch that lasts starts at index 29 (round 1's 112, after the two
+    # tokens past its slot reset it) and reaches 60 tokens at index 88, the
+    # 117 closing round 4, whose 3-gram last came 18 tokens back (round 4's length).
+    assert scan(seq, ECHO_PRM) == (89, ECHO, 18)
+    # min span: the same output one token shorter never fires.
+    assert scan(seq[:88], ECHO_PRM) is None
+    # Echo lags are periods: none beyond max_period (16 < every round).
+    assert scan(seq, DetectorParams(**{**ECHO_PRM.__dict__, "max_period": 16})) is None
+
+
+def test_echo_needs_more_rounds_than_asked_and_content():
+    seq = _template(40)
+    # 40 rounds, lags ~18: asking for 10 items moves the firing point out to
+    # 10 x the mean lag past the stretch's start (index 29); asking for 40
+    # items lets the output finish.
+    assert scan(seq, ECHO_PRM, expected_items=10) == (211, ECHO, 19)
+    assert scan(seq, ECHO_PRM, expected_items=40) is None
+    # Only punctuation echoing (no content class): formatting, not looping.
+    punct = TokenClasses(content=[False] * 400)
+    assert scan(seq, ECHO_PRM, classes=punct) is None
+
+
+def test_echo_numbers_compare_equal():
+    # Lines "<counter> w20 .. w29 <name>": the counter (ids 300+, digits) and
+    # the name change every line. The 3-grams through the counter echo only
+    # because numbers near-match: 3 new tokens of 12 (75% echo) instead of 4
+    # (67%, under the 0.7 threshold).
+    seq = []
+    for i in range(30):
+        seq += [300 + i] + list(range(20, 30)) + [100 + i]
+    prm = DetectorParams(**{**ECHO_PRM.__dict__, "near_min_repeats": 0, "min_repeats": 0})
+    ids = range(400)
+    classes = TokenClasses(content=[20 <= i < 30 or 100 <= i < 200 for i in ids], blank=[False] * 400,
+                           number=[i >= 300 for i in ids])
+    res = scan(seq, prm, classes=classes)
+    assert res is not None and res[1] == ECHO and res[2] == 12
+    assert scan(seq, prm, classes=TokenClasses(content=classes.content)) is None
+
+
 def test_blank_run():
     prm = DetectorParams(min_repeats=0, near_min_repeats=0, max_blank_run=4)
     assert scan([10, 11, 10, 11, 10], prm, classes=CLASSES) == (5, BLANK, 0)
@@ -149,16 +214,35 @@ def test_batch_add_remove_move_swap(backend, device):
 @settings(max_examples=60, deadline=None)
 @given(st.lists(st.lists(st.integers(-1, VOCAB - 1), min_size=1, max_size=50), min_size=1, max_size=4),
        st.integers(1, 8), st.integers(0, 4), st.integers(1, 12), st.floats(0.5, 1.0),
-       st.integers(0, 4), st.integers(1, 20), st.floats(0.0, 1.0), st.integers(0, 5))
+       st.integers(0, 4), st.integers(1, 20), st.floats(0.0, 1.0), st.integers(0, 5),
+       st.integers(0, 4), st.floats(0.5, 1.0), st.integers(1, 30), st.floats(0.0, 1.0),
+       st.lists(st.integers(0, 6), max_size=4))
 @pytest.mark.parametrize("backend,device", _backends())
 def test_hypothesis_equals_reference(backend, device, streams, max_p, min_rep, min_span, thr, near_rep,
-                                     near_span, content, blank_run):
+                                     near_span, content, blank_run, echo_n, echo_thr, echo_span,
+                                     echo_content, expected):
     min_p = 1 if max_p == 1 else 1 + max_p // 3
     prm = DetectorParams(min_period=min_p, max_period=max_p, min_repeats=0 if min_rep == 1 else min_rep,
                          min_span=min_span, near_threshold=round(thr, 3),
                          near_min_repeats=0 if near_rep == 1 else near_rep, near_min_span=near_span,
-                         near_min_content=round(content, 3), max_blank_run=blank_run)
-    _drive(backend, device, streams, prm, max_period=8)
+                         near_min_content=round(content, 3), echo_ngram=echo_n,
+                         echo_threshold=round(echo_thr, 3), echo_min_span=echo_span,
+                         echo_min_content=round(echo_content, 3), max_blank_run=blank_run)
+    _drive(backend, device, streams, prm, max_period=8, expected=expected)
+
+
+@pytest.mark.parametrize("backend,device", _backends())
+def test_echo_differential(backend, device):
+    """Template loops (no fixed period) in a 64-period detector, with expected
+    items on some slots, slots swapped and moved mid-stream: ECHO fires and
+    every backend agrees with the reference on every step."""
+    prm = DetectorParams(**{**ECHO_PRM.__dict__, "max_period": 40, "min_period": 2})
+    rng = random.Random(5)
+    streams = [_template(30), _template(30)[5:], [rng.randrange(400) for _ in range(300)],
+               _template(30), [t % VOCAB for t in _template(25)]]
+    ops = {40: [("swap", 0, 2)], 90: [("move", 1, 2)], 150: [("swap", 3, 4)]}
+    fired = _drive(backend, device, streams, prm, max_period=64, ops=ops, expected=[0, 0, 0, 8, 0])
+    assert ECHO in fired
 
 
 @pytest.mark.parametrize("backend,device", _backends())

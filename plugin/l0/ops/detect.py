@@ -29,18 +29,18 @@ from typing import Sequence
 import torch
 
 from l0.config import DetectorParams
-from l0.ops.detect_reference import (BLANK, LOOP, NEAR, NEVER, NONE, ReferenceDetector,
-                                     loop_need, near_need)
+from l0.ops.detect_reference import (BLANK, ECHO, LOOP, NEAR, NEVER, NONE, ReferenceDetector,
+                                     echo_need, loop_need, near_need)
 from l0.vocab import TokenClasses
 
-__all__ = ["StepResult", "TorchDetector", "make_detector", "NONE", "LOOP", "NEAR", "BLANK"]
+__all__ = ["StepResult", "TorchDetector", "make_detector", "NONE", "LOOP", "NEAR", "BLANK", "ECHO"]
 
 
 @dataclass(frozen=True)
 class StepResult:
     """Per-slot outcome of one step (device tensors, shape ``[n]``).
 
-    ``kind`` int32 (NONE/LOOP/NEAR/BLANK), ``period`` int32 (0 unless a loop),
+    ``kind`` int32 (NONE/LOOP/NEAR/BLANK/ECHO), ``period`` int32 (0 unless a loop),
     ``next_token`` int64 (token that would continue the loop, else -1).
     """
 
@@ -81,17 +81,25 @@ class TorchDetector:
         self.score = torch.zeros((S, P), **i32)
         self.nlen = torch.zeros((S, P), **i32)
         self.ncont = torch.zeros((S, P), **i32)
+        self.erun = torch.zeros((S, P), **i32)
         self.blank = torch.zeros(S, **i32)
+        # Echo segment per slot: score, length, echoing content, echoing tokens
+        # (int32) and the sum of echo lags (int64: up to 2**21 tokens x lag 4096).
+        self.echo = torch.zeros((S, 4), **i32)
+        self.elag = torch.zeros(S, dtype=torch.int64, device=dev)
         # Per-slot thresholds, precomputed at configure() so a step is compares only.
         self.loop_need = torch.full((S, P), NEVER, **i32)
         self.near_need = torch.full((S, P), NEVER, **i32)
+        self.echo_need = torch.full((S, P), NEVER, **i32)
         self.thr = torch.zeros(S, **i32)
+        # Echo knobs per slot: threshold, min span, content (thousandths), expected items.
+        self.echo_cfg = torch.zeros((S, 4), **i32)
         self.content_milli = torch.zeros(S, **i32)
         self.max_blank = torch.full((S,), NEVER, **i32)
         self.active = torch.zeros(S, dtype=torch.bool, device=dev)
         self._state = (self.ring, self.pos, self.run, self.score, self.nlen, self.ncont, self.blank,
                        self.loop_need, self.near_need, self.thr, self.content_milli, self.max_blank,
-                       self.active)
+                       self.active, self.erun, self.echo, self.elag, self.echo_need, self.echo_cfg)
 
     # -- persistent-batch bookkeeping (host-driven, rare) -----------------
     def configure(self, slot: int, params: DetectorParams, expected_items: int = 0) -> None:
@@ -101,6 +109,10 @@ class TorchDetector:
                                             dtype=torch.int32)
         self.near_need[slot] = torch.tensor(
             [min(near_need(params, p, expected_items), NEVER) for p in range(1, P + 1)], dtype=torch.int32)
+        self.echo_need[slot] = torch.tensor([min(echo_need(params, p), NEVER) for p in range(1, P + 1)],
+                                            dtype=torch.int32)
+        self.echo_cfg[slot] = torch.tensor([params.echo_threshold_milli, params.echo_min_span,
+                                            params.echo_min_content_milli, expected_items], dtype=torch.int32)
         self.thr[slot] = params.near_threshold_milli
         self.content_milli[slot] = params.near_min_content_milli
         self.max_blank[slot] = params.max_blank_run if params.max_blank_run > 0 else NEVER
@@ -111,6 +123,7 @@ class TorchDetector:
             t[slot] = 0
         self.loop_need[slot] = NEVER
         self.near_need[slot] = NEVER
+        self.echo_need[slot] = NEVER
         self.max_blank[slot] = NEVER
 
     def move(self, src: int, dst: int) -> None:
@@ -146,6 +159,8 @@ class TorchDetector:
 
         run = self.run[:n]
         run.copy_(torch.where(hm, (run + 1) * mi, run))
+        erun = self.erun[:n]
+        erun.copy_(torch.where(hm, (erun + 1) * near.to(torch.int32), erun))
 
         thr = self.thr[:n, None]
         s = self.score[:n] + near.to(torch.int32) * 1000 - thr
@@ -163,6 +178,21 @@ class TorchDetector:
         blank.copy_(torch.where(has, (blank + 1) * self._lookup(self.blank_tab, xs), blank))
         pos += has.to(torch.int64)
 
+        echo_any, lag = self._first(erun >= self.echo_need[:n])
+        lag = torch.where(echo_any, lag, 0)
+        ecfg, echo, elag = self.echo_cfg[:n], self.echo[:n], self.elag[:n]
+        ethr = ecfg[:, 0]
+        es = echo[:, 0] + torch.where(echo_any, 1000 - ethr, -ethr)
+        ekeep = (es >= 0) & has
+        eon = echo_any.to(torch.int32)
+        grown = torch.stack([es, echo[:, 1] + 1, echo[:, 2] + eon * cont, echo[:, 3] + eon], dim=1)
+        echo.copy_(torch.where(ekeep[:, None], grown, torch.where(has[:, None], 0, echo)))
+        elag.copy_(torch.where(ekeep, elag + lag, torch.where(has, 0, elag)))
+        elen = echo[:, 1].to(torch.int64)
+        echo_ok = echo_any & (elen >= ecfg[:, 1]) & (
+            echo[:, 2].to(torch.int64) * 1000 >= ecfg[:, 2].to(torch.int64) * elen) & (
+            elen * echo[:, 3] >= ecfg[:, 3].to(torch.int64) * elag)
+
         loop_ok = run >= self.loop_need[:n]
         near_ok = (nlen >= self.near_need[:n]) & (
             ncont.to(torch.int64) * 1000 >= self.content_milli[:n, None].to(torch.int64) * nlen)
@@ -170,9 +200,11 @@ class TorchDetector:
         near_any, near_p = self._first(near_ok)
         blank_any = blank > self.max_blank[:n]
 
-        kind = torch.where(loop_any, LOOP, torch.where(near_any, NEAR, torch.where(blank_any, BLANK, NONE)))
+        kind = torch.where(loop_any, LOOP, torch.where(near_any, NEAR, torch.where(
+            echo_ok, ECHO, torch.where(blank_any, BLANK, NONE))))
         kind = torch.where(has, kind, NONE).to(torch.int32)
-        period = torch.where(kind == LOOP, loop_p, torch.where(kind == NEAR, near_p, 0)).to(torch.int32)
+        period = torch.where(kind == LOOP, loop_p, torch.where(kind == NEAR, near_p, torch.where(
+            kind == ECHO, lag, 0))).to(torch.int32)
         # next token x[t+1-p] sits at column (pos_after - p) % P.
         nxt_col = (pos - period.to(torch.int64)).remainder(P)
         nxt = self.ring[rows, nxt_col]

@@ -75,7 +75,7 @@ def _library() -> ctypes.CDLL:
     lib = ctypes.CDLL(str(out))
     fn = lib.l0_detect_step_cpu
     P, I = ctypes.c_void_p, ctypes.c_int
-    fn.argtypes = [P, I] + [P] * 14 + [I, P, I, P, I, I, P, P, P]
+    fn.argtypes = [P, I] + [P] * 14 + [I, P, I, P, I] + [P] * 5 + [I, P, P, P]
     fn.restype = None
     return lib
 
@@ -114,6 +114,9 @@ class CpuDetector(TorchDetector):
         self._ptrs = [t.data_ptr() for t in tensors]
         self._tabs = [self.content.data_ptr(), self.content.shape[0], self.blank_tab.data_ptr(),
                       self.blank_tab.shape[0], self.number.data_ptr(), self.number.shape[0]]
+        echo = (self.erun, self.echo, self.elag, self.echo_need, self.echo_cfg)
+        assert all(t.is_contiguous() for t in echo)
+        self._tabs += [t.data_ptr() for t in echo]
 
     def step(self, tokens: torch.Tensor) -> StepResult:
         n = tokens.shape[0]

@@ -59,6 +59,7 @@ class CudaDetector(TorchDetector):
                 c(self.max_blank), c(self.active.view(torch.uint8)), c(self.content),
                 cupy.int32(self.content.shape[0]), c(self.blank_tab), cupy.int32(self.blank_tab.shape[0]),
                 c(self.number), cupy.int32(self.number.shape[0]),
+                c(self.erun), c(self.echo), c(self.elag), c(self.echo_need), c(self.echo_cfg),
                 cupy.int32(self.max_period), c(self._kind), c(self._period), c(self._next))
         stream = torch.cuda.current_stream(self.device)
         with cupy.cuda.ExternalStream(stream.cuda_stream, self.device.index or 0):

@@ -13,6 +13,15 @@ each period p in 1..P (P = the detector's max_period, the server cap):
   otherwise it resets (score = nlen = ncont = 0). A segment of length L kept
   alive has match fraction >= near_threshold over its L comparisons.
 * ``blank``   = blank + 1 if blank_table[x] else 0
+* echo (a template loop: the same phrases keep coming back, at no fixed
+  period): ``erun[p]`` = erun[p] + 1 if mn[p] else 0 (the near-matching run
+  at lag p); the token *echoes* when some lag p has erun[p] >= echo_ngram,
+  i.e. the last echo_ngram tokens appeared p tokens earlier (numbers equal to
+  numbers); ``lag`` = the smallest such p. A second Kadane scan, per slot,
+  weights +(1000-ethr) on an echoing token and -ethr otherwise (ethr =
+  echo_threshold in thousandths): if s >= 0 the segment grows (escore = s,
+  elen += 1, econt += echoes and content[x], eseen += echoes, elag += lag),
+  otherwise every echo counter resets to 0.
 
 Then, in priority order (the first that holds is reported, with its smallest p):
 
@@ -20,12 +29,15 @@ Then, in priority order (the first that holds is reported, with its smallest p):
 2. NEAR  if nlen[p] >= near_need[p] and 1000*ncont[p] >= content_milli*nlen[p]
          (near_need = max((near_min_repeats-1)*p, near_min_span-p, expected_items*p,
           min_span-p, 1))
-3. BLANK if max_blank_run > 0 and blank > max_blank_run
+3. ECHO  if x echoes and elen >= echo_min_span and 1000*econt >= echo_content_milli*elen
+         and elen*eseen >= expected_items*elag (the segment spans more rounds than
+         the prompt asked items: elen >= expected_items x the mean lag); period = lag
+4. BLANK if max_blank_run > 0 and blank > max_blank_run
 
-Periods outside [min_period, max_period] of the slot never fire. For LOOP/NEAR
-``next_token`` is x[t+1-p], the token that would continue the cycle; else -1.
-A token of -1 means "no new token for this slot this step": nothing changes and
-nothing fires.
+Periods (and echo lags) outside [min_period, max_period] of the slot never
+fire. For LOOP/NEAR/ECHO ``next_token`` is x[t+1-p], the token that would
+continue the cycle; else -1. A token of -1 means "no new token for this slot
+this step": nothing changes and nothing fires.
 """
 from __future__ import annotations
 
@@ -35,8 +47,8 @@ from typing import Sequence
 from l0.config import DetectorParams
 from l0.vocab import TokenClasses
 
-NONE, LOOP, NEAR, BLANK = 0, 1, 2, 3
-KIND_NAMES = {NONE: "none", LOOP: "loop", NEAR: "near_loop", BLANK: "no_progress"}
+NONE, LOOP, NEAR, BLANK, ECHO = 0, 1, 2, 3, 4
+KIND_NAMES = {NONE: "none", LOOP: "loop", NEAR: "near_loop", BLANK: "no_progress", ECHO: "echo"}
 NEVER = 2**31 - 1  # a need no counter reaches
 
 
@@ -60,6 +72,13 @@ def near_need(params: DetectorParams, p: int, expected_items: int = 0) -> int:
                expected_items * p, params.min_span - p, 1)
 
 
+def echo_need(params: DetectorParams, p: int) -> int:
+    """Near-matching run at lag p that makes a token echo (NEVER if it can't)."""
+    if params.echo_ngram == 0 or not params.min_period <= p <= params.max_period:
+        return NEVER
+    return params.echo_ngram
+
+
 @dataclass
 class _Slot:
     params: DetectorParams | None = None
@@ -69,7 +88,13 @@ class _Slot:
     score: list[int] = field(default_factory=list)
     nlen: list[int] = field(default_factory=list)
     ncont: list[int] = field(default_factory=list)
+    erun: list[int] = field(default_factory=list)
     blank: int = 0
+    escore: int = 0
+    elen: int = 0
+    econt: int = 0
+    eseen: int = 0
+    elag: int = 0
 
 
 class ReferenceDetector:
@@ -91,7 +116,7 @@ class ReferenceDetector:
     def configure(self, slot: int, params: DetectorParams, expected_items: int = 0) -> None:
         """Start a fresh request in ``slot`` (all history cleared)."""
         P = self.max_period
-        self.slots[slot] = _Slot(params, expected_items, [], [0] * P, [0] * P, [0] * P, [0] * P, 0)
+        self.slots[slot] = _Slot(params, expected_items, [], [0] * P, [0] * P, [0] * P, [0] * P, [0] * P)
 
     def clear(self, slot: int) -> None:
         self.slots[slot] = _Slot()
@@ -130,6 +155,7 @@ class ReferenceDetector:
             m = t >= p and s.hist[t - p] == x
             mn = m or (t >= p and is_number and _cls(self.classes.number, s.hist[t - p], False))
             s.run[i] = s.run[i] + 1 if m else 0
+            s.erun[i] = s.erun[i] + 1 if mn else 0
             sc = s.score[i] + ((1000 - thr) if mn else -thr)
             if sc >= 0:
                 s.score[i] = sc
@@ -141,6 +167,18 @@ class ReferenceDetector:
         is_blank = _cls(self.classes.blank, x, False)
         s.blank = s.blank + 1 if is_blank else 0
 
+        lag = next((p for p in range(1, P + 1) if s.erun[p - 1] >= echo_need(prm, p)), 0)
+        ethr = prm.echo_threshold_milli
+        es = s.escore + ((1000 - ethr) if lag else -ethr)
+        if es >= 0:
+            s.escore = es
+            s.elen += 1
+            s.econt += int(bool(lag) and is_content)
+            s.eseen += int(bool(lag))
+            s.elag += lag
+        else:
+            s.escore = s.elen = s.econt = s.eseen = s.elag = 0
+
         for p in range(1, P + 1):
             if s.run[p - 1] >= loop_need(prm, p):
                 return LOOP, p, s.hist[t + 1 - p]
@@ -149,6 +187,9 @@ class ReferenceDetector:
             i = p - 1
             if s.nlen[i] >= near_need(prm, p, s.expected_items) and 1000 * s.ncont[i] >= cm * s.nlen[i]:
                 return NEAR, p, s.hist[t + 1 - p]
+        if (lag and s.elen >= prm.echo_min_span and 1000 * s.econt >= prm.echo_min_content_milli * s.elen
+                and s.elen * s.eseen >= s.expected_items * s.elag):
+            return ECHO, lag, s.hist[t + 1 - lag]
         if prm.max_blank_run > 0 and s.blank > prm.max_blank_run:
             return BLANK, 0, -1
         return NONE, 0, -1

@@ -62,7 +62,7 @@ def parse_options(raw: str | bytes | Mapping[str, Any] | None, server: ServerCon
 
 @dataclass(frozen=True)
 class Verdict:
-    kind: str          # loop | near_loop | no_progress
+    kind: str          # loop | near_loop | echo | no_progress
     period: int        # 0 unless a loop
     token_index: int   # index in the stream's output of the token at which it fired
     action: str        # what was done: stop | observe

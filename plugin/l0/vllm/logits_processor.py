@@ -238,7 +238,7 @@ class L0LogitsProcessor(LogitsProcessor):
         n = opts.resume_from if 0 < opts.resume_from <= len(prompt) else 0
         prefix, prompt = prompt[len(prompt) - n:], prompt[: len(prompt) - n]
         expected = 0
-        if self.tokenizer is not None and prompt and opts.params.near_min_repeats:
+        if self.tokenizer is not None and prompt and (opts.params.near_min_repeats or opts.params.echo_ngram):
             # The tail of the prompt carries the user's request ("... 25 records").
             expected = expected_items(self.tokenizer.decode(prompt[-512:]))
         self.det.configure(index, opts.params, expected)
