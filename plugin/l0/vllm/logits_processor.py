@@ -133,6 +133,11 @@ class L0LogitsProcessor(LogitsProcessor):
         self._pending = None  # (event, host copies, row snapshot) awaiting readout
         self.log_enabled = self.cfg.log_interventions and rank0
         self.neg_inf = torch.tensor(float("-inf"), **dev)
+        # One line per rank at startup, through vLLM's logger so it carries the
+        # worker's prefix ("(Worker_TP1 pid=...)"): shows L0 runs on every rank.
+        logging.getLogger("vllm.l0").info(
+            "l0: logits processor on tp rank %d: action %s, backend %s, max_period_cap %d, %d slots",
+            _tp_rank(), self.cfg.action, self.det.backend, self.cfg.max_period_cap, S)
 
     @staticmethod
     def _shadowed(vllm_config) -> bool:
