@@ -1,4 +1,4 @@
-"""The ``detect`` op: batched loop / near-loop / no-progress detection on a torch device.
+"""The ``detect`` op: batched loop / near-loop / echo / no-progress detection on a torch device.
 
 Contract (the spec is :mod:`l0.ops.detect_reference`; every backend equals it
 exactly, proven by ``tests/ops/test_detect.py``):
