@@ -7,7 +7,7 @@ STAMP := $(VENV)/.l0-installed
 TRITON_VENV ?= .venv-triton
 TRITON_STAMP := $(TRITON_VENV)/.l0-installed
 
-.PHONY: install model demo test kernels-check services triton triton-torch bench clean
+.PHONY: install model demo test kernels-check services triton triton-torch bench gpu-check clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -61,6 +61,14 @@ services:
 test: install model kernels-check services triton
 	$(PY) -m pytest; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing on purpose"; exit 1; fi; exit $$rc
+
+# On a machine with an NVIDIA GPU, with that machine's own python3 (torch+CUDA,
+# CuPy, pytest, hypothesis, nvidia-ml-py; no venv, no vLLM): proves the device
+# path in a few minutes and writes bench/results/gpu_check_<device>.json.
+# Without a CUDA device it says so and fails.
+GPU_PYTHON ?= python3
+gpu-check:
+	$(GPU_PYTHON) bench/gpu_check.py
 
 demo: install
 	$(VENV)/bin/l0 demo

@@ -5,7 +5,8 @@
 // One block per slot; threads stride over periods p = 1..P. Per step each slot
 // costs O(P) work and one launch covers the whole batch: no host round trip.
 // State layout matches TorchDetector's tensors (row-major [slots, P]).
-#include <climits>
+// No standard headers: NVRTC (CuPy's compiler) has none of the host's.
+#define L0_NONE_YET 2147483647  // INT_MAX: "no period found"
 
 extern "C" __global__ void l0_detect_step(
     const long long* __restrict__ tokens,      // [n]   new token per slot, -1 = none
@@ -42,7 +43,7 @@ extern "C" __global__ void l0_detect_step(
         return;
     }
     __shared__ int best_loop, best_near, best_echo;
-    if (threadIdx.x == 0) { best_loop = INT_MAX; best_near = INT_MAX; best_echo = INT_MAX; }
+    if (threadIdx.x == 0) { best_loop = L0_NONE_YET; best_near = L0_NONE_YET; best_echo = L0_NONE_YET; }
     __syncthreads();
 
     const long long t = pos[s];
@@ -51,7 +52,7 @@ extern "C" __global__ void l0_detect_step(
     const bool num_x = number_tab[x < number_n ? x : number_n - 1] != 0;
     const int th = thr[s];
     const long long cm = content_milli[s];
-    int my_loop = INT_MAX, my_near = INT_MAX, my_echo = INT_MAX;
+    int my_loop = L0_NONE_YET, my_near = L0_NONE_YET, my_echo = L0_NONE_YET;
 
     for (int i = threadIdx.x; i < P; i += blockDim.x) {
         const int p = i + 1;
@@ -88,7 +89,7 @@ extern "C" __global__ void l0_detect_step(
         // Echo stretch: a Kadane scan per slot (see the reference).
         int* ec = echo + (size_t)s * 4;
         const int* cfg = echo_cfg + (size_t)s * 4;
-        const int lag = best_echo != INT_MAX ? best_echo : 0;
+        const int lag = best_echo != L0_NONE_YET ? best_echo : 0;
         const int es = ec[0] + (lag ? 1000 - cfg[0] : -cfg[0]);
         if (es >= 0) {
             ec[0] = es; ec[1] += 1; ec[2] += (lag && cont) ? 1 : 0; ec[3] += lag ? 1 : 0;
@@ -101,8 +102,8 @@ extern "C" __global__ void l0_detect_step(
         const bool echo_ok = lag && elen >= cfg[1] && (long long)ec[2] * 1000 >= (long long)cfg[2] * elen &&
                              elen * ec[3] >= (long long)cfg[3] * elag[s];
         int kind = 0, per = 0;
-        if (best_loop != INT_MAX) { kind = 1; per = best_loop; }
-        else if (best_near != INT_MAX) { kind = 2; per = best_near; }
+        if (best_loop != L0_NONE_YET) { kind = 1; per = best_loop; }
+        else if (best_near != L0_NONE_YET) { kind = 2; per = best_near; }
         else if (echo_ok) { kind = 4; per = lag; }
         else if (b > max_blank[s]) { kind = 3; }
         out_kind[s] = kind;

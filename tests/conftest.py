@@ -5,6 +5,7 @@ SmolLM2 model), ``nvcc`` (the CUDA compiler), ``cc`` (a host C compiler, for
 the fused cpu detect backend), ``redis`` (Debian's redis-server + the redis
 package), ``triton`` (tritonserver from nvidia-pytriton, tritonclient, and the
 stub's Python environment). GPU and NVML are never required in CI (CI machines have none); the others are.
+``L0_REQUIRE=gpu,nvml`` (set by ``make gpu-check``) makes the named markers required too.
 """
 from __future__ import annotations
 
@@ -20,6 +21,8 @@ sys.path.insert(0, str(ROOT / "plugin"))
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 REQUIRED_IN_CI = {"vllm", "nvcc", "cc", "redis", "triton"}
+# L0_REQUIRE=gpu,nvml (make gpu-check): these markers fail instead of skipping.
+REQUIRED = (REQUIRED_IN_CI if IN_CI else set()) | {m for m in os.environ.get("L0_REQUIRE", "").split(",") if m}
 
 
 def _have_gpu() -> str | None:
@@ -116,6 +119,6 @@ def pytest_collection_modifyitems(config, items):
             why = reasons[name]
             if why is None:
                 continue
-            if IN_CI and name in REQUIRED_IN_CI:
-                raise pytest.UsageError(f"CI requires {name} for {item.nodeid}: {why}")
+            if name in REQUIRED:
+                raise pytest.UsageError(f"{'CI' if IN_CI else 'L0_REQUIRE'} requires {name} for {item.nodeid}: {why}")
             item.add_marker(pytest.mark.skip(reason=why))

@@ -98,16 +98,19 @@ def test_ignore_eos_uses_stop_token_or_penalizes(lp):
     assert torch.isfinite(logits[1]).all() and logits[1, 7] == -10.0
 
 
-def test_row_never_all_masked_when_eos_was_masked(lp):
+def test_masked_eos_is_never_forced(lp):
+    """A grammar forbids EOS here: L0 does not force it (vLLM would reject the
+    token and kill the request); the loop token is penalized instead and no
+    masked token becomes sampleable."""
     out = [7, 7]
     lp.update_state(update(added=[(0, sp(), [5], out)]))
     lp.apply(torch.zeros(1, V))
     out.append(7)
     logits = torch.zeros(1, V)
-    logits[0, EOS] = float("-inf")  # e.g. a grammar forbids EOS here
+    logits[0, EOS] = float("-inf")
     lp.update_state(None)
     row = lp.apply(logits)[0]
-    assert torch.isfinite(row).sum() == 1 and row[EOS] == 0.0
+    assert torch.isfinite(row).sum() == V - 1 and row[EOS] == float("-inf") and row[7] == -10.0
 
 
 def test_swap_and_move_follow_requests(lp):

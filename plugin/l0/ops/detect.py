@@ -31,6 +31,7 @@ import torch
 from l0.config import DetectorParams
 from l0.ops.detect_reference import (BLANK, ECHO, LOOP, NEAR, NEVER, NONE, ReferenceDetector,
                                      echo_need, loop_need, near_need)
+from l0.upload import upload
 from l0.vocab import TokenClasses
 
 __all__ = ["StepResult", "TorchDetector", "make_detector", "NONE", "LOOP", "NEAR", "BLANK", "ECHO"]
@@ -103,19 +104,24 @@ class TorchDetector:
 
     # -- persistent-batch bookkeeping (host-driven, rare) -----------------
     def configure(self, slot: int, params: DetectorParams, expected_items: int = 0) -> None:
+        """Start a request in ``slot``. Its thresholds are computed on the host
+        and uploaded in one non-blocking copy (no host sync on a GPU)."""
         self.clear(slot)
         P = self.max_period
-        self.loop_need[slot] = torch.tensor([min(loop_need(params, p), NEVER) for p in range(1, P + 1)],
-                                            dtype=torch.int32)
-        self.near_need[slot] = torch.tensor(
-            [min(near_need(params, p, expected_items), NEVER) for p in range(1, P + 1)], dtype=torch.int32)
-        self.echo_need[slot] = torch.tensor([min(echo_need(params, p), NEVER) for p in range(1, P + 1)],
-                                            dtype=torch.int32)
-        self.echo_cfg[slot] = torch.tensor([params.echo_threshold_milli, params.echo_min_span,
-                                            params.echo_min_content_milli, expected_items], dtype=torch.int32)
-        self.thr[slot] = params.near_threshold_milli
-        self.content_milli[slot] = params.near_min_content_milli
-        self.max_blank[slot] = params.max_blank_run if params.max_blank_run > 0 else NEVER
+        need = [[min(loop_need(params, p), NEVER) for p in range(1, P + 1)],
+                [min(near_need(params, p, expected_items), NEVER) for p in range(1, P + 1)],
+                [min(echo_need(params, p), NEVER) for p in range(1, P + 1)]]
+        knobs = [params.echo_threshold_milli, params.echo_min_span, params.echo_min_content_milli,
+                 expected_items, params.near_threshold_milli, params.near_min_content_milli,
+                 params.max_blank_run if params.max_blank_run > 0 else NEVER]
+        need, knobs = upload(need, torch.int32, self.device), upload(knobs, torch.int32, self.device)
+        self.loop_need[slot].copy_(need[0])
+        self.near_need[slot].copy_(need[1])
+        self.echo_need[slot].copy_(need[2])
+        self.echo_cfg[slot].copy_(knobs[:4])
+        self.thr[slot].copy_(knobs[4])
+        self.content_milli[slot].copy_(knobs[5])
+        self.max_blank[slot].copy_(knobs[6])
         self.active[slot] = True
 
     def clear(self, slot: int) -> None:
@@ -132,9 +138,11 @@ class TorchDetector:
         self.clear(src)
 
     def swap(self, a: int, b: int) -> None:
-        idx = torch.tensor([b, a], device=self.device)
+        # Row copies on the device: no index tensor to upload, no host sync.
         for t in self._state:
-            t[[a, b]] = t[idx]
+            keep = t[a].clone()
+            t[a] = t[b]
+            t[b] = keep
 
     def position(self, slot: int) -> int:
         """Tokens seen in ``slot`` (reads the device: not for the hot path)."""
@@ -171,9 +179,10 @@ class TorchDetector:
         nlen.copy_(torch.where(hm, (nlen + 1) * keep, nlen))
         ncont.copy_(torch.where(hm, (ncont + mi * cont[:, None]) * keep, ncont))
 
-        rows = torch.arange(n, device=self.device)
-        slot_col = pos.remainder(P)
-        self.ring[rows, slot_col] = torch.where(has, xs, self.ring[rows, slot_col])
+        # gather/scatter, not advanced indexing: never a host sync on a GPU.
+        ring = self.ring[:n]
+        slot_col = pos.remainder(P)[:, None]
+        ring.scatter_(1, slot_col, torch.where(has[:, None], xs[:, None].to(ring.dtype), ring.gather(1, slot_col)))
         blank = self.blank[:n]
         blank.copy_(torch.where(has, (blank + 1) * self._lookup(self.blank_tab, xs), blank))
         pos += has.to(torch.int64)
@@ -206,14 +215,15 @@ class TorchDetector:
         period = torch.where(kind == LOOP, loop_p, torch.where(kind == NEAR, near_p, torch.where(
             kind == ECHO, lag, 0))).to(torch.int32)
         # next token x[t+1-p] sits at column (pos_after - p) % P.
-        nxt_col = (pos - period.to(torch.int64)).remainder(P)
-        nxt = self.ring[rows, nxt_col]
+        nxt_col = (pos - period.to(torch.int64)).remainder(P)[:, None]
+        nxt = ring.gather(1, nxt_col)[:, 0].to(torch.int64)
         next_token = torch.where(period > 0, nxt, -1)
         return StepResult(kind, period, next_token)
 
     @staticmethod
     def _lookup(table: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        return table[x.clamp_max(table.shape[0] - 1)]
+        idx = x.clamp_max(table.shape[0] - 1)
+        return table.index_select(0, idx.reshape(-1)).view(idx.shape)
 
     @staticmethod
     def _first(ok: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

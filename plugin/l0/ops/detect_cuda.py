@@ -46,22 +46,37 @@ class CudaDetector(TorchDetector):
         self._kind = torch.zeros(n, dtype=torch.int32, device=self.device)
         self._period = torch.zeros(n, dtype=torch.int32, device=self.device)
         self._next = torch.zeros(n, dtype=torch.int64, device=self.device)
+        self._tokens = torch.full((n,), -1, dtype=torch.int64, device=self.device)
+        self._args = None  # kernel arguments, built on the first step
 
-    def step(self, tokens: torch.Tensor) -> StepResult:
+    def _kernel_args(self) -> tuple:
+        """The launch's arguments as CuPy views of the state tensors, built
+        once: every state tensor is written in place (moves and swaps too) and
+        never reallocated, so the views stay valid for the detector's life."""
         import cupy
 
-        n = tokens.shape[0]
-        x = tokens.to(device=self.device, dtype=torch.int64)
-        kernel = get_detect_kernel()
         c = cupy.asarray
-        args = (c(x), c(self.ring), c(self.pos), c(self.run), c(self.score), c(self.nlen), c(self.ncont),
-                c(self.blank), c(self.loop_need), c(self.near_need), c(self.thr), c(self.content_milli),
-                c(self.max_blank), c(self.active.view(torch.uint8)), c(self.content),
+        return (c(self._tokens), c(self.ring), c(self.pos), c(self.run), c(self.score), c(self.nlen),
+                c(self.ncont), c(self.blank), c(self.loop_need), c(self.near_need), c(self.thr),
+                c(self.content_milli), c(self.max_blank), c(self.active.view(torch.uint8)), c(self.content),
                 cupy.int32(self.content.shape[0]), c(self.blank_tab), cupy.int32(self.blank_tab.shape[0]),
                 c(self.number), cupy.int32(self.number.shape[0]),
                 c(self.erun), c(self.echo), c(self.elag), c(self.echo_need), c(self.echo_cfg),
                 cupy.int32(self.max_period), c(self._kind), c(self._period), c(self._next))
+
+    def step(self, tokens: torch.Tensor) -> StepResult:
+        """One launch of ``n`` blocks on torch's current stream (after one
+        device-side copy of the tokens into the kernel's buffer)."""
+        import cupy
+
+        n = tokens.shape[0]
+        if n > self.num_slots:
+            raise ValueError(f"{n} tokens for {self.num_slots} slots")
+        self._tokens[:n].copy_(tokens, non_blocking=True)
+        if self._args is None:
+            self._args = self._kernel_args()
+        kernel = get_detect_kernel()
         stream = torch.cuda.current_stream(self.device)
         with cupy.cuda.ExternalStream(stream.cuda_stream, self.device.index or 0):
-            kernel((n,), (_THREADS,), args)
+            kernel((n,), (_THREADS,), self._args)
         return StepResult(self._kind[:n], self._period[:n], self._next[:n])

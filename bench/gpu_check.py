@@ -1,0 +1,398 @@
+"""``make gpu-check``: prove L0's device path on a GPU in a few minutes, without vLLM.
+
+Runs with the machine's own ``python3`` (torch with CUDA, CuPy, pytest,
+hypothesis, nvidia-ml-py; no venv, no installs). Parts, each time-boxed:
+
+1. tests (pytest, markers gpu/nvml required, so nothing skips silently):
+   the detect differential tests (reference vs torch-on-CUDA vs the CUDA
+   kernel, hypothesis + adversarial, and at batch 1/64/256 x max_period
+   64/512/2048/4096), the step core on CUDA vs the CPU core (float32 and
+   bfloat16, vocab 49152 and 152064) under ``set_sync_debug_mode("error")``
+   on a non-default stream, launch ordering on the current stream, and the
+   real NVML source;
+2. bench: one detect step at B = 1, 64, 256 x P = 512, 2048, CUDA kernel vs
+   torch backend (device time by CUDA events after warm-up, host time per
+   call, kernels per step from the profiler); the step core's whole ``step``
+   at B = 1, 64, 256 on vocab-152064 logits; vLLM's own check can't run
+   here (no vLLM on the image: see the JSON);
+3. compute-sanitizer memcheck and racecheck over the CUDA kernel, if the
+   tool is there and time is left.
+
+Writes ``bench/results/gpu_check_<device>.json`` (and pytest's JUnit XML
+files next to it) and prints a one-screen summary. Exit 0 only when every test
+passed; 2 when there is no CUDA device (said plainly).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import time
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "plugin"))
+
+# The pieces: what a CPU test checks imports and collects without a GPU.
+TEST_FILES = ("tests/ops/test_detect.py", "tests/ops/test_detect_scale.py", "tests/test_step.py",
+              "tests/test_nvml.py")
+BUDGET_S = 330  # the whole check, under the 6 minutes it is given
+TEST_BUDGET_S = 230
+BENCH_BATCHES = (1, 64, 256)
+BENCH_PERIODS = (512, 2048)
+STEP_VOCAB = 152064
+NO_DEVICE = "gpu-check: no CUDA device here ({why}); run make gpu-check on a machine with an NVIDIA GPU"
+
+
+def cuda_missing() -> str | None:
+    """Why the check can't run here, or None."""
+    try:
+        import torch
+    except Exception as exc:
+        return f"torch is not importable: {exc}"
+    if not torch.cuda.is_available():
+        return "torch.cuda.is_available() is False"
+    return None
+
+
+def slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "-", name).strip("-").lower()
+
+
+def device_info() -> dict:
+    import torch
+    props = torch.cuda.get_device_properties(0)
+    info = {"name": props.name, "capability": f"{props.major}.{props.minor}",
+            "multiprocessors": props.multi_processor_count, "memory_gib": round(props.total_memory / 2**30, 1),
+            "torch": torch.__version__, "cuda": torch.version.cuda, "python": platform.python_version(),
+            "host": platform.node()}
+    try:
+        import cupy
+        info["cupy"] = cupy.__version__
+    except Exception as exc:
+        info["cupy"] = f"missing: {exc}"
+    try:
+        import pynvml
+        pynvml.nvmlInit()
+        info["driver"] = pynvml.nvmlSystemGetDriverVersion()
+        pynvml.nvmlShutdown()
+    except Exception as exc:
+        info["driver"] = f"unknown: {exc}"
+    info["c_compiler"] = shutil.which(os.environ.get("CC", "cc"))
+    return info
+
+
+# -- 1. tests -------------------------------------------------------------------
+
+# Each file runs in its own pytest process with its own time box, so a hang
+# or a crash in one loses only that file's results.
+FILE_BUDGET_S = {"tests/ops/test_detect.py": 60, "tests/ops/test_detect_scale.py": 150,
+                 "tests/test_step.py": 90, "tests/test_nvml.py": 30}
+
+
+def run_tests(out_dir: Path, deadline: float, extra: list[str]) -> dict:
+    import importlib.util
+    env = dict(os.environ, L0_REQUIRE="gpu,nvml", PYTHONUNBUFFERED="1")
+    per_test = ["-p", "timeout", "--timeout=120"] if importlib.util.find_spec("pytest_timeout") else []
+    total = {"rc": 0, "wall_s": 0.0, "passed": 0, "failed": 0, "errors": 0, "skipped": 0, "failures": [],
+             "slowest": [], "files": {}}
+    for i, test_file in enumerate(TEST_FILES):
+        xml = out_dir / f"gpu_check_junit_{i}.xml"
+        xml.unlink(missing_ok=True)
+        budget = min(FILE_BUDGET_S[test_file], deadline - time.monotonic())
+        if budget < 10:
+            total["failures"].append({"test": test_file, "message": "not run: out of time"})
+            total["rc"] = "incomplete"
+            continue
+        cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *per_test, f"--junitxml={xml}",
+               test_file, *extra]
+        t0 = time.perf_counter()
+        try:
+            proc = subprocess.run(cmd, cwd=ROOT, env=env, timeout=budget, capture_output=True, text=True)
+            rc, tail = proc.returncode, (proc.stdout + proc.stderr)[-2500:]
+        except subprocess.TimeoutExpired as exc:
+            out = exc.stdout.decode(errors="replace") if isinstance(exc.stdout, bytes) else (exc.stdout or "")
+            rc, tail = "timeout", out[-2500:]
+        res = _junit(xml)
+        wall = round(time.perf_counter() - t0, 1)
+        total["files"][test_file] = {"rc": rc, "wall_s": wall, "passed": res["passed"], "failed": res["failed"],
+                                     "errors": res["errors"], "skipped": res["skipped"]}
+        if rc not in (0,):
+            total["files"][test_file]["output_tail"] = tail
+            if total["rc"] == 0:
+                total["rc"] = rc
+        total["wall_s"] = round(total["wall_s"] + wall, 1)
+        for k in ("passed", "failed", "errors", "skipped"):
+            total[k] += res[k]
+        if rc == "timeout":
+            total["failures"].append({"test": test_file, "message": f"timed out after {budget:.0f} s: {tail[-300:]}"})
+        elif rc != 0 and not res["failures"]:
+            total["failures"].append({"test": test_file, "message": f"pytest rc {rc}: {tail[-400:]}"})
+        else:
+            total["failures"] += res["failures"]
+        total["slowest"] = sorted(total["slowest"] + res["slowest"], key=lambda r: -r["s"])[:10]
+    return total
+
+
+def _junit(xml: Path) -> dict:
+    if not xml.is_file():
+        return {"passed": 0, "failed": 0, "errors": 0, "skipped": 0, "slowest": [],
+                "failures": [{"test": str(xml.name), "message": "no JUnit XML written"}]}
+    counts = {"passed": 0, "failed": 0, "errors": 0, "skipped": 0}
+    failures, slowest = [], []
+    for case in ET.parse(xml).getroot().iter("testcase"):
+        name = f"{case.get('classname')}::{case.get('name')}"
+        slowest.append((float(case.get("time") or 0), name))
+        kids = {c.tag: c for c in case}
+        if "failure" in kids or "error" in kids:
+            k = kids.get("failure", kids.get("error"))
+            counts["failed" if "failure" in kids else "errors"] += 1
+            failures.append({"test": name, "message": (k.get("message") or "")[:600]})
+        elif "skipped" in kids:
+            counts["skipped"] += 1
+        else:
+            counts["passed"] += 1
+    slowest.sort(reverse=True)
+    return {**counts, "failures": failures, "slowest": [{"test": n, "s": round(t, 2)} for t, n in slowest[:8]]}
+
+
+# -- 2. bench -------------------------------------------------------------------
+
+def _events_ms(fn, steps: int) -> tuple[float, float]:
+    """(device ms per call by CUDA events, host µs per call) after the caller's warm-up."""
+    import torch
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    start.record()
+    for i in range(steps):
+        fn(i)
+    end.record()
+    host_us = (time.perf_counter() - t0) / steps * 1e6
+    end.synchronize()
+    return start.elapsed_time(end) / steps, host_us
+
+
+def _kernels_per_call(fn, calls: int = 10) -> float | None:
+    """Kernels (and device copies) the profiler sees per call, CuPy's included."""
+    try:
+        import torch
+        from torch.profiler import ProfilerActivity, profile
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for i in range(calls):
+                fn(i)
+            torch.cuda.synchronize()
+        n = sum(1 for e in prof.events() if e.device_type.name == "CUDA")
+        return n / calls
+    except Exception:
+        return None
+
+
+def bench_detect(steps: int = 300) -> list[dict]:
+    import torch
+    from l0.config import DetectorParams
+    from l0.ops.detect import make_detector
+    from l0.vocab import TokenClasses
+    vocab = 49152
+    classes = TokenClasses(content=None, blank=[i in (220, 198) for i in range(vocab)],
+                           number=[i % 10 == 0 for i in range(vocab)])
+    rows = []
+    for B in BENCH_BATCHES:
+        for P in BENCH_PERIODS:
+            row = {"batch": B, "max_period": P}
+            for backend in ("cuda", "torch"):
+                det = make_detector(B, P, classes, device="cuda", backend=backend)
+                for s in range(B):
+                    det.configure(s, DetectorParams(max_period=P))
+                g = torch.Generator(device="cuda").manual_seed(0)
+                toks = torch.randint(0, vocab, (1024 + steps, B), device="cuda", generator=g)
+                for t in range(1024):  # warm-up and history (the step cost doesn't depend on it)
+                    det.step(toks[t])
+                dev_ms, host_us = _events_ms(lambda i: det.step(toks[1024 + i]), steps)
+                row[f"{backend}_device_us"] = round(dev_ms * 1e3, 2)
+                row[f"{backend}_host_us"] = round(host_us, 2)
+                row[f"{backend}_kernels_per_step"] = _kernels_per_call(lambda i: det.step(toks[i]))
+            row["torch_over_cuda_device"] = round(row["torch_device_us"] / row["cuda_device_us"], 2)
+            rows.append(row)
+    return rows
+
+
+def bench_step(steps: int = 100) -> list[dict]:
+    """The step core's whole step (token upload, detect, act, readout) on
+    CUDA logits of vocab 152064, all rows tracked, a quarter of them looping."""
+    import torch
+    from l0.config import DetectorParams, RequestOptions
+    from l0.step import StepCore
+    rows = []
+    for dtype in (torch.bfloat16, torch.float32):
+        for B in BENCH_BATCHES:
+            row = {"batch": B, "vocab": STEP_VOCAB, "dtype": str(dtype).replace("torch.", "")}
+            logits = torch.randn(B, STEP_VOCAB, device="cuda").to(dtype)
+            base = logits.clone()
+            for backend in ("cuda", "torch"):
+                events = []
+                core = StepCore(B, max_period=512, device="cuda", backend=backend, on_event=events.append)
+                outs = [[] for _ in range(B)]
+                opts = RequestOptions("stop", DetectorParams(), None, 10.0)
+                for s in range(B):
+                    core.add(s, opts, outs[s], prompt_ids=[1, 2, 3], stop_token=2)
+
+                def one(i):
+                    for s in range(B):
+                        outs[s].append(1000 + (i % 7 if s % 4 == 0 else (i * 7919 + s) % 40000))
+                    logits.copy_(base)
+                    core.step(logits)
+                for i in range(30):
+                    one(i)
+                dev_ms, host_us = _events_ms(lambda i: one(30 + i), steps)
+                # The copy of the logits is part of the loop above: time it alone to subtract.
+                copy_ms, _ = _events_ms(lambda i: logits.copy_(base), steps)
+                row[f"{backend}_device_us"] = round((dev_ms - copy_ms) * 1e3, 2)
+                row[f"{backend}_host_us"] = round(host_us, 2)
+                row[f"{backend}_kernels_per_step"] = _kernels_per_call(lambda i: core.step(logits))
+                core.flush()
+                row[f"{backend}_interventions"] = len(events)
+            rows.append(row)
+    return rows
+
+
+# -- 3. compute-sanitizer --------------------------------------------------------
+
+def sanitize_target() -> None:
+    """A short CUDA-kernel workload for compute-sanitizer: odd and even
+    periods (300 is no multiple of the 256-thread block), every ring wrapped."""
+    import torch
+    sys.path.insert(0, str(ROOT / "tests" / "ops"))
+    import detect_streams as ds
+    from l0.ops.detect import make_detector
+    for n, P in ((9, 300), (8, 512)):
+        streams, ops, T = ds.batch(n, P)
+        det = make_detector(n, P, ds.classes(), device="cuda", backend="cuda")
+        for s in range(n):
+            det.configure(s, *ds.params_for(s, P))
+        toks = torch.tensor(streams, dtype=torch.int64).t().contiguous().cuda()
+        for t in range(min(T, 2 * P + 50)):
+            for op, a, b in ops.get(t, []):
+                det.swap(a, b) if op == "swap" else det.move(a, b) if op == "move" else det.configure(
+                    a, *ds.params_for(a, P))
+            det.step(toks[t])
+    torch.cuda.synchronize()
+    print("sanitize target done")
+
+
+def run_sanitizer(tool: str, timeout_s: float) -> dict:
+    exe = shutil.which("compute-sanitizer")
+    if exe is None:
+        return {"tool": tool, "ran": False, "why": "compute-sanitizer not on PATH"}
+    cmd = [exe, "--tool", tool, "--error-exitcode", "9", sys.executable,
+           str(Path(__file__).resolve()), "--sanitize-target"]
+    t0 = time.perf_counter()
+    try:
+        proc = subprocess.run(cmd, cwd=ROOT, timeout=timeout_s, capture_output=True, text=True)
+    except subprocess.TimeoutExpired:
+        return {"tool": tool, "ran": False, "why": f"timed out after {timeout_s:.0f} s"}
+    out = proc.stdout + proc.stderr
+    summary = [ln for ln in out.splitlines() if "ERROR SUMMARY" in ln or "RACECHECK SUMMARY" in ln]
+    return {"tool": tool, "ran": True, "rc": proc.returncode, "clean": proc.returncode == 0 and
+            "sanitize target done" in out, "summary": summary[-1] if summary else None,
+            "wall_s": round(time.perf_counter() - t0, 1), "output_tail": out[-1500:]}
+
+
+# -- driver ---------------------------------------------------------------------
+
+def summary(report: dict) -> str:
+    d, t = report["device"], report["tests"]
+    lines = [f"gpu-check on {d['name']} (cc {d['capability']}, torch {d['torch']}, CUDA {d['cuda']}, "
+             f"CuPy {d['cupy']}, driver {d['driver']})",
+             f"tests: {t['passed']} passed, {t['failed']} failed, {t['errors']} errors, {t['skipped']} skipped "
+             f"in {t['wall_s']} s (rc {t['rc']})"]
+    for f in t["failures"][:6]:
+        lines.append(f"  FAIL {f['test']}: {f['message'][:160]}")
+    if report.get("bench_detect"):
+        lines.append("detect step, µs (device by CUDA events | host per call | kernels per step):")
+        lines.append(f"  {'B':>4} {'P':>5}  {'cuda dev':>9} {'host':>7} {'k':>4}  {'torch dev':>9} {'host':>7} "
+                     f"{'k':>5}  torch/cuda")
+        for r in report["bench_detect"]:
+            lines.append(f"  {r['batch']:>4} {r['max_period']:>5}  {r['cuda_device_us']:>9} {r['cuda_host_us']:>7} "
+                         f"{r['cuda_kernels_per_step'] or '-':>4}  {r['torch_device_us']:>9} "
+                         f"{r['torch_host_us']:>7} {r['torch_kernels_per_step'] or '-':>5}  "
+                         f"{r['torch_over_cuda_device']}")
+    if report.get("bench_step"):
+        lines.append(f"step core, whole step on vocab-{STEP_VOCAB} logits, µs (device | host):")
+        for r in report["bench_step"]:
+            lines.append(f"  {r['dtype']:>8} B={r['batch']:>3}  cuda {r['cuda_device_us']:>8} | "
+                         f"{r['cuda_host_us']:>7}   torch {r['torch_device_us']:>8} | {r['torch_host_us']:>7}")
+    for s in report.get("sanitizer", []):
+        lines.append(f"compute-sanitizer {s['tool']}: " + (f"clean={s['clean']} {s.get('summary') or ''}"
+                                                           if s.get("ran") else f"not run ({s['why']})"))
+    for e in report.get("errors", []):
+        lines.append(f"ERROR {e}")
+    lines.append(f"wall {report['wall_s']} s; wrote {report['path']}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out-dir", default=str(ROOT / "bench" / "results"))
+    ap.add_argument("--skip-tests", action="store_true")
+    ap.add_argument("--skip-bench", action="store_true")
+    ap.add_argument("--skip-sanitizer", action="store_true")
+    ap.add_argument("--sanitize-target", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("pytest_args", nargs="*", help="extra pytest arguments (e.g. -k scale)")
+    ns = ap.parse_args(argv)
+    why = cuda_missing()
+    if why is not None:
+        print(NO_DEVICE.format(why=why), file=sys.stderr)
+        return 2
+    if ns.sanitize_target:
+        sanitize_target()
+        return 0
+    t0 = time.perf_counter()
+    out_dir = Path(ns.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    info = device_info()
+    report = {"device": info, "when": time.strftime("%Y-%m-%dT%H:%M:%S"), "errors": [],
+              "vllm_check": "not run: vLLM is not installed on the GPU image. vLLM's repetition check runs "
+                            "in host Python in its scheduler, off the GPU: bench/results/bench_detect.json "
+                            "has it side by side with L0 on the CPU machine."}
+    path = out_dir / f"gpu_check_{slug(info['name'])}.json"
+    report["path"] = str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path)
+    if ns.skip_tests:
+        report["tests"] = {"rc": "skipped", "wall_s": 0, "passed": 0, "failed": 0, "errors": 0, "skipped": 0,
+                           "failures": []}
+    else:
+        report["tests"] = run_tests(out_dir, time.monotonic() + TEST_BUDGET_S, ns.pytest_args)
+    left = lambda: BUDGET_S - (time.perf_counter() - t0)  # noqa: E731
+    if not ns.skip_bench:
+        for name, fn in (("bench_detect", bench_detect), ("bench_step", bench_step)):
+            if left() < 30:
+                report["errors"].append(f"{name} skipped: {left():.0f} s left of the budget")
+                continue
+            try:
+                report[name] = fn()
+            except Exception as exc:  # a bench failure is reported, the check goes on
+                report["errors"].append(f"{name}: {type(exc).__name__}: {exc}")
+    report["sanitizer"] = []
+    if not ns.skip_sanitizer:
+        for tool in ("memcheck", "racecheck"):
+            if left() < 40:
+                report["sanitizer"].append({"tool": tool, "ran": False, "why": "out of time budget"})
+                continue
+            report["sanitizer"].append(run_sanitizer(tool, min(90, left() - 10)))
+    report["wall_s"] = round(time.perf_counter() - t0, 1)
+    path.write_text(json.dumps(report, indent=1) + "\n")
+    print(summary(report))
+    t = report["tests"]
+    ok = t["rc"] in (0, "skipped") and not t["failed"] and not t["errors"]
+    ok = ok and all(s.get("clean", True) for s in report["sanitizer"])
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,287 @@
+"""The engine-agnostic L0 decode step: detect on each row's newest token and act
+on the logits. No vLLM here; a host (vLLM's logits processor, a Triton or
+SGLang adapter, a test) translates its batch bookkeeping into :meth:`add`,
+:meth:`remove` and :meth:`move`, and calls :meth:`step` once per decode step.
+
+Contract:
+
+* Slots ``0..num_slots-1`` are rows of the host's persistent batch. A tracked
+  row holds a *live* list of its output token ids that the host appends to
+  (:meth:`step` reads only what is new).
+* :meth:`step` takes logits ``[B, V]`` (float32/bfloat16/float16, any device)
+  with ``B <= num_slots`` and modifies them in place; it returns the same
+  tensor. On a GPU it never synchronises with the host: the token upload is
+  pinned and non-blocking, decisions and masking stay on the device, and the
+  host learns of interventions one or more steps later through an event it
+  queries, never waits on. Everything it queues runs on torch's current stream.
+* Actions per row (:data:`l0.config.ACTIONS`): ``stop`` — after a loop
+  fires, the next step allows only the row's stop token, once the row has
+  ``min_tokens`` and only while that token is allowed by the logits L0
+  received; otherwise it penalizes. ``penalize`` — subtract the row's penalty
+  from the token that would continue the cycle. ``observe`` — report only.
+* L0 never makes a token sampleable that was ``-inf`` when it received the
+  logits (a grammar's mask, a banned word), and never leaves a row that had a
+  finite logit without one.
+* Every intervention is reported once per episode through ``on_event`` (a
+  dict, see :meth:`_report`). A ``stop`` that could not be applied when the
+  loop fired says what was done instead and why (``"action": "penalize",
+  "requested": "stop", "reason": "min_tokens" | "no_stop_token" | "grammar" |
+  "stop_token_masked"``); the stop, once applied, is reported again.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+
+from l0.config import ACTIONS, RequestOptions
+from l0.ops.detect import NONE, make_detector
+from l0.ops.detect_reference import KIND_NAMES
+from l0.upload import upload
+from l0.vocab import TokenClasses, expected_items
+
+ACTION_CODE = {name: i for i, name in enumerate(ACTIONS)}  # off 0, observe 1, stop 2, penalize 3
+_STOP, _PENALIZE = ACTION_CODE["stop"], ACTION_CODE["penalize"]
+
+# What the step did to a row (read back for the intervention line).
+APPLIED_NONE, APPLIED_STOP, APPLIED_PENALIZE = 0, 1, 2
+# Why a stop request penalized instead (reason codes, read back with it).
+REASON_NONE, REASON_MIN_TOKENS, REASON_NO_STOP_TOKEN, REASON_MASKED = 0, 1, 2, 3
+REASON_NAMES = {REASON_MIN_TOKENS: "min_tokens", REASON_NO_STOP_TOKEN: "no_stop_token",
+                REASON_MASKED: "stop_token_masked"}
+
+
+@dataclass
+class Row:
+    """Host view of one tracked request."""
+
+    opts: RequestOptions
+    out_ids: list[int]        # the host's live output list for the request
+    constrained: bool = False  # structured output (a grammar masks this row's logits)
+    seen: int = 0             # tokens of out_ids already fed to the detector
+    logged_kind: int = NONE   # last kind reported (one line per episode)
+    logged_stop: bool = False  # a stop was reported (a stop ends the request)
+
+
+class StepCore:
+    """See the module docstring.
+
+    ``decode`` (token ids → text) lets near-loops and echoes read the item
+    count a prompt asks for (``"25 records"``); without it they assume none.
+    ``on_event`` receives each intervention dict; ``None`` turns the
+    readout off (no device→host copies at all).
+    """
+
+    def __init__(self, num_slots: int, *, max_period: int, device: torch.device | str = "cpu",
+                 backend: str = "auto", classes: TokenClasses | None = None, pin_memory: bool = True,
+                 decode: Callable[[Sequence[int]], str] | None = None,
+                 on_event: Callable[[dict], None] | None = None) -> None:
+        self.device = torch.device(device)
+        self.is_cpu = self.device.type == "cpu"
+        self.num_slots = S = num_slots
+        self.det = make_detector(S, max_period, classes, self.device, backend)
+        dev = dict(device=self.device)
+        self.action = torch.zeros(S, dtype=torch.int32, **dev)
+        self.stop_tok = torch.full((S,), -1, dtype=torch.int64, **dev)
+        self.min_tok = torch.zeros(S, dtype=torch.int64, **dev)
+        self.penalty = torch.zeros(S, dtype=torch.float32, **dev)
+        self.latch = torch.zeros(S, dtype=torch.int32, **dev)
+        self._per_slot = (self.action, self.stop_tok, self.min_tok, self.penalty, self.latch)
+        self.rows: dict[int, Row] = {}
+        self.pin = pin_memory and not self.is_cpu
+        self.decode = decode
+        self.on_event = on_event
+        self._pending: list = []  # (event, host copies, row snapshot) awaiting readout
+
+    @property
+    def backend(self) -> str:
+        return self.det.backend
+
+    def position(self, slot: int) -> int:
+        """Tokens the detector has seen in ``slot`` (reads the device: not for the hot path)."""
+        return self.det.position(slot)
+
+    # -- persistent batch (host-driven) ----------------------------------------
+    def add(self, slot: int, opts: RequestOptions, out_ids: list[int], *, prompt_ids: Sequence[int] = (),
+            stop_token: int = -1, min_tokens: int = 0, constrained: bool = False) -> None:
+        """Start tracking a request in ``slot`` (replacing whatever was there).
+
+        ``out_ids`` is the host's live output list (it may already hold tokens:
+        a preempted request re-added; they are replayed on the next step).
+        ``stop_token`` < 0: the request has none (``stop`` penalizes instead).
+        With ``opts.resume_from = n`` the prompt's last n tokens are output
+        generated before (on another replica): the detector is primed with
+        them and ``min_tokens`` counts them.
+        """
+        self.remove(slot)
+        if opts.action == "off":
+            return
+        prompt = list(prompt_ids)
+        n = opts.resume_from if 0 < opts.resume_from <= len(prompt) else 0
+        prefix, prompt = prompt[len(prompt) - n:], prompt[: len(prompt) - n]
+        expected = 0
+        if self.decode is not None and prompt and (opts.params.near_min_repeats or opts.params.echo_ngram):
+            # The tail of the prompt carries the user's request ("... 25 records").
+            expected = expected_items(self.decode(prompt[-512:]))
+        self.det.configure(slot, opts.params, expected)
+        self.action[slot] = ACTION_CODE[opts.action]
+        self.stop_tok[slot] = stop_token if stop_token is not None and stop_token >= 0 else -1
+        self.min_tok[slot] = max(min_tokens, 0) + n
+        self.penalty[slot] = opts.penalty
+        self.rows[slot] = Row(opts, out_ids, constrained)
+        if prefix:
+            # Same detector state as if this replica had generated the prefix.
+            self._feed(slot, prefix)
+
+    def remove(self, slot: int) -> None:
+        if self.rows.pop(slot, None) is not None:
+            self.det.clear(slot)
+        for t in self._per_slot:
+            t[slot] = 0
+        self.stop_tok[slot] = -1
+
+    def move(self, a: int, b: int, swap: bool) -> None:
+        """``swap``: rows a and b exchange places; else a's request moves to b
+        (b's is dropped, a is left empty)."""
+        ra, rb = self.rows.pop(a, None), self.rows.pop(b, None)
+        if ra is not None:
+            self.rows[b] = ra
+        if swap and rb is not None:
+            self.rows[a] = rb
+        if swap:
+            self.det.swap(a, b)
+            for t in self._per_slot:
+                keep = t[a].clone()
+                t[a] = t[b]
+                t[b] = keep
+        else:
+            self.det.move(a, b)
+            for t in self._per_slot:
+                t[b] = t[a]
+                t[a] = 0
+            self.stop_tok[a] = -1
+
+    # -- the step --------------------------------------------------------------
+    def step(self, logits: torch.Tensor) -> torch.Tensor:
+        """Feed each tracked row's newest token, then act on ``logits`` in place."""
+        self._readout()
+        if not self.rows:
+            return logits
+        B = logits.shape[0]
+        toks = [-1] * B
+        backlog = []
+        for index, row in self.rows.items():
+            if index >= B:
+                continue
+            n = len(row.out_ids)
+            if n == row.seen + 1:
+                tok = row.out_ids[-1]
+                if tok >= 0:  # -1 is an async-scheduling placeholder: not yet known
+                    toks[index] = tok
+                    row.seen = n
+            elif n > row.seen:
+                backlog.append(index)  # re-added with output (preemption): replay it
+        for index in backlog:
+            row = self.rows[index]
+            pending = [t for t in row.out_ids[row.seen:] if t >= 0]
+            row.seen = len(row.out_ids)
+            if pending:
+                self._feed(index, pending[:-1])
+                toks[index] = pending[-1]
+        res = self.det.step(upload(toks, torch.int64, self.device, self.pin))
+        return self._act(logits, res, B)
+
+    def _feed(self, slot: int, tokens: Sequence[int]) -> None:
+        """Feed several tokens to one slot, one detector step each, uploaded in
+        one copy (priming a resumed request, replaying a preempted one)."""
+        if not tokens:
+            return
+        mat = torch.full((len(tokens), slot + 1), -1, dtype=torch.int64)
+        mat[:, slot] = torch.tensor(tokens, dtype=torch.int64)
+        mat = upload(mat, torch.int64, self.device, self.pin)
+        for t in range(len(tokens)):
+            self._latch(self.det.step(mat[t]), slot + 1)
+
+    def _latch(self, res, B: int) -> torch.Tensor:
+        latch = self.latch[:B]
+        latch.copy_(torch.where((latch == NONE) & (res.kind != NONE), res.kind, latch))
+        return latch
+
+    def _act(self, logits: torch.Tensor, res, B: int) -> torch.Tensor:
+        latch = self._latch(res, B)
+        action, stop_tok = self.action[:B], self.stop_tok[:B]
+        scol = stop_tok.clamp_min(0)[:, None]
+        kept = logits.gather(1, scol)  # the stop token's logit as L0 received it
+        stop_open = (stop_tok >= 0) & torch.isfinite(kept[:, 0])
+        ready = self.det.pos[:B] >= self.min_tok[:B]
+        want_stop = (latch != NONE) & (action == _STOP)
+        stop_rows = want_stop & ready & stop_open
+        # A stop that can't happen now (min_tokens, no stop token, the stop token
+        # masked by a grammar) penalizes meanwhile: never forces a masked token.
+        pen_rows = (res.next_token >= 0) & ((action == _PENALIZE) | (want_stop & ~stop_rows))
+        # On the CPU a host check is free and skips O(B*V) work; on a GPU it
+        # would synchronise, so the masked ops always run there.
+        if not self.is_cpu or bool(pen_rows.any()):
+            col = res.next_token.clamp_min(0)[:, None]
+            cur = logits.gather(1, col)
+            cut = (self.penalty[:B] * pen_rows.to(torch.float32))[:, None]
+            logits.scatter_(1, col, (cur.float() - cut).to(logits.dtype))
+        if not self.is_cpu or bool(stop_rows.any()):
+            logits.masked_fill_(stop_rows[:, None], float("-inf"))
+            logits.scatter_(1, scol, torch.where(stop_rows[:, None], kept, logits.gather(1, scol)))
+        if self.on_event is not None:
+            applied = torch.where(stop_rows, APPLIED_STOP, torch.where(pen_rows, APPLIED_PENALIZE, APPLIED_NONE))
+            reason = torch.where(~want_stop | stop_rows, REASON_NONE, torch.where(
+                stop_tok < 0, REASON_NO_STOP_TOKEN, torch.where(~ready, REASON_MIN_TOKENS, REASON_MASKED)))
+            self._queue_readout(res, B, applied, reason)
+        return logits
+
+    # -- deferred, non-blocking readout ----------------------------------------
+    def _queue_readout(self, res, B: int, applied: torch.Tensor, reason: torch.Tensor) -> None:
+        snap = {i: r for i, r in self.rows.items() if i < B}
+        packed = torch.stack([res.kind.to(torch.int64), res.period.to(torch.int64), self.det.pos[:B],
+                              applied.to(torch.int64), reason.to(torch.int64), self.latch[:B].to(torch.int64)])
+        if self.is_cpu:
+            self._report(packed.tolist(), snap)
+            return
+        # One copy into pinned memory, ordered after the step on the current
+        # stream; read when its event says it landed.
+        host = packed.to("cpu", non_blocking=True)
+        event = torch.cuda.Event()
+        event.record()
+        self._pending.append((event, host, snap))
+
+    def _readout(self) -> None:
+        while self._pending:
+            event, host, snap = self._pending[0]
+            if not event.query():  # not done yet: never wait on the decode path
+                return
+            self._pending.pop(0)
+            self._report(host.tolist(), snap)
+
+    def flush(self) -> None:
+        """Wait for and report every pending readout (tests, shutdown: not the hot path)."""
+        for event, _, _ in self._pending:
+            event.synchronize()
+        self._readout()
+
+    def _report(self, cols, snap: dict[int, Row]) -> None:
+        kinds, periods, positions, applied, reasons, latched = cols
+        for index, row in snap.items():
+            kind = kinds[index]
+            stop_now = applied[index] == APPLIED_STOP
+            new_episode = kind != NONE and kind != row.logged_kind
+            if new_episode or (stop_now and not row.logged_stop):
+                shown = kind if kind != NONE else latched[index]
+                event = {"event": "l0.intervention", "key": row.opts.key, "kind": KIND_NAMES[shown],
+                         "period": periods[index], "token_index": positions[index], "action": row.opts.action}
+                if row.opts.action == "stop" and not stop_now:
+                    # The stop could not be applied yet: say what was done and why.
+                    reason = REASON_NAMES.get(reasons[index], "no_token")
+                    event.update(action="penalize" if applied[index] == APPLIED_PENALIZE else "none",
+                                 requested="stop",
+                                 reason="grammar" if reason == "stop_token_masked" and row.constrained else reason)
+                self.on_event(event)
+                row.logged_stop = row.logged_stop or stop_now
+            row.logged_kind = kind

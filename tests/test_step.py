@@ -1,0 +1,466 @@
+"""The engine-agnostic step core (:class:`l0.step.StepCore`) driven directly with
+plain tensors: the persistent-batch sequences the vLLM adapter's tests use,
+the grammar contract (never unmask), and a scripted differential scenario that
+runs the same batch on two cores and compares every step's logits and every
+intervention. On the CPU it pits the torch backend against the fused C kernel;
+on a GPU (marker ``gpu``) the CUDA core against the CPU core, in float32 and
+bfloat16, at real vocabulary sizes, under ``torch.cuda.set_sync_debug_mode("error")``
+on a non-default stream."""
+from __future__ import annotations
+
+import contextlib
+import random
+from dataclasses import dataclass, field
+
+import pytest
+import torch
+
+from l0.config import DetectorParams, RequestOptions
+from l0.step import StepCore
+
+V = 16
+EOS = 2
+PARAMS = DetectorParams(min_span=1, near_min_repeats=0, max_period=8)
+
+
+def opts(action="stop", penalty=10.0, key=None, resume_from=0, params=PARAMS):
+    return RequestOptions(action=action, params=params, key=key, penalty=penalty, resume_from=resume_from)
+
+
+@pytest.fixture
+def core():
+    events = []
+    c = StepCore(4, max_period=8, device="cpu", backend="torch", on_event=events.append)
+    c.events = events
+    return c
+
+
+def step(core, rows):
+    return core.step(torch.zeros(rows, V))
+
+
+def only(row, tok=EOS):
+    return torch.isfinite(row).nonzero().flatten().tolist() == [tok]
+
+
+# -- the sequences of tests/vllm/test_logits_processor.py, without vLLM --------
+
+def test_stop_allows_only_eos_after_min_repeats(core):
+    out = []
+    core.add(0, opts(key="a"), out, prompt_ids=[5, 6], stop_token=EOS)
+    for tok in [7, 8, 7, 8, 7]:
+        out.append(tok)
+        assert torch.isfinite(step(core, 1)).all()
+    out.append(8)  # third copy of (7, 8) complete
+    assert only(step(core, 1)[0])
+    assert core.events == [{"event": "l0.intervention", "key": "a", "kind": "loop", "period": 2,
+                            "token_index": 6, "action": "stop"}]
+
+
+def test_min_tokens_defers_stop_and_penalizes_meanwhile(core):
+    out = []
+    core.add(0, opts(), out, prompt_ids=[5], stop_token=EOS, min_tokens=8)
+    for tok in [7, 8, 7, 8, 7, 8]:
+        out.append(tok)
+        logits = step(core, 1)
+    assert torch.isfinite(logits).all()
+    assert logits[0, 7] == -10.0  # the token continuing the cycle is pushed down
+    out += [7, 8]
+    core.step(torch.zeros(1, V))  # both new tokens replayed (a multi-token step)
+    out.append(7)
+    assert only(step(core, 1)[0])
+    first, second = core.events
+    assert first["action"] == "penalize" and first["requested"] == "stop" and first["reason"] == "min_tokens"
+    assert second["action"] == "stop" and second["token_index"] == 8 and "reason" not in second
+
+
+def test_no_stop_token_penalizes(core):
+    a, b = [], []
+    core.add(0, opts(), a, prompt_ids=[5], stop_token=9)
+    core.add(1, opts(), b, prompt_ids=[5], stop_token=-1)
+    for tok in [7, 7, 7]:
+        a.append(tok)
+        b.append(tok)
+        logits = step(core, 2)
+    assert only(logits[0], 9)
+    assert torch.isfinite(logits[1]).all() and logits[1, 7] == -10.0
+    assert [e.get("reason") for e in core.events] == [None, "no_stop_token"]
+
+
+def test_masked_stop_token_is_never_forced(core):
+    """A grammar forbids EOS here: the stop falls back to penalize, no masked
+    token becomes sampleable, the row keeps its finite logits; the stop lands
+    on the first step the grammar allows EOS."""
+    out = [7, 7]
+    core.add(0, opts(), out, prompt_ids=[5], stop_token=EOS, constrained=True)
+    core.step(torch.zeros(1, V))
+    out.append(7)
+    logits = torch.zeros(1, V)
+    logits[0, EOS] = float("-inf")
+    logits[0, 11:] = float("-inf")
+    before = logits.clone()
+    row = core.step(logits)[0]
+    assert torch.equal(torch.isfinite(row), torch.isfinite(before[0]))  # nothing unmasked, nothing masked
+    assert row[7] == -10.0
+    assert core.events[-1] == {"event": "l0.intervention", "key": None, "kind": "loop", "period": 1,
+                               "token_index": 3, "action": "penalize", "requested": "stop", "reason": "grammar"}
+    out.append(8)
+    logits = torch.zeros(1, V)
+    logits[0, 11:] = float("-inf")
+    assert only(core.step(logits)[0])  # EOS allowed again: the latched stop lands
+    assert core.events[-1]["action"] == "stop" and len(core.events) == 2
+
+
+def test_a_row_whose_only_token_is_the_loop_token_keeps_it(core):
+    out = [7, 7]
+    core.add(0, opts(action="penalize"), out, stop_token=EOS)
+    core.step(torch.zeros(1, V))
+    out.append(7)
+    logits = torch.full((1, V), float("-inf"))
+    logits[0, 7] = 1.0  # a grammar allows nothing else
+    row = core.step(logits)[0]
+    assert only(row, 7) and row[7] == -9.0
+
+
+def test_swap_and_move_follow_requests(core):
+    a, b = [], []
+    core.add(0, opts(), a, prompt_ids=[1], stop_token=EOS)
+    core.add(1, opts(action="observe"), b, prompt_ids=[1], stop_token=EOS)
+    a += [7, 8, 7, 8, 7]
+    b += [3, 4, 5, 6, 3]
+    core.step(torch.zeros(2, V))
+    core.move(0, 1, swap=True)  # a now in row 1
+    a.append(8)
+    b.append(11)
+    logits = core.step(torch.zeros(2, V))
+    assert only(logits[1]) and torch.isfinite(logits[0]).all()
+    core.remove(0)
+    core.move(1, 0, swap=False)  # b gone, a -> row 0
+    a.append(EOS)
+    assert only(core.step(torch.zeros(1, V))[0])
+
+
+def test_preempted_request_readded_with_output_is_replayed(core):
+    out = [7, 8, 7, 8, 7]
+    core.add(0, opts(), out, prompt_ids=[1], stop_token=EOS)
+    assert torch.isfinite(core.step(torch.zeros(1, V))).all()
+    core.remove(0)
+    out.append(8)
+    core.add(0, opts(), out, prompt_ids=[1], stop_token=EOS)  # re-added with its 6 tokens
+    assert only(core.step(torch.zeros(1, V))[0])
+
+
+def test_prefill_steps_change_nothing(core):
+    out = []
+    core.add(0, opts(), out, prompt_ids=list(range(10)), stop_token=EOS)
+    for _ in range(3):
+        assert torch.equal(core.step(torch.zeros(1, V)), torch.zeros(1, V))
+    assert core.position(0) == 0
+
+
+def test_off_requests_are_untouched(core):
+    out = []
+    core.add(0, opts(action="off"), out, stop_token=EOS)
+    for tok in [7] * 10:
+        out.append(tok)
+        assert torch.equal(step(core, 1), torch.zeros(1, V))
+    assert core.rows == {}
+
+
+def test_resumed_request_is_primed(core):
+    out = []
+    core.add(0, opts(resume_from=4), out, prompt_ids=[5, 6, 7, 8, 7, 8], stop_token=EOS)
+    out.append(7)
+    assert torch.isfinite(step(core, 1)).all()
+    out.append(8)  # third copy of (7, 8): four of its tokens came from the prompt
+    assert only(step(core, 1)[0])
+    assert core.events[-1]["token_index"] == 6
+
+
+def test_bad_backend_is_a_clear_error():
+    with pytest.raises(ValueError, match="unknown detect backend"):
+        StepCore(2, max_period=8, backend="tpu")
+
+
+# -- scripted differential scenario -------------------------------------------
+
+VOCABS = (49152, 152064)
+
+
+@dataclass
+class _Req:
+    opts: RequestOptions
+    stream: list[int]
+    stop: int
+    min_tokens: int
+    constrained: bool
+    prompt: list[int]
+    out: list[int] = field(default_factory=list)
+
+
+def scenario(seed: int, slots: int, vocab: int, steps: int):
+    """A batch script: per step, the host ops to apply (add/remove/move/swap)
+    and, per request, the tokens its stream would produce. Requests loop at
+    periods 1..20, write random text, blank runs, or near-loops with numbers;
+    actions, min_tokens, stop tokens and grammar masks vary."""
+    rng = random.Random(seed)
+    eos = vocab - 5
+
+    def stream():
+        kind = rng.choice(["loop", "loop", "random", "blank", "near", "late_loop"])
+        head = [rng.randrange(100, vocab - 10) for _ in range(rng.randint(0, 30))]
+        if kind == "random":
+            return head + [rng.randrange(100, vocab - 10) for _ in range(steps)]
+        if kind == "blank":
+            return head + [rng.choice([10, 11]) for _ in range(steps)]
+        unit = [rng.randrange(100, vocab - 10) for _ in range(rng.randint(1, 20))]
+        if kind == "near":
+            body = []
+            for i in range(steps):
+                body += [20 + i % 10] + unit  # ids 20..29 are numbers
+            return head + body
+        if kind == "late_loop":
+            head += [rng.randrange(100, vocab - 10) for _ in range(60)]
+        return head + unit * (steps // len(unit) + 2)
+
+    def request():
+        action = rng.choice(["stop", "stop", "penalize", "observe", "off"])
+        params = DetectorParams(min_period=1, max_period=32, min_repeats=3, min_span=rng.choice([1, 12, 24]),
+                                near_threshold=0.8, near_min_repeats=3, near_min_span=24,
+                                near_min_content=0.1, echo_ngram=0, max_blank_run=rng.choice([0, 8]))
+        n_resume = rng.choice([0, 0, 0, 5])
+        s = stream()
+        prompt = [rng.randrange(100, vocab - 10) for _ in range(rng.randint(1, 8))] + s[:n_resume]
+        stop = rng.choice([eos, eos, eos, -1, vocab - 7])
+        return _Req(RequestOptions(action, params, f"r{rng.randrange(10**6)}", rng.choice([5.0, 10.0]),
+                                   n_resume), s[n_resume:], stop, rng.choice([0, 10, 40, 80]),
+                    rng.random() < 0.4, prompt)
+
+    plan = []
+    live = set()
+    for t in range(steps):
+        ops = []
+        free = [i for i in range(slots) if i not in live]
+        if free and (t == 0 or rng.random() < 0.15):
+            for i in rng.sample(free, k=min(len(free), 1 if t else slots - 2)):
+                ops.append(("add", i, request()))
+                live.add(i)
+        if live and rng.random() < 0.05:
+            i = rng.choice(sorted(live))
+            ops.append(("remove", i, None))
+            live.discard(i)
+        if len(live) >= 2 and rng.random() < 0.08:
+            a, b = rng.sample(sorted(live), 2)
+            ops.append(("swap", a, b))
+        free = [i for i in range(slots) if i not in live]
+        if live and free and rng.random() < 0.05:
+            a = rng.choice(sorted(live))
+            b = rng.choice(free)
+            ops.append(("move", a, b))
+            live.discard(a)
+            live.add(b)
+        plan.append(ops)
+    return plan, eos
+
+
+def _logits(gen: torch.Generator, rows: int, vocab: int, masks: list[tuple[int, int, bool]]):
+    """Random float32 logits (CPU) with grammar-like masks: for (row, stop, eos_masked)
+    half the vocabulary is -inf, and the stop token too when eos_masked."""
+    x = torch.randn(rows, vocab, generator=gen)
+    for row, stop, masked in masks:
+        x[row, ::2] = float("-inf")
+        x[row, stop] = float("-inf") if masked else 0.5
+    return x
+
+
+def run_scenario(core: StepCore, plan, eos: int, vocab: int, dtype: torch.dtype, seed: int,
+                 device: torch.device, checked=contextlib.nullcontext, side_stream=None):
+    """Drive one core through the plan. Returns (per-step logits on the CPU,
+    events). Tokens come from each request's stream, except that a row whose
+    logits leave only its stop token finite finishes (removed next step), as
+    an engine would sample it. ``checked`` wraps every core call (sync debug)."""
+    rng = random.Random(seed)
+    gen = torch.Generator().manual_seed(seed)
+    reqs: dict[int, _Req] = {}
+    outs, finished = [], []
+    for t, ops in enumerate(plan):
+        ops = [("remove", i, None) for i in finished] + ops
+        finished = []
+        calls = []  # the core calls, in the order the host made its changes
+        for op, a, b in ops:
+            if op == "add":
+                req = _Req(**{**b.__dict__, "out": []})
+                reqs[a] = req
+                calls.append(("add", a, req))
+                continue
+            calls.append((op, a, b))
+            if op == "remove":
+                reqs.pop(a, None)
+            elif op == "swap":
+                ra, rb = reqs.pop(a, None), reqs.pop(b, None)
+                if ra is not None:
+                    reqs[b] = ra
+                if rb is not None:
+                    reqs[a] = rb
+            elif op == "move":
+                ra = reqs.pop(a, None)
+                reqs.pop(b, None)
+                if ra is not None:
+                    reqs[b] = ra
+        for index, req in reqs.items():
+            if len(req.out) < len(req.stream) and not (t % 7 == 3 and index % 3 == 0):  # some rows idle
+                req.out.append(req.stream[len(req.out)])
+        rows = max(reqs, default=-1) + 1
+        if rows == 0:
+            outs.append(None)
+            continue
+        masks = [(i, r.stop if r.stop >= 0 else eos, rng.random() < 0.5) for i, r in reqs.items() if r.constrained]
+        host = _logits(gen, rows, vocab, masks).to(dtype)
+        x = host.to(device)
+        stream_ctx = torch.cuda.stream(side_stream) if side_stream is not None else contextlib.nullcontext()
+        with stream_ctx:
+            if side_stream is not None:
+                side_stream.wait_stream(torch.cuda.default_stream(device))
+            with checked():
+                for op, a, b in calls:
+                    if op == "add":
+                        core.add(a, b.opts, b.out, prompt_ids=b.prompt, stop_token=b.stop,
+                                 min_tokens=b.min_tokens, constrained=b.constrained)
+                    elif op == "remove":
+                        core.remove(a)
+                    else:
+                        core.move(a, b, swap=op == "swap")
+                y = core.step(x)
+        if side_stream is not None:
+            side_stream.synchronize()
+        y = y.cpu()
+        outs.append(y)
+        for index, req in reqs.items():
+            if req.stop >= 0 and index < rows:
+                fin = torch.isfinite(y[index])
+                if int(fin.sum()) == 1 and bool(fin[req.stop]):
+                    finished.append(index)
+    core.flush()
+    return outs
+
+
+def _events_core(n, device, backend):
+    events = []
+    core = StepCore(n, max_period=32, device=device, backend=backend, on_event=events.append,
+                    classes=_classes())
+    return core, events
+
+
+def _classes():
+    from l0.vocab import TokenClasses
+    # ids 10, 11 blank; 20..29 numbers; ids >= 100 content (tables padded by their last entry).
+    return TokenClasses(content=[i >= 100 for i in range(101)], blank=[i in (10, 11) for i in range(101)] ,
+                        number=[20 <= i < 30 for i in range(101)])
+
+
+def compare(plan, eos, vocab, dtype, seed, a: tuple, b: tuple, slots: int, **b_kwargs):
+    """Run the plan on core a=(device, backend) and core b; assert identical
+    logits every step and identical interventions."""
+    ca, ea = _events_core(slots, *a)
+    cb, eb = _events_core(slots, *b)
+    got_a = run_scenario(ca, plan, eos, vocab, dtype, seed, torch.device(a[0]))
+    got_b = run_scenario(cb, plan, eos, vocab, dtype, seed, torch.device(b[0]), **b_kwargs)
+    for t, (x, y) in enumerate(zip(got_a, got_b)):
+        if x is None or y is None:
+            assert x is None and y is None, f"step {t}"
+            continue
+        assert x.dtype == y.dtype == dtype
+        assert torch.equal(x, y), f"step {t}: logits differ in rows " \
+            f"{sorted(set((x != y).nonzero()[:, 0].tolist()))}"
+    assert ea == eb
+    return ea
+
+
+def test_scenario_torch_equals_cpu_kernel_on_the_cpu():
+    pytest.importorskip("torch")
+    from l0.ops import detect_cpu
+    if not detect_cpu.available():
+        pytest.skip("no C compiler: the cpu kernel can't be built")
+    plan, eos = scenario(1, slots=12, vocab=600, steps=150)
+    events = compare(plan, eos, 600, torch.float32, 1, ("cpu", "torch"), ("cpu", "cpu"), slots=12)
+    kinds = {(e["kind"], e["action"], e.get("reason")) for e in events}
+    # The scenario reaches every path: stops, penalties, grammar and min_tokens fallbacks.
+    assert {("loop", "stop", None), ("loop", "penalize", None)} <= kinds, kinds
+    assert any(e.get("reason") == "grammar" for e in events), kinds
+    assert any(e.get("reason") == "min_tokens" for e in events), kinds
+
+
+@contextlib.contextmanager
+def sync_errors():
+    """Any host<->device synchronisation inside raises (torch's sync debug mode)."""
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        yield
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend,dtype,vocab", [
+    ("cuda", torch.float32, 49152), ("cuda", torch.bfloat16, 49152), ("cuda", torch.float32, 152064),
+    ("cuda", torch.bfloat16, 152064), ("torch", torch.float32, 152064), ("torch", torch.bfloat16, 49152)],
+    ids=lambda v: {torch.float32: "f32", torch.bfloat16: "bf16"}.get(v, str(v)))
+def test_scenario_cuda_equals_cpu(backend, dtype, vocab):
+    """The CUDA core makes the same decisions and writes bit-identical logits
+    as the CPU core, with no host sync in any core call, on a side stream."""
+    plan, eos = scenario(2, slots=16, vocab=vocab, steps=120)
+    events = compare(plan, eos, vocab, dtype, 2, ("cpu", "torch"), ("cuda", backend), slots=16,
+                     checked=sync_errors, side_stream=torch.cuda.Stream())
+    assert any(e["action"] == "stop" for e in events)
+
+
+@pytest.mark.gpu
+def test_sync_debug_mode_catches_a_sync():
+    """The check above is not vacuous: a host read inside it raises."""
+    x = torch.ones(4, device="cuda")
+    with pytest.raises(RuntimeError, match="synchroniz"):
+        with sync_errors():
+            x.sum().item()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["cuda", "torch"])
+def test_launches_are_ordered_on_the_current_stream(backend):
+    """On a side stream, each step's tokens and logits are written only after a
+    long device sleep. A launch (CuPy's, or a copy) on any other stream would
+    run before the data lands and read stale values; the results match a CPU
+    core exactly, so everything ran in the side stream's order."""
+    S, vocab, T = 8, 4096, 40
+    dev = torch.device("cuda")
+    ev_gpu, ev_cpu = [], []
+    gpu = StepCore(S, max_period=16, device=dev, backend=backend, on_event=ev_gpu.append)
+    cpu = StepCore(S, max_period=16, device="cpu", backend="torch", on_event=ev_cpu.append)
+    outs = [[] for _ in range(S)]
+    outs_c = [[] for _ in range(S)]
+    prm = DetectorParams(min_period=1, max_period=16, min_repeats=3, min_span=1, near_min_repeats=0,
+                         echo_ngram=0)
+    for s in range(S):
+        gpu.add(s, opts(action=["stop", "penalize"][s % 2], params=prm), outs[s], stop_token=3)
+        cpu.add(s, opts(action=["stop", "penalize"][s % 2], params=prm), outs_c[s], stop_token=3)
+    gen = torch.Generator().manual_seed(0)
+    src = torch.randn(T, S, vocab, generator=gen)
+    src_dev = src.to(dev)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    results = []
+    with torch.cuda.stream(side):
+        buf = torch.empty(S, vocab, device=dev)
+        for t in range(T):
+            for s in range(S):
+                outs[s].append(100 + t % (s + 1))  # row s loops with period s + 1
+            torch.cuda._sleep(2_000_000)  # ~1 ms of device time before the logits land
+            buf.copy_(src_dev[t])
+            results.append(gpu.step(buf).clone())
+    side.synchronize()
+    for t in range(T):
+        for s in range(S):
+            outs_c[s].append(100 + t % (s + 1))
+        want = cpu.step(src[t].clone())
+        assert torch.equal(results[t].cpu(), want), f"step {t}"
+    gpu.flush()
+    assert ev_gpu == ev_cpu and ev_cpu
