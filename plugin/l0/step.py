@@ -36,18 +36,14 @@ from typing import Callable, Sequence
 import torch
 
 from l0.config import ACTIONS, RequestOptions
+from l0.ops.act import (APPLIED_PENALIZE, APPLIED_STOP, REASON_MASKED, REASON_MIN_TOKENS, REASON_NO_STOP_TOKEN,
+                        REASON_NONE, ActCuda, act_torch)
 from l0.ops.detect import NONE, make_detector
 from l0.ops.detect_reference import KIND_NAMES
 from l0.upload import upload
 from l0.vocab import TokenClasses, expected_items
 
 ACTION_CODE = {name: i for i, name in enumerate(ACTIONS)}  # off 0, observe 1, stop 2, penalize 3
-_STOP, _PENALIZE = ACTION_CODE["stop"], ACTION_CODE["penalize"]
-
-# What the step did to a row (read back for the intervention line).
-APPLIED_NONE, APPLIED_STOP, APPLIED_PENALIZE = 0, 1, 2
-# Why a stop request penalized instead (reason codes, read back with it).
-REASON_NONE, REASON_MIN_TOKENS, REASON_NO_STOP_TOKEN, REASON_MASKED = 0, 1, 2, 3
 REASON_NAMES = {REASON_MIN_TOKENS: "min_tokens", REASON_NO_STOP_TOKEN: "no_stop_token",
                 REASON_MASKED: "stop_token_masked"}
 
@@ -89,6 +85,10 @@ class StepCore:
         self.latch = torch.zeros(S, dtype=torch.int32, **dev)
         self._per_slot = (self.action, self.stop_tok, self.min_tok, self.penalty, self.latch)
         self.rows: dict[int, Row] = {}
+        # On a GPU with CuPy: the fused act kernel (one launch); else the torch spec.
+        self._act_cuda = None
+        if self.device.type == "cuda" and self.det.backend == "cuda":
+            self._act_cuda = ActCuda(self.latch, self.action, self.stop_tok, self.min_tok, self.penalty)
         self.pin = pin_memory and not self.is_cpu
         self.decode = decode
         self.on_event = on_event
@@ -103,6 +103,9 @@ class StepCore:
         return self.det.position(slot)
 
     # -- persistent batch (host-driven) ----------------------------------------
+    # Device state changes only through fill_/copy_ on views: ``t[i] = 3`` on a
+    # CUDA tensor copies a host scalar and synchronises (seen on an H100 under
+    # sync debug mode); fill_ passes the value as a kernel argument.
     def add(self, slot: int, opts: RequestOptions, out_ids: list[int], *, prompt_ids: Sequence[int] = (),
             stop_token: int = -1, min_tokens: int = 0, constrained: bool = False) -> None:
         """Start tracking a request in ``slot`` (replacing whatever was there).
@@ -125,10 +128,10 @@ class StepCore:
             # The tail of the prompt carries the user's request ("... 25 records").
             expected = expected_items(self.decode(prompt[-512:]))
         self.det.configure(slot, opts.params, expected)
-        self.action[slot] = ACTION_CODE[opts.action]
-        self.stop_tok[slot] = stop_token if stop_token is not None and stop_token >= 0 else -1
-        self.min_tok[slot] = max(min_tokens, 0) + n
-        self.penalty[slot] = opts.penalty
+        self.action[slot].fill_(ACTION_CODE[opts.action])
+        self.stop_tok[slot].fill_(stop_token if stop_token is not None and stop_token >= 0 else -1)
+        self.min_tok[slot].fill_(max(min_tokens, 0) + n)
+        self.penalty[slot].fill_(opts.penalty)
         self.rows[slot] = Row(opts, out_ids, constrained)
         if prefix:
             # Same detector state as if this replica had generated the prefix.
@@ -138,8 +141,8 @@ class StepCore:
         if self.rows.pop(slot, None) is not None:
             self.det.clear(slot)
         for t in self._per_slot:
-            t[slot] = 0
-        self.stop_tok[slot] = -1
+            t[slot].fill_(0)
+        self.stop_tok[slot].fill_(-1)
 
     def move(self, a: int, b: int, swap: bool) -> None:
         """``swap``: rows a and b exchange places; else a's request moves to b
@@ -153,14 +156,14 @@ class StepCore:
             self.det.swap(a, b)
             for t in self._per_slot:
                 keep = t[a].clone()
-                t[a] = t[b]
-                t[b] = keep
+                t[a].copy_(t[b])
+                t[b].copy_(keep)
         else:
             self.det.move(a, b)
             for t in self._per_slot:
-                t[b] = t[a]
-                t[a] = 0
-            self.stop_tok[a] = -1
+                t[b].copy_(t[a])
+                t[a].fill_(0)
+            self.stop_tok[a].fill_(-1)
 
     # -- the step --------------------------------------------------------------
     def step(self, logits: torch.Tensor) -> torch.Tensor:
@@ -209,41 +212,23 @@ class StepCore:
         return latch
 
     def _act(self, logits: torch.Tensor, res, B: int) -> torch.Tensor:
-        latch = self._latch(res, B)
-        action, stop_tok = self.action[:B], self.stop_tok[:B]
-        scol = stop_tok.clamp_min(0)[:, None]
-        kept = logits.gather(1, scol)  # the stop token's logit as L0 received it
-        stop_open = (stop_tok >= 0) & torch.isfinite(kept[:, 0])
-        ready = self.det.pos[:B] >= self.min_tok[:B]
-        want_stop = (latch != NONE) & (action == _STOP)
-        stop_rows = want_stop & ready & stop_open
-        # A stop that can't happen now (min_tokens, no stop token, the stop token
-        # masked by a grammar) penalizes meanwhile: never forces a masked token.
-        pen_rows = (res.next_token >= 0) & ((action == _PENALIZE) | (want_stop & ~stop_rows))
-        # On the CPU a host check is free and skips O(B*V) work; on a GPU it
-        # would synchronise, so the masked ops always run there.
-        if not self.is_cpu or bool(pen_rows.any()):
-            col = res.next_token.clamp_min(0)[:, None]
-            cur = logits.gather(1, col)
-            cut = (self.penalty[:B] * pen_rows.to(torch.float32))[:, None]
-            logits.scatter_(1, col, (cur.float() - cut).to(logits.dtype))
-        if not self.is_cpu or bool(stop_rows.any()):
-            logits.masked_fill_(stop_rows[:, None], float("-inf"))
-            logits.scatter_(1, scol, torch.where(stop_rows[:, None], kept, logits.gather(1, scol)))
-        if self.on_event is not None:
-            applied = torch.where(stop_rows, APPLIED_STOP, torch.where(pen_rows, APPLIED_PENALIZE, APPLIED_NONE))
-            reason = torch.where(~want_stop | stop_rows, REASON_NONE, torch.where(
-                stop_tok < 0, REASON_NO_STOP_TOKEN, torch.where(~ready, REASON_MIN_TOKENS, REASON_MASKED)))
-            self._queue_readout(res, B, applied, reason)
+        want = self.on_event is not None
+        pos = self.det.pos[:B]
+        if self._act_cuda is not None and self._act_cuda.supports(logits):
+            packed = self._act_cuda(logits, res, pos, want)
+        else:
+            packed = act_torch(logits, res, pos, self.latch, self.action, self.stop_tok, self.min_tok,
+                               self.penalty, want)
+        if want:
+            self._queue_readout(packed, B)
         return logits
 
     # -- deferred, non-blocking readout ----------------------------------------
-    def _queue_readout(self, res, B: int, applied: torch.Tensor, reason: torch.Tensor) -> None:
+    def _queue_readout(self, packed: torch.Tensor, B: int) -> None:
+        """``packed``: the act op's ``[B, 6]`` int64 readout on the device."""
         snap = {i: r for i, r in self.rows.items() if i < B}
-        packed = torch.stack([res.kind.to(torch.int64), res.period.to(torch.int64), self.det.pos[:B],
-                              applied.to(torch.int64), reason.to(torch.int64), self.latch[:B].to(torch.int64)])
         if self.is_cpu:
-            self._report(packed.tolist(), snap)
+            self._report(packed.t().tolist(), snap)
             return
         # One copy into pinned memory, ordered after the step on the current
         # stream; read when its event says it landed.
@@ -258,7 +243,7 @@ class StepCore:
             if not event.query():  # not done yet: never wait on the decode path
                 return
             self._pending.pop(0)
-            self._report(host.tolist(), snap)
+            self._report(host.t().tolist(), snap)
 
     def flush(self) -> None:
         """Wait for and report every pending readout (tests, shutdown: not the hot path)."""

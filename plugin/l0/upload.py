@@ -24,9 +24,11 @@ def upload(values: Sequence | torch.Tensor, dtype: torch.dtype, device: torch.de
     pinned staging (hosts without pinned memory); the copy is then still
     asynchronous for the device but the host waits for the staging copy.
     """
-    host = values.to(dtype) if isinstance(values, torch.Tensor) else torch.tensor(values, dtype=dtype)
     if device.type == "cpu":
-        return host
-    if pin:
-        host = host.pin_memory()
+        return values.to(dtype) if isinstance(values, torch.Tensor) else torch.tensor(values, dtype=dtype)
+    if isinstance(values, torch.Tensor):
+        host = values.to(dtype)
+        host = host.pin_memory() if pin else host
+    else:
+        host = torch.tensor(values, dtype=dtype, pin_memory=pin)
     return host.to(device, non_blocking=True)

@@ -122,27 +122,28 @@ class TorchDetector:
         self.thr[slot].copy_(knobs[4])
         self.content_milli[slot].copy_(knobs[5])
         self.max_blank[slot].copy_(knobs[6])
-        self.active[slot] = True
+        self.active[slot].fill_(True)
 
     def clear(self, slot: int) -> None:
+        # fill_/copy_ only: a scalar setitem on a CUDA tensor syncs the host.
         for t in self._state:
-            t[slot] = 0
-        self.loop_need[slot] = NEVER
-        self.near_need[slot] = NEVER
-        self.echo_need[slot] = NEVER
-        self.max_blank[slot] = NEVER
+            t[slot].fill_(0)
+        self.loop_need[slot].fill_(NEVER)
+        self.near_need[slot].fill_(NEVER)
+        self.echo_need[slot].fill_(NEVER)
+        self.max_blank[slot].fill_(NEVER)
 
     def move(self, src: int, dst: int) -> None:
         for t in self._state:
-            t[dst] = t[src]
+            t[dst].copy_(t[src])
         self.clear(src)
 
     def swap(self, a: int, b: int) -> None:
         # Row copies on the device: no index tensor to upload, no host sync.
         for t in self._state:
             keep = t[a].clone()
-            t[a] = t[b]
-            t[b] = keep
+            t[a].copy_(t[b])
+            t[b].copy_(keep)
 
     def position(self, slot: int) -> int:
         """Tokens seen in ``slot`` (reads the device: not for the hot path)."""

@@ -12,6 +12,7 @@ import functools
 import torch
 
 from l0.kernels import kernel_source
+from l0.ops.cuda_launch import launch
 from l0.ops.detect import StepResult, TorchDetector
 
 _THREADS = 256
@@ -46,17 +47,16 @@ class CudaDetector(TorchDetector):
         self._kind = torch.zeros(n, dtype=torch.int32, device=self.device)
         self._period = torch.zeros(n, dtype=torch.int32, device=self.device)
         self._next = torch.zeros(n, dtype=torch.int64, device=self.device)
-        self._tokens = torch.full((n,), -1, dtype=torch.int64, device=self.device)
         self._args = None  # kernel arguments, built on the first step
 
     def _kernel_args(self) -> tuple:
-        """The launch's arguments as CuPy views of the state tensors, built
-        once: every state tensor is written in place (moves and swaps too) and
-        never reallocated, so the views stay valid for the detector's life."""
+        """The launch's arguments after the tokens, as CuPy views of the state
+        tensors, built once: every state tensor is written in place (moves and
+        swaps too) and never reallocated, so the views stay valid."""
         import cupy
 
         c = cupy.asarray
-        return (c(self._tokens), c(self.ring), c(self.pos), c(self.run), c(self.score), c(self.nlen),
+        return (c(self.ring), c(self.pos), c(self.run), c(self.score), c(self.nlen),
                 c(self.ncont), c(self.blank), c(self.loop_need), c(self.near_need), c(self.thr),
                 c(self.content_milli), c(self.max_blank), c(self.active.view(torch.uint8)), c(self.content),
                 cupy.int32(self.content.shape[0]), c(self.blank_tab), cupy.int32(self.blank_tab.shape[0]),
@@ -65,18 +65,16 @@ class CudaDetector(TorchDetector):
                 cupy.int32(self.max_period), c(self._kind), c(self._period), c(self._next))
 
     def step(self, tokens: torch.Tensor) -> StepResult:
-        """One launch of ``n`` blocks on torch's current stream (after one
-        device-side copy of the tokens into the kernel's buffer)."""
+        """One launch of ``n`` blocks on torch's current stream. The kernel reads
+        the tokens where they are (int64, contiguous, on this device; other
+        tensors are converted first)."""
         import cupy
 
         n = tokens.shape[0]
         if n > self.num_slots:
             raise ValueError(f"{n} tokens for {self.num_slots} slots")
-        self._tokens[:n].copy_(tokens, non_blocking=True)
+        x = tokens.to(device=self.device, dtype=torch.int64).contiguous()
         if self._args is None:
             self._args = self._kernel_args()
-        kernel = get_detect_kernel()
-        stream = torch.cuda.current_stream(self.device)
-        with cupy.cuda.ExternalStream(stream.cuda_stream, self.device.index or 0):
-            kernel((n,), (_THREADS,), self._args)
+        launch(get_detect_kernel(), (n,), (_THREADS,), (cupy.asarray(x),) + self._args, self.device)
         return StepResult(self._kind[:n], self._period[:n], self._next[:n])
