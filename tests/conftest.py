@@ -1,7 +1,7 @@
 """Markers skipped centrally. In CI (CI=true) a required marker that would skip fails.
 
 Markers: ``gpu`` (a CUDA device + CuPy), ``nvml`` (nvidia-ml-py + a driver), ``vllm`` (vLLM importable + the
-SmolLM2 model), ``nvcc`` (the CUDA compiler), ``cc`` (a host C compiler, for
+SmolLM2 model), ``nvcc`` (the CUDA compiler), ``nvrtc`` (NVRTC, CuPy's compiler, from a wheel), ``cc`` (a host C compiler, for
 the fused cpu detect backend), ``redis`` (Debian's redis-server + the redis
 package), ``triton`` (tritonserver from nvidia-pytriton, tritonclient, and the
 stub's Python environment). GPU and NVML are never required in CI (CI machines have none); the others are.
@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "plugin"))
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
-REQUIRED_IN_CI = {"vllm", "nvcc", "cc", "redis", "triton"}
+REQUIRED_IN_CI = {"vllm", "nvcc", "nvrtc", "cc", "redis", "triton"}
 # L0_REQUIRE=gpu,nvml (make gpu-check): these markers fail instead of skipping.
 REQUIRED = (REQUIRED_IN_CI if IN_CI else set()) | {m for m in os.environ.get("L0_REQUIRE", "").split(",") if m}
 
@@ -82,6 +82,11 @@ def _have_nvcc() -> str | None:
     return None if shutil.which("nvcc") else "nvcc missing: install the CUDA toolkit"
 
 
+def _have_nvrtc() -> str | None:
+    from test_kernels_nvrtc import nvrtc_library
+    return None if nvrtc_library() else "NVRTC missing: pip install nvidia-cuda-nvrtc (the test extra has it)"
+
+
 def _have_cc() -> str | None:
     cc = os.environ.get("CC", "cc")
     return None if shutil.which(cc) else f"C compiler {cc!r} missing: install gcc (or set CC)"
@@ -98,7 +103,7 @@ def _have_redis() -> str | None:
 
 
 CHECKS = {"gpu": _have_gpu, "nvml": _have_nvml, "triton": _have_triton, "vllm": _have_vllm, "nvcc": _have_nvcc,
-          "cc": _have_cc, "redis": _have_redis}
+          "nvrtc": _have_nvrtc, "cc": _have_cc, "redis": _have_redis}
 
 
 def pytest_configure(config):
