@@ -34,7 +34,11 @@ extern "C" __global__ void l0_detect_step(
     int P,
     int* __restrict__ out_kind,                // [n]
     int* __restrict__ out_period,              // [n]
-    long long* __restrict__ out_next)          // [n]
+    long long* __restrict__ out_next,          // [n]
+    int* __restrict__ jstate,                  // [S] JSON lexer state, -1 untracked (l0/jsonstate.py)
+    int* __restrict__ jdepth,                  // [S] JSON depth
+    const int* __restrict__ jnext,             // [3, jn] packed effect: delta * 4 + end state
+    int jn)
 {
     const int s = blockIdx.x;
     const long long x = tokens[s];
@@ -82,6 +86,12 @@ extern "C" __global__ void l0_detect_step(
 
     if (threadIdx.x == 0) {
         ring[row + (size_t)(t % P)] = x;
+        const int js = jstate[s];
+        if (js >= 0) {
+            const int v = jnext[(size_t)js * jn + (x < jn ? x : jn - 1)];
+            const int d = jdepth[s] + (v >> 2);
+            if (d < 0) { jstate[s] = -1; jdepth[s] = 0; } else { jstate[s] = v & 3; jdepth[s] = d; }
+        }
         const long long t1 = t + 1;
         pos[s] = t1;
         const int b = blank_tab[x < blank_n ? x : blank_n - 1] ? blank[s] + 1 : 0;

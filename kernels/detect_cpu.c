@@ -84,6 +84,15 @@ __attribute__((noinline)) static void cells(
 
 static inline int32_t lookup(const int32_t *tab, int n, int64_t x) { return tab[x < n ? x : n - 1]; }
 
+// The JSON tracker of a slot (see l0/jsonstate.py): one packed-table lookup.
+static inline void track_json(int32_t *js, int32_t *jd, const int32_t *jnext, int jn, int64_t x) {
+    if (*js < 0) return;
+    const int32_t v = jnext[(size_t)*js * jn + (x < jn ? x : jn - 1)];
+    const int32_t d = *jd + (v >> 2);
+    if (d < 0) { *js = -1; *jd = 0; }
+    else { *js = v & 3; *jd = d; }
+}
+
 // Arguments as in kernels/detect.cu, plus n (rows 0..n-1 are stepped).
 void l0_detect_step_cpu(const int64_t *tokens, int n, int32_t *ring, int64_t *pos, int32_t *run,
                         int32_t *score, int32_t *nlen, int32_t *ncont, int32_t *blank,
@@ -92,7 +101,8 @@ void l0_detect_step_cpu(const int64_t *tokens, int n, int32_t *ring, int64_t *po
                         const int32_t *content_tab, int content_n, const int32_t *blank_tab, int blank_n,
                         const int32_t *number_tab, int number_n, int32_t *erun, int32_t *echo,
                         int64_t *elag, const int32_t *echo_need, const int32_t *echo_cfg, int P,
-                        int32_t *out_kind, int32_t *out_period, int64_t *out_next) {
+                        int32_t *out_kind, int32_t *out_period, int64_t *out_next, int32_t *jstate,
+                        int32_t *jdepth, const int32_t *jnext, int jn) {
     for (int s = 0; s < n; s++) {
         const int64_t x = tokens[s];
         if (x < 0 || !active[s]) {
@@ -120,6 +130,7 @@ void l0_detect_step_cpu(const int64_t *tokens, int n, int32_t *ring, int64_t *po
               loop_need + o, near_need + o, echo_need + o, cont, thr[s], content_milli[s], num, number_n,
               &best);
         rg[tc] = x32;
+        track_json(jstate + s, jdepth + s, jnext, jn, x);
         const int64_t t1 = t + 1;
         pos[s] = t1;
         const int32_t b = lookup(blank_tab, blank_n, x) ? blank[s] + 1 : 0;

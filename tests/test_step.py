@@ -9,12 +9,14 @@ on a non-default stream."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import random
 from dataclasses import dataclass, field
 
 import pytest
 import torch
 
+from l0 import jsonstate
 from l0.config import DetectorParams, RequestOptions
 from l0.step import StepCore
 
@@ -195,6 +197,8 @@ class _Req:
     min_tokens: int
     constrained: bool
     prompt: list[int]
+    json: bool = False
+    max_tokens: int = -1
     out: list[int] = field(default_factory=list)
 
 
@@ -232,9 +236,17 @@ def scenario(seed: int, slots: int, vocab: int, steps: int):
         s = stream()
         prompt = [rng.randrange(100, vocab - 10) for _ in range(rng.randint(1, 8))] + s[:n_resume]
         stop = rng.choice([eos, eos, eos, -1, vocab - 7])
+        constrained = rng.random() < 0.5
+        json = constrained and rng.random() < 0.7
+        if json:
+            # A JSON answer: an object opened, then the stream's tokens remapped
+            # onto neutral pieces (text, numbers, commas), so loops stay loops
+            # and the tracker keeps following.
+            s = [_json_id("{")] + [t - t % len(_JSON_PIECES) + _NEUTRAL[t % len(_NEUTRAL)] for t in s]
         return _Req(RequestOptions(action, params, f"r{rng.randrange(10**6)}", rng.choice([5.0, 10.0]),
-                                   n_resume), s[n_resume:], stop, rng.choice([0, 10, 40, 80]),
-                    rng.random() < 0.4, prompt)
+                                   n_resume, close_at_budget=rng.random() < 0.8), s[n_resume:], stop,
+                    rng.choice([0, 10, 40, 80]), constrained, prompt, json=json,
+                    max_tokens=rng.choice([-1, 30, 60, 200]))
 
     plan = []
     live = set()
@@ -325,7 +337,8 @@ def run_scenario(core: StepCore, plan, eos: int, vocab: int, dtype: torch.dtype,
                 for op, a, b in calls:
                     if op == "add":
                         core.add(a, b.opts, b.out, prompt_ids=b.prompt, stop_token=b.stop,
-                                 min_tokens=b.min_tokens, constrained=b.constrained)
+                                 min_tokens=b.min_tokens, constrained=b.constrained, json=b.json,
+                                 max_tokens=b.max_tokens)
                     elif op == "remove":
                         core.remove(a)
                     else:
@@ -344,11 +357,30 @@ def run_scenario(core: StepCore, plan, eos: int, vocab: int, dtype: torch.dtype,
     return outs
 
 
-def _events_core(n, device, backend):
+def _events_core(n, device, backend, vocab):
     events = []
     core = StepCore(n, max_period=32, device=device, backend=backend, on_event=events.append,
-                    classes=_classes())
+                    classes=_classes(), json=json_tables(vocab), close_margin=6)
     return core, events
+
+
+_JSON_PIECES = ['{', '}', '[', ']', '"', ',', ':', ' ', 'ab', '12', '\\', '"}', '},{"', '"]', '}]}', '{"k":',
+                '"x\\"', ', "', 'null', ']]', '[[']
+
+
+_NEUTRAL = [_JSON_PIECES.index(p) for p in (" ", "ab", "12", ",", ":", "null")]
+
+
+def _json_id(piece: str) -> int:
+    return 100 * len(_JSON_PIECES) + _JSON_PIECES.index(piece)
+
+
+@functools.cache
+def json_tables(vocab: int) -> jsonstate.JsonTables:
+    """Synthetic token texts: JSON pieces spread over the vocabulary (ids 100+
+    cycle through them), so scripted streams move the JSON tracker around."""
+    texts = ["" if i < 100 else _JSON_PIECES[i % len(_JSON_PIECES)] for i in range(vocab)]
+    return jsonstate.tables_from_texts(texts)
 
 
 def _classes():
@@ -361,8 +393,8 @@ def _classes():
 def compare(plan, eos, vocab, dtype, seed, a: tuple, b: tuple, slots: int, **b_kwargs):
     """Run the plan on core a=(device, backend) and core b; assert identical
     logits every step and identical interventions."""
-    ca, ea = _events_core(slots, *a)
-    cb, eb = _events_core(slots, *b)
+    ca, ea = _events_core(slots, *a, vocab)
+    cb, eb = _events_core(slots, *b, vocab)
     got_a = run_scenario(ca, plan, eos, vocab, dtype, seed, torch.device(a[0]))
     got_b = run_scenario(cb, plan, eos, vocab, dtype, seed, torch.device(b[0]), **b_kwargs)
     for t, (x, y) in enumerate(zip(got_a, got_b)):
@@ -377,17 +409,21 @@ def compare(plan, eos, vocab, dtype, seed, a: tuple, b: tuple, slots: int, **b_k
 
 
 def test_scenario_torch_equals_cpu_kernel_on_the_cpu():
-    pytest.importorskip("torch")
     from l0.ops import detect_cpu
     if not detect_cpu.available():
         pytest.skip("no C compiler: the cpu kernel can't be built")
-    plan, eos = scenario(1, slots=12, vocab=600, steps=150)
-    events = compare(plan, eos, 600, torch.float32, 1, ("cpu", "torch"), ("cpu", "cpu"), slots=12)
+    events = []
+    for seed in (1, 6):
+        plan, eos = scenario(seed, slots=12, vocab=600, steps=150)
+        events += compare(plan, eos, 600, torch.float32, seed, ("cpu", "torch"), ("cpu", "cpu"), slots=12)
     kinds = {(e["kind"], e["action"], e.get("reason")) for e in events}
-    # The scenario reaches every path: stops, penalties, grammar and min_tokens fallbacks.
+    # The scenarios reach every path: stops, penalties, grammar and min_tokens
+    # fallbacks, JSON closes on a loop and at the budget, closed stops.
     assert {("loop", "stop", None), ("loop", "penalize", None)} <= kinds, kinds
     assert any(e.get("reason") == "grammar" for e in events), kinds
     assert any(e.get("reason") == "min_tokens" for e in events), kinds
+    assert {"loop", "budget"} <= {e.get("reason") for e in events if e["action"] == "close"}, kinds
+    assert any(e.get("closed") for e in events), kinds
 
 
 @contextlib.contextmanager

@@ -27,6 +27,7 @@ ERR_ACTION = "l0: option l0_action={value!r} is not one of " + ", ".join(ACTIONS
 ERR_UNKNOWN = "l0: unknown option {name!r}; known options: {known}"
 ERR_KEY = "l0: option l0_key must be 1-128 characters of [A-Za-z0-9._:-]"
 ERR_PERIOD_ORDER = "l0: l0_min_period ({lo}) must be <= l0_max_period ({hi})"
+ERR_BOOL = "l0: option {name}={value!r} must be true or false (or 1/0)"
 
 _KEY_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
@@ -113,6 +114,15 @@ _RANGES: dict[str, tuple[type, float, float | None]] = {
     "max_blank_run": (int, 0, 8192),
 }
 
+
+# JSON structured-output rows (schema, json_object, tool calls): the schema
+# dictates their punctuation and keys, so records repeat keys by design and
+# few compared positions are content. A near-loop there must repeat *every*
+# token (numbers equal to numbers): records that differ in any value never
+# fire; records that repeat their values do, after 4 copies and 64 tokens
+# (unless the prompt asks for that many items). Overridable in the config's
+# ``json_detector`` section and per request.
+JSON_OVERRIDES = {"near_threshold": 1.0, "near_min_content": 0.1, "near_min_span": 64}
 
 RETENTIONS = ("keep", "delete")
 
@@ -201,12 +211,25 @@ class ServerConfig:
     # (and configs/l0.yaml) turn on stop.
     action: str = "observe"
     defaults: DetectorParams = field(default_factory=DetectorParams)
+    # Detector knobs that differ for JSON structured-output rows (on top of
+    # ``defaults``); see JSON_OVERRIDES.
+    json_overrides: dict = field(default_factory=lambda: dict(JSON_OVERRIDES), hash=False)
     max_period_cap: int = 512
     penalty: float = 10.0
     backend: str = "auto"
     log_interventions: bool = True
+    # Structured outputs: end a JSON answer with valid JSON when its budget
+    # runs out (requests: l0_close_at_budget), starting when the tokens left
+    # reach close_margin + its open containers (+1 inside a string).
+    close_at_budget: bool = True
+    close_margin: int = 8
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     health: HealthConfig = field(default_factory=HealthConfig)
+
+    @property
+    def json_defaults(self) -> DetectorParams:
+        """The defaults of JSON structured-output rows."""
+        return dataclasses.replace(self.defaults, **self.json_overrides)
 
     def check(self) -> "ServerConfig":
         if self.action not in ACTIONS:
@@ -218,7 +241,15 @@ class ServerConfig:
             raise OptionError(f"l0: backend {self.backend!r} is not one of " + ", ".join(BACKENDS))
         if not 0.0 < self.penalty <= 1000.0:
             raise OptionError(ERR_RANGE.format(name="penalty", value=self.penalty, lo=0, hi=1000))
+        if not isinstance(self.close_at_budget, bool):
+            raise OptionError(ERR_BOOL.format(name="close_at_budget", value=self.close_at_budget))
+        if not 0 <= self.close_margin <= 4096:
+            raise OptionError(ERR_RANGE.format(name="close_margin", value=self.close_margin, lo=0, hi=4096))
         check(self.defaults, self.max_period_cap)
+        unknown = sorted(set(self.json_overrides) - set(_RANGES))
+        if unknown:
+            raise OptionError(f"l0: unknown json_detector key {unknown[0]!r}")
+        check(self.json_defaults, self.max_period_cap)
         self.checkpoint.check()
         self.health.check()
         return self
@@ -275,15 +306,30 @@ class RequestOptions:
     # A resumed request: the last ``resume_from`` prompt tokens are output the
     # request generated before (on another replica); see l0.resume.
     resume_from: int = 0
+    # A JSON structured-output row under stop/penalize ends with valid JSON
+    # when its budget runs out (see l0.jsonstate / the act op).
+    close_at_budget: bool = True
 
 
 MAX_RESUME_FROM = 2**21
-KNOWN_OPTIONS = ("l0_action", "l0_key", "l0_penalty", "l0_resume_from") + tuple("l0_" + n for n in _RANGES)
+KNOWN_OPTIONS = ("l0_action", "l0_key", "l0_penalty", "l0_resume_from", "l0_close_at_budget") + tuple(
+    "l0_" + n for n in _RANGES)
+def _boolean(name: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, (int, float)) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in ("true", "false", "1", "0"):
+        return value.strip().lower() in ("true", "1")
+    raise OptionError(ERR_BOOL.format(name=name, value=value))
 
 
-def params_from_xargs(extra_args: Mapping[str, Any] | None, server: ServerConfig) -> RequestOptions:
+def params_from_xargs(extra_args: Mapping[str, Any] | None, server: ServerConfig,
+                      json: bool = False) -> RequestOptions:
     """Parse the ``l0_*`` entries of ``extra_args``; other keys are ignored
-    (they belong to other processors). Raises :class:`OptionError`."""
+    (they belong to other processors). ``json``: the request is a JSON
+    structured output (its defaults are ``server.json_defaults``). Raises
+    :class:`OptionError`."""
     extra = {k: v for k, v in (extra_args or {}).items() if k.startswith("l0_")}
     unknown = sorted(set(extra) - set(KNOWN_OPTIONS))
     if unknown:
@@ -305,17 +351,21 @@ def params_from_xargs(extra_args: Mapping[str, Any] | None, server: ServerConfig
         if not 0 <= resume_from <= MAX_RESUME_FROM:
             raise OptionError(ERR_RANGE.format(name="l0_resume_from", value=resume_from, lo=0,
                                                hi=MAX_RESUME_FROM))
+    close_at_budget = server.close_at_budget
+    if "l0_close_at_budget" in extra:
+        close_at_budget = _boolean("l0_close_at_budget", extra["l0_close_at_budget"])
     changes = {}
     for name in _RANGES:
         opt = "l0_" + name
         if opt in extra:
             kind, _, _ = _bounds(name, server.max_period_cap)
             changes[name] = _coerce(opt, extra[opt], kind)
-    params = dataclasses.replace(server.defaults, **changes)
+    params = dataclasses.replace(server.json_defaults if json else server.defaults, **changes)
     # A request that lowers max_period below the default min_period (or raises
     # min_period) is checked as a whole, so the message names the pair.
     check(params, server.max_period_cap)
-    return RequestOptions(action=action, params=params, key=key, penalty=penalty, resume_from=resume_from)
+    return RequestOptions(action=action, params=params, key=key, penalty=penalty, resume_from=resume_from,
+                          close_at_budget=close_at_budget)
 
 
 def load_server_config(path: str | os.PathLike | None = None) -> ServerConfig:
@@ -336,9 +386,11 @@ def load_server_config(path: str | os.PathLike | None = None) -> ServerConfig:
         raise OptionError(f"l0: config {path} must be a mapping")
     doc = dict(doc.get("l0", doc))
     det = dict(doc.pop("detector", {}) or {})
+    json_det = dict(doc.pop("json_detector", {}) or {})
     ckpt = _section(doc, "checkpoint", CheckpointConfig, path)
     health = _section(doc, "health", HealthConfig, path)
-    top_fields = {f.name for f in dataclasses.fields(ServerConfig)} - {"defaults", "checkpoint", "health"}
+    top_fields = {f.name for f in dataclasses.fields(ServerConfig)} - {"defaults", "checkpoint", "health",
+                                                                      "json_overrides"}
     unknown = sorted(set(doc) - top_fields)
     if unknown:
         raise OptionError(f"l0: unknown config key {unknown[0]!r} in {path}")
@@ -348,6 +400,11 @@ def load_server_config(path: str | os.PathLike | None = None) -> ServerConfig:
         if name not in _RANGES:
             raise OptionError(f"l0: unknown detector key {name!r} in {path}")
         changes[name] = _coerce(name, value, _bounds(name, cap)[0])
+    json_overrides = dict(JSON_OVERRIDES)
+    for name, value in json_det.items():
+        if name not in _RANGES:
+            raise OptionError(f"l0: unknown json_detector key {name!r} in {path}")
+        json_overrides[name] = _coerce(name, value, _bounds(name, cap)[0])
     try:
         cp = CheckpointConfig(**{k: (_coerce(f"checkpoint.{k}", v, int) if k in ("every", "ttl_s") else v)
                                  for k, v in ckpt.items()})
@@ -364,7 +421,8 @@ def load_server_config(path: str | os.PathLike | None = None) -> ServerConfig:
         hc = HealthConfig(**health)
     except TypeError as exc:
         raise OptionError(f"l0: bad health section in {path}: {exc}") from None
-    return _with_env(ServerConfig(defaults=DetectorParams(**changes), checkpoint=cp, health=hc, **doc)).check()
+    return _with_env(ServerConfig(defaults=DetectorParams(**changes), json_overrides=json_overrides, checkpoint=cp,
+                                  health=hc, **doc)).check()
 
 
 def _section(doc: dict, name: str, cls: type, path) -> dict:

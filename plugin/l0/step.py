@@ -36,8 +36,10 @@ from typing import Callable, Sequence
 import torch
 
 from l0.config import ACTIONS, RequestOptions
-from l0.ops.act import (APPLIED_PENALIZE, APPLIED_STOP, REASON_MASKED, REASON_MIN_TOKENS, REASON_NO_STOP_TOKEN,
-                        REASON_NONE, ActCuda, act_torch)
+from l0 import jsonstate
+from l0.ops.act import (APPLIED_CLOSE, APPLIED_PENALIZE, APPLIED_STOP, CLOSE_AT_BUDGET, CLOSE_ON_LOOP,
+                        CLOSING_NONE, REASON_MASKED, REASON_MIN_TOKENS, REASON_NO_STOP_TOKEN,
+                        REASON_NONE, ActCuda, SlotState, act_torch)
 from l0.ops.detect import NONE, make_detector
 from l0.ops.detect_reference import KIND_NAMES
 from l0.upload import upload
@@ -46,6 +48,7 @@ from l0.vocab import TokenClasses, expected_items
 ACTION_CODE = {name: i for i, name in enumerate(ACTIONS)}  # off 0, observe 1, stop 2, penalize 3
 REASON_NAMES = {REASON_MIN_TOKENS: "min_tokens", REASON_NO_STOP_TOKEN: "no_stop_token",
                 REASON_MASKED: "stop_token_masked"}
+CLOSING_NAMES = {1: "loop", 2: "budget"}
 
 
 @dataclass
@@ -55,9 +58,11 @@ class Row:
     opts: RequestOptions
     out_ids: list[int]        # the host's live output list for the request
     constrained: bool = False  # structured output (a grammar masks this row's logits)
+    json: bool = False        # a JSON structured output (its state is tracked; close mode)
     seen: int = 0             # tokens of out_ids already fed to the detector
     logged_kind: int = NONE   # last kind reported (one line per episode)
     logged_stop: bool = False  # a stop was reported (a stop ends the request)
+    logged_close: bool = False  # close mode was reported
 
 
 class StepCore:
@@ -65,30 +70,45 @@ class StepCore:
 
     ``decode`` (token ids → text) lets near-loops and echoes read the item
     count a prompt asks for (``"25 records"``); without it they assume none.
-    ``on_event`` receives each intervention dict; ``None`` turns the
-    readout off (no device→host copies at all).
+    ``json`` (tables from the tokenizer, :func:`l0.jsonstate.tables_from_texts`)
+    enables close mode for rows added with ``json=True``; ``close_margin`` is
+    the budget margin (see :func:`l0.jsonstate.close_need`). ``on_event``
+    receives each intervention dict; ``None`` turns the readout off (no
+    device→host copies at all).
     """
 
     def __init__(self, num_slots: int, *, max_period: int, device: torch.device | str = "cpu",
                  backend: str = "auto", classes: TokenClasses | None = None, pin_memory: bool = True,
                  decode: Callable[[Sequence[int]], str] | None = None,
-                 on_event: Callable[[dict], None] | None = None) -> None:
+                 on_event: Callable[[dict], None] | None = None, json: jsonstate.JsonTables | None = None,
+                 close_margin: int = 8) -> None:
         self.device = torch.device(device)
         self.is_cpu = self.device.type == "cpu"
         self.num_slots = S = num_slots
-        self.det = make_detector(S, max_period, classes, self.device, backend)
+        self.json = json
+        self.det = make_detector(S, max_period, classes, self.device, backend, json)
         dev = dict(device=self.device)
         self.action = torch.zeros(S, dtype=torch.int32, **dev)
         self.stop_tok = torch.full((S,), -1, dtype=torch.int64, **dev)
         self.min_tok = torch.zeros(S, dtype=torch.int64, **dev)
         self.penalty = torch.zeros(S, dtype=torch.float32, **dev)
         self.latch = torch.zeros(S, dtype=torch.int32, **dev)
-        self._per_slot = (self.action, self.stop_tok, self.min_tok, self.penalty, self.latch)
+        self.max_tok = torch.full((S,), -1, dtype=torch.int64, **dev)
+        self.close_cfg = torch.zeros(S, dtype=torch.int32, **dev)
+        self.closing = torch.zeros(S, dtype=torch.int32, **dev)
+        self.margin = torch.zeros(S, dtype=torch.int32, **dev)
+        self.close_margin = close_margin
+        self._per_slot = (self.action, self.stop_tok, self.min_tok, self.penalty, self.latch, self.max_tok,
+                          self.close_cfg, self.closing, self.margin)
+        bias = (torch.tensor(json.bias, dtype=torch.float32, **dev) if json is not None
+                else torch.zeros(3, 1, dtype=torch.float32, **dev))
+        self.slots = SlotState(self.latch, self.action, self.stop_tok, self.min_tok, self.penalty, self.max_tok,
+                               self.close_cfg, self.closing, self.margin, bias).check()
         self.rows: dict[int, Row] = {}
         # On a GPU with CuPy: the fused act kernel (one launch); else the torch spec.
         self._act_cuda = None
         if self.device.type == "cuda" and self.det.backend == "cuda":
-            self._act_cuda = ActCuda(self.latch, self.action, self.stop_tok, self.min_tok, self.penalty)
+            self._act_cuda = ActCuda(self.slots)
         self.pin = pin_memory and not self.is_cpu
         self.decode = decode
         self.on_event = on_event
@@ -107,15 +127,23 @@ class StepCore:
     # CUDA tensor copies a host scalar and synchronises (seen on an H100 under
     # sync debug mode); fill_ passes the value as a kernel argument.
     def add(self, slot: int, opts: RequestOptions, out_ids: list[int], *, prompt_ids: Sequence[int] = (),
-            stop_token: int = -1, min_tokens: int = 0, constrained: bool = False) -> None:
+            stop_token: int = -1, min_tokens: int = 0, constrained: bool = False, json: bool = False,
+            max_tokens: int = -1, close_margin: int | None = None) -> None:
         """Start tracking a request in ``slot`` (replacing whatever was there).
 
         ``out_ids`` is the host's live output list (it may already hold tokens:
         a preempted request re-added; they are replayed on the next step).
         ``stop_token`` < 0: the request has none (``stop`` penalizes instead).
+        ``constrained``: a grammar masks the row (structured outputs); ``json``:
+        that grammar is a JSON one (schema, json_object, tool calls), so its
+        state is tracked and close mode applies: under ``stop`` a loop ends the
+        JSON instead of forcing EOS, and under ``stop``/``penalize`` with
+        ``opts.close_at_budget`` the answer is closed before ``max_tokens``
+        (output tokens allowed; -1 none) runs out, starting ``close_margin``
+        tokens (default: the core's) plus one per open container before it.
         With ``opts.resume_from = n`` the prompt's last n tokens are output
         generated before (on another replica): the detector is primed with
-        them and ``min_tokens`` counts them.
+        them and ``min_tokens``/``max_tokens`` count them.
         """
         self.remove(slot)
         if opts.action == "off":
@@ -127,12 +155,21 @@ class StepCore:
         if self.decode is not None and prompt and (opts.params.near_min_repeats or opts.params.echo_ngram):
             # The tail of the prompt carries the user's request ("... 25 records").
             expected = expected_items(self.decode(prompt[-512:]))
-        self.det.configure(slot, opts.params, expected)
+        json = json and self.json is not None
+        self.det.configure(slot, opts.params, expected, json=json)
         self.action[slot].fill_(ACTION_CODE[opts.action])
         self.stop_tok[slot].fill_(stop_token if stop_token is not None and stop_token >= 0 else -1)
         self.min_tok[slot].fill_(max(min_tokens, 0) + n)
         self.penalty[slot].fill_(opts.penalty)
-        self.rows[slot] = Row(opts, out_ids, constrained)
+        self.max_tok[slot].fill_(max_tokens + n if max_tokens is not None and max_tokens >= 0 else -1)
+        cfg = 0
+        if json and opts.action == "stop":
+            cfg |= CLOSE_ON_LOOP
+        if json and opts.close_at_budget and opts.action in ("stop", "penalize"):
+            cfg |= CLOSE_AT_BUDGET
+        self.close_cfg[slot].fill_(cfg)
+        self.margin[slot].fill_(self.close_margin if close_margin is None else max(close_margin, 0))
+        self.rows[slot] = Row(opts, out_ids, constrained, json)
         if prefix:
             # Same detector state as if this replica had generated the prefix.
             self._feed(slot, prefix)
@@ -143,6 +180,7 @@ class StepCore:
         for t in self._per_slot:
             t[slot].fill_(0)
         self.stop_tok[slot].fill_(-1)
+        self.max_tok[slot].fill_(-1)
 
     def move(self, a: int, b: int, swap: bool) -> None:
         """``swap``: rows a and b exchange places; else a's request moves to b
@@ -164,6 +202,7 @@ class StepCore:
                 t[b].copy_(t[a])
                 t[a].fill_(0)
             self.stop_tok[a].fill_(-1)
+            self.max_tok[a].fill_(-1)
 
     # -- the step --------------------------------------------------------------
     def step(self, logits: torch.Tensor) -> torch.Tensor:
@@ -213,12 +252,12 @@ class StepCore:
 
     def _act(self, logits: torch.Tensor, res, B: int) -> torch.Tensor:
         want = self.on_event is not None
-        pos = self.det.pos[:B]
+        det = self.det
+        pos, jstate, jdepth = det.pos[:B], det.jstate[:B], det.jdepth[:B]
         if self._act_cuda is not None and self._act_cuda.supports(logits):
-            packed = self._act_cuda(logits, res, pos, want)
+            packed = self._act_cuda(logits, res, pos, jstate, jdepth, want)
         else:
-            packed = act_torch(logits, res, pos, self.latch, self.action, self.stop_tok, self.min_tok,
-                               self.penalty, want)
+            packed = act_torch(logits, res, pos, jstate, jdepth, self.slots, want)
         if want:
             self._queue_readout(packed, B)
         return logits
@@ -252,21 +291,32 @@ class StepCore:
         self._readout()
 
     def _report(self, cols, snap: dict[int, Row]) -> None:
-        kinds, periods, positions, applied, reasons, latched = cols
+        kinds, periods, positions, applied, reasons, latched, closing, depths = cols
         for index, row in snap.items():
             kind = kinds[index]
+            shown = kind if kind != NONE else latched[index]
+            base = {"event": "l0.intervention", "key": row.opts.key,
+                    "kind": KIND_NAMES[shown] if shown != NONE else "budget", "period": periods[index],
+                    "token_index": positions[index]}
             stop_now = applied[index] == APPLIED_STOP
-            new_episode = kind != NONE and kind != row.logged_kind
-            if new_episode or (stop_now and not row.logged_stop):
-                shown = kind if kind != NONE else latched[index]
-                event = {"event": "l0.intervention", "key": row.opts.key, "kind": KIND_NAMES[shown],
-                         "period": periods[index], "token_index": positions[index], "action": row.opts.action}
-                if row.opts.action == "stop" and not stop_now:
+            if applied[index] == APPLIED_CLOSE and not row.logged_close:
+                # Close mode began: the answer is steered to its shortest valid end.
+                self.on_event({**base, "action": "close", "requested": row.opts.action,
+                               "reason": CLOSING_NAMES[closing[index]], "depth": depths[index]})
+                row.logged_close = True
+            elif stop_now and not row.logged_stop:
+                event = {**base, "action": "stop"}
+                if closing[index] != CLOSING_NONE:
+                    event["closed"] = CLOSING_NAMES[closing[index]]
+                self.on_event(event)
+                row.logged_stop = True
+            elif kind != NONE and kind != row.logged_kind and not row.logged_close and not row.logged_stop:
+                event = dict(base, action=row.opts.action)
+                if row.opts.action == "stop":
                     # The stop could not be applied yet: say what was done and why.
-                    reason = REASON_NAMES.get(reasons[index], "no_token")
+                    reason = REASON_NAMES.get(reasons[index], "none")
                     event.update(action="penalize" if applied[index] == APPLIED_PENALIZE else "none",
                                  requested="stop",
                                  reason="grammar" if reason == "stop_token_masked" and row.constrained else reason)
                 self.on_event(event)
-                row.logged_stop = row.logged_stop or stop_now
             row.logged_kind = kind

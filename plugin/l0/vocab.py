@@ -56,14 +56,20 @@ def classes_from_texts(texts: Sequence[str], special_ids: Iterable[int] = ()) ->
     return TokenClasses(content, blank, number)
 
 
-def classes_from_tokenizer(tokenizer, vocab_size: int | None = None) -> TokenClasses:
-    """Classes from a Hugging Face tokenizer, padded to ``vocab_size`` (the
-    model's logits width, which may exceed the tokenizer's)."""
+def token_texts(tokenizer, vocab_size: int | None = None) -> list[str]:
+    """Each token id's decoded text from a Hugging Face tokenizer, padded with
+    "" to ``vocab_size`` (the model's logits width, which may exceed the
+    tokenizer's: padding ids are never sampled)."""
     n = len(tokenizer)
     texts = tokenizer.batch_decode([[i] for i in range(n)]) if n else []
     if vocab_size is not None and vocab_size > n:
-        texts += [""] * (vocab_size - n)  # padding ids: never sampled; blank-like
-    return classes_from_texts(texts, getattr(tokenizer, "all_special_ids", ()))
+        texts += [""] * (vocab_size - n)
+    return texts
+
+
+def classes_from_tokenizer(tokenizer, vocab_size: int | None = None) -> TokenClasses:
+    """Classes from a Hugging Face tokenizer, padded to ``vocab_size``."""
+    return classes_from_texts(token_texts(tokenizer, vocab_size), getattr(tokenizer, "all_special_ids", ()))
 
 
 def expected_items(prompt_text: str) -> int:

@@ -12,6 +12,10 @@ exactly, proven by ``tests/ops/test_detect.py``):
   detector's device and returns a :class:`StepResult` of device tensors. It
   never synchronises with the host and costs O(max_period) per slot.
 * Counters are int32 and exact for sequences up to 2**21 tokens.
+* With JSON tables (:class:`l0.jsonstate.JsonTables`), a slot configured with
+  ``json=True`` tracks its JSON answer's lexer state and depth in ``jstate``
+  / ``jdepth`` (int32 ``[num_slots]``, ``LOST`` = -1 when untracked), one
+  table lookup per token in the same step.
 
 Backends: ``"torch"`` (CPU or GPU, here), ``"cuda"`` (one CuPy/NVRTC kernel
 launch per step, :mod:`l0.ops.detect_cuda`), ``"cpu"`` (one fused C call per
@@ -28,6 +32,7 @@ from typing import Sequence
 
 import torch
 
+from l0 import jsonstate
 from l0.config import DetectorParams
 from l0.ops.detect_reference import (BLANK, ECHO, LOOP, NEAR, NEVER, NONE, ReferenceDetector,
                                      echo_need, loop_need, near_need)
@@ -63,7 +68,7 @@ class TorchDetector:
     backend = "torch"
 
     def __init__(self, num_slots: int, max_period: int, classes: TokenClasses | None = None,
-                 device: torch.device | str = "cpu") -> None:
+                 device: torch.device | str = "cpu", json: jsonstate.JsonTables | None = None) -> None:
         if num_slots < 1 or max_period < 1:
             raise ValueError(f"num_slots ({num_slots}) and max_period ({max_period}) must be >= 1")
         dev = torch.device(device)
@@ -98,14 +103,23 @@ class TorchDetector:
         self.content_milli = torch.zeros(S, **i32)
         self.max_blank = torch.full((S,), NEVER, **i32)
         self.active = torch.zeros(S, dtype=torch.bool, device=dev)
+        # JSON tracker: packed per-token effects, [3 * vocab] (state-major).
+        self.json = json
+        self.jnext = (torch.tensor([v for row in json.next for v in row], **i32) if json is not None
+                      else torch.zeros(3, **i32))
+        self.jvocab = json.vocab if json is not None else 1
+        self.jstate = torch.full((S,), jsonstate.LOST, **i32)
+        self.jdepth = torch.zeros(S, **i32)
         self._state = (self.ring, self.pos, self.run, self.score, self.nlen, self.ncont, self.blank,
                        self.loop_need, self.near_need, self.thr, self.content_milli, self.max_blank,
-                       self.active, self.erun, self.echo, self.elag, self.echo_need, self.echo_cfg)
+                       self.active, self.erun, self.echo, self.elag, self.echo_need, self.echo_cfg,
+                       self.jstate, self.jdepth)
 
     # -- persistent-batch bookkeeping (host-driven, rare) -----------------
-    def configure(self, slot: int, params: DetectorParams, expected_items: int = 0) -> None:
+    def configure(self, slot: int, params: DetectorParams, expected_items: int = 0, json: bool = False) -> None:
         """Start a request in ``slot``. Its thresholds are computed on the host
-        and uploaded in one non-blocking copy (no host sync on a GPU)."""
+        and uploaded in non-blocking copies (no host sync on a GPU). ``json``:
+        track its JSON state (needs the detector's JSON tables)."""
         self.clear(slot)
         P = self.max_period
         need = [[min(loop_need(params, p), NEVER) for p in range(1, P + 1)],
@@ -122,6 +136,8 @@ class TorchDetector:
         self.thr[slot].copy_(knobs[4])
         self.content_milli[slot].copy_(knobs[5])
         self.max_blank[slot].copy_(knobs[6])
+        if json and self.json is not None:
+            self.jstate[slot].fill_(jsonstate.OUT)
         self.active[slot].fill_(True)
 
     def clear(self, slot: int) -> None:
@@ -132,6 +148,7 @@ class TorchDetector:
         self.near_need[slot].fill_(NEVER)
         self.echo_need[slot].fill_(NEVER)
         self.max_blank[slot].fill_(NEVER)
+        self.jstate[slot].fill_(jsonstate.LOST)
 
     def move(self, src: int, dst: int) -> None:
         for t in self._state:
@@ -148,6 +165,10 @@ class TorchDetector:
     def position(self, slot: int) -> int:
         """Tokens seen in ``slot`` (reads the device: not for the hot path)."""
         return int(self.pos[slot])
+
+    def json_state(self, slot: int) -> tuple[int, int]:
+        """(lexer state, depth) of the slot's JSON answer (reads the device)."""
+        return int(self.jstate[slot]), int(self.jdepth[slot])
 
     # -- the op -----------------------------------------------------------
     def step(self, tokens: torch.Tensor) -> StepResult:
@@ -187,6 +208,7 @@ class TorchDetector:
         blank = self.blank[:n]
         blank.copy_(torch.where(has, (blank + 1) * self._lookup(self.blank_tab, xs), blank))
         pos += has.to(torch.int64)
+        self._track_json(n, has, xs)
 
         echo_any, lag = self._first(erun >= self.echo_need[:n])
         lag = torch.where(echo_any, lag, 0)
@@ -221,6 +243,16 @@ class TorchDetector:
         next_token = torch.where(period > 0, nxt, -1)
         return StepResult(kind, period, next_token)
 
+    def _track_json(self, n: int, has: torch.Tensor, xs: torch.Tensor) -> None:
+        js, jd = self.jstate[:n], self.jdepth[:n]
+        track = has & (js >= 0)
+        idx = js.clamp_min(0).to(torch.int64) * self.jvocab + xs.clamp_max(self.jvocab - 1)
+        v = self.jnext.index_select(0, idx)
+        depth = jd + torch.bitwise_right_shift(v, 2)
+        ok = depth >= 0
+        js.copy_(torch.where(track, torch.where(ok, torch.bitwise_and(v, 3), jsonstate.LOST), js))
+        jd.copy_(torch.where(track, torch.where(ok, depth, 0), jd))
+
     @staticmethod
     def _lookup(table: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         idx = x.clamp_max(table.shape[0] - 1)
@@ -235,8 +267,10 @@ class TorchDetector:
 
 
 def make_detector(num_slots: int, max_period: int, classes: TokenClasses | None = None,
-                  device: torch.device | str = "cpu", backend: str = "auto"):
-    """Build a detector. ``backend``: auto | torch | cpu | cuda | reference.
+                  device: torch.device | str = "cpu", backend: str = "auto",
+                  json: jsonstate.JsonTables | None = None):
+    """Build a detector. ``backend``: auto | torch | cpu | cuda | reference;
+    ``json``: tables for slots that track a JSON answer.
 
     ``auto`` picks cuda on a GPU when CuPy is importable, the fused cpu kernel
     on the CPU when a C compiler works, else torch. Raises ``ValueError`` for
@@ -255,13 +289,13 @@ def make_detector(num_slots: int, max_period: int, classes: TokenClasses | None 
             if detect_cpu.available():
                 backend = "cpu"
     if backend == "torch":
-        return TorchDetector(num_slots, max_period, classes, dev)
+        return TorchDetector(num_slots, max_period, classes, dev, json)
     if backend == "cuda":
         from l0.ops.detect_cuda import CudaDetector
-        return CudaDetector(num_slots, max_period, classes, dev)
+        return CudaDetector(num_slots, max_period, classes, dev, json)
     if backend == "cpu":
         from l0.ops.detect_cpu import CpuDetector
-        return CpuDetector(num_slots, max_period, classes, dev)
+        return CpuDetector(num_slots, max_period, classes, dev, json)
     if backend == "reference":
-        return ReferenceDetector(num_slots, max_period, classes)
+        return ReferenceDetector(num_slots, max_period, classes, json)
     raise ValueError(f"unknown detect backend {backend!r}; choose auto, torch, cpu, cuda or reference")

@@ -75,7 +75,7 @@ def _library() -> ctypes.CDLL:
     lib = ctypes.CDLL(str(out))
     fn = lib.l0_detect_step_cpu
     P, I = ctypes.c_void_p, ctypes.c_int
-    fn.argtypes = [P, I] + [P] * 14 + [I, P, I, P, I] + [P] * 5 + [I, P, P, P]
+    fn.argtypes = [P, I] + [P] * 14 + [I, P, I, P, I] + [P] * 5 + [I, P, P, P] + [P, P, P, I]
     fn.restype = None
     return lib
 
@@ -88,6 +88,11 @@ def available() -> bool:
     except Exception:
         return False
     return True
+
+
+def _contiguous(tensors) -> None:
+    if not all(t.is_contiguous() for t in tensors):
+        raise RuntimeError("the cpu detect kernel needs contiguous state tensors")
 
 
 class CpuDetector(TorchDetector):
@@ -110,13 +115,16 @@ class CpuDetector(TorchDetector):
         tensors = (self.ring, self.pos, self.run, self.score, self.nlen, self.ncont, self.blank,
                    self.loop_need, self.near_need, self.thr, self.content_milli, self.max_blank,
                    self.active)
-        assert all(t.is_contiguous() for t in tensors)
+        _contiguous(tensors)
         self._ptrs = [t.data_ptr() for t in tensors]
         self._tabs = [self.content.data_ptr(), self.content.shape[0], self.blank_tab.data_ptr(),
                       self.blank_tab.shape[0], self.number.data_ptr(), self.number.shape[0]]
         echo = (self.erun, self.echo, self.elag, self.echo_need, self.echo_cfg)
-        assert all(t.is_contiguous() for t in echo)
+        _contiguous(echo)
         self._tabs += [t.data_ptr() for t in echo]
+        js = (self.jstate, self.jdepth, self.jnext)
+        _contiguous(js)
+        self._json = [t.data_ptr() for t in js] + [self.jvocab]
 
     def step(self, tokens: torch.Tensor) -> StepResult:
         n = tokens.shape[0]
@@ -124,6 +132,6 @@ class CpuDetector(TorchDetector):
             raise ValueError(f"{n} tokens for {self.num_slots} slots")
         x = tokens.to(dtype=torch.int64).contiguous()
         self._fn(x.data_ptr(), n, *self._ptrs, *self._tabs, self.max_period,
-                 self._kind.data_ptr(), self._period.data_ptr(), self._next.data_ptr())
+                 self._kind.data_ptr(), self._period.data_ptr(), self._next.data_ptr(), *self._json)
         # Views of reused buffers, as on the cuda backend: valid until the next step.
         return StepResult(self._kind[:n], self._period[:n], self._next[:n])

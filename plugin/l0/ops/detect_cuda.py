@@ -62,7 +62,8 @@ class CudaDetector(TorchDetector):
                 cupy.int32(self.content.shape[0]), c(self.blank_tab), cupy.int32(self.blank_tab.shape[0]),
                 c(self.number), cupy.int32(self.number.shape[0]),
                 c(self.erun), c(self.echo), c(self.elag), c(self.echo_need), c(self.echo_cfg),
-                cupy.int32(self.max_period), c(self._kind), c(self._period), c(self._next))
+                cupy.int32(self.max_period), c(self._kind), c(self._period), c(self._next),
+                c(self.jstate), c(self.jdepth), c(self.jnext), cupy.int32(self.jvocab))
 
     def step(self, tokens: torch.Tensor) -> StepResult:
         """One launch of ``n`` blocks on torch's current stream. The kernel reads

@@ -38,12 +38,17 @@ Periods (and echo lags) outside [min_period, max_period] of the slot never
 fire. For LOOP/NEAR/ECHO ``next_token`` is x[t+1-p], the token that would
 continue the cycle; else -1. A token of -1 means "no new token for this slot
 this step": nothing changes and nothing fires.
+
+A slot configured with ``json=True`` also tracks where its JSON answer stands
+(:mod:`l0.jsonstate`: lexer state and depth, one table lookup per token, see
+``jsonstate.step``); other slots hold ``LOST``.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Sequence
 
+from l0 import jsonstate
 from l0.config import DetectorParams
 from l0.vocab import TokenClasses
 
@@ -95,28 +100,37 @@ class _Slot:
     econt: int = 0
     eseen: int = 0
     elag: int = 0
+    jstate: int = jsonstate.LOST
+    jdepth: int = 0
 
 
 class ReferenceDetector:
     """Readable, slow, exact. Same method names as every other backend.
 
     ``classes`` gives the content/blank/number token classes (see
-    :class:`l0.vocab.TokenClasses`). Unconfigured slots ignore tokens.
+    :class:`l0.vocab.TokenClasses`); ``json`` the JSON tables
+    (:class:`l0.jsonstate.JsonTables`) for slots configured with ``json=True``.
+    Unconfigured slots ignore tokens.
     """
 
     backend = "reference"
 
-    def __init__(self, num_slots: int, max_period: int, classes: TokenClasses | None = None) -> None:
+    def __init__(self, num_slots: int, max_period: int, classes: TokenClasses | None = None,
+                 json: jsonstate.JsonTables | None = None) -> None:
         self.num_slots = num_slots
         self.max_period = max_period
         self.classes = classes or TokenClasses()
+        self.json = json
         self.slots = [_Slot() for _ in range(num_slots)]
 
     # -- persistent-batch bookkeeping ------------------------------------
-    def configure(self, slot: int, params: DetectorParams, expected_items: int = 0) -> None:
-        """Start a fresh request in ``slot`` (all history cleared)."""
+    def configure(self, slot: int, params: DetectorParams, expected_items: int = 0, json: bool = False) -> None:
+        """Start a fresh request in ``slot`` (all history cleared); ``json``:
+        track its JSON state (needs the detector's JSON tables)."""
         P = self.max_period
         self.slots[slot] = _Slot(params, expected_items, [], [0] * P, [0] * P, [0] * P, [0] * P, [0] * P)
+        if json and self.json is not None:
+            self.slots[slot].jstate = jsonstate.OUT
 
     def clear(self, slot: int) -> None:
         self.slots[slot] = _Slot()
@@ -130,6 +144,11 @@ class ReferenceDetector:
 
     def position(self, slot: int) -> int:
         return len(self.slots[slot].hist)
+
+    def json_state(self, slot: int) -> tuple[int, int]:
+        """(lexer state, depth) of the slot's JSON answer; state LOST if untracked."""
+        s = self.slots[slot]
+        return s.jstate, s.jdepth
 
     # -- the op -----------------------------------------------------------
     def step(self, tokens: Sequence[int]) -> tuple[list[int], list[int], list[int]]:
@@ -164,6 +183,8 @@ class ReferenceDetector:
             else:
                 s.score[i] = s.nlen[i] = s.ncont[i] = 0
         s.hist.append(x)
+        if s.jstate != jsonstate.LOST:
+            s.jstate, s.jdepth = jsonstate.step(s.jstate, s.jdepth, x, self.json)
         is_blank = _cls(self.classes.blank, x, False)
         s.blank = s.blank + 1 if is_blank else 0
 

@@ -18,11 +18,12 @@ import time
 import torch
 from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor, MoveDirectionality
 
+from l0 import jsonstate
 from l0.config import load_server_config, params_from_xargs
 from l0.health.starvation import StarvationTracker
 from l0.health.watchdog import Heartbeat
 from l0.step import StepCore
-from l0.vocab import classes_from_tokenizer
+from l0.vocab import classes_from_texts, token_texts
 
 log = logging.getLogger("l0")
 FQCN = "l0.vllm:L0LogitsProcessor"
@@ -71,6 +72,36 @@ def is_constrained(params) -> bool:
     return getattr(params, "structured_outputs", None) is not None
 
 
+def is_json(params) -> bool:
+    """The grammar is JSON from the first output token: a JSON schema (tool
+    calls with ``tool_choice`` required or named are served that way) or
+    ``json_object``. Regex, choice, EBNF grammars and structural tags are not."""
+    so = getattr(params, "structured_outputs", None)
+    return so is not None and (so.json is not None or bool(so.json_object))
+
+
+def json_schema(params):
+    """The request's JSON schema as a dict (None for json_object or unparsable)."""
+    so = getattr(params, "structured_outputs", None)
+    schema = getattr(so, "json", None)
+    if isinstance(schema, str):
+        try:
+            schema = json.loads(schema)
+        except ValueError:
+            return None
+    return schema if isinstance(schema, dict) else None
+
+
+def output_budget(params, prompt_len: int, max_model_len: int | None) -> int:
+    """Output tokens the request may still generate: ``max_tokens``, capped by
+    the model's length limit; -1 when neither is known."""
+    budget = params.max_tokens if params.max_tokens is not None else -1
+    if max_model_len:
+        room = max(max_model_len - prompt_len, 0)
+        budget = room if budget < 0 else min(budget, room)
+    return budget
+
+
 class L0LogitsProcessor(LogitsProcessor):
     """See module docstring. ``is_argmax_invariant()`` is False on purpose:
     vLLM skips argmax-invariant processors for all-greedy batches, and L0 must
@@ -79,7 +110,7 @@ class L0LogitsProcessor(LogitsProcessor):
     @classmethod
     def validate_params(cls, sampling_params) -> None:
         # OptionError is a ValueError: vLLM answers HTTP 400 with our message.
-        params_from_xargs(sampling_params.extra_args, server_config())
+        params_from_xargs(sampling_params.extra_args, server_config(), is_json(sampling_params))
 
     def __init__(self, vllm_config, device: torch.device, is_pin_memory: bool) -> None:
         self.cfg = server_config()
@@ -92,6 +123,7 @@ class L0LogitsProcessor(LogitsProcessor):
         self.heartbeat = Heartbeat()
         self.starvation = None  # per-request token gaps, only with the health monitor
         self.kinds_seen: dict[str, int] = {}
+        self._margins: dict[str, int] = {}  # schema -> close margin
         self._freeze = _debug_freeze_hook()
         rank0 = _tp_rank() == 0
         want_ckpt = self.cfg.checkpoint.enabled and not shadowed and rank0
@@ -109,12 +141,20 @@ class L0LogitsProcessor(LogitsProcessor):
             return
         S = vllm_config.scheduler_config.max_num_seqs
         vocab = vllm_config.model_config.get_vocab_size()
-        classes = classes_from_tokenizer(self.tokenizer, vocab) if self.tokenizer else None
+        self.max_model_len = getattr(vllm_config.model_config, "max_model_len", None)
+        classes = tables = None
+        if self.tokenizer is not None:
+            # One decode of the vocabulary: token classes and the JSON tables.
+            texts = token_texts(self.tokenizer, vocab)
+            special = getattr(self.tokenizer, "all_special_ids", ())
+            classes = classes_from_texts(texts, special)
+            tables = jsonstate.tables_from_texts(texts, special)
         self.log_enabled = self.cfg.log_interventions and rank0
         self.core = StepCore(S, max_period=self.cfg.max_period_cap, device=device, backend=self.cfg.backend,
                              classes=classes, pin_memory=is_pin_memory,
                              decode=self.tokenizer.decode if self.tokenizer is not None else None,
-                             on_event=self._on_event if self.log_enabled else None)
+                             on_event=self._on_event if self.log_enabled else None, json=tables,
+                             close_margin=self.cfg.close_margin)
         # One line per rank at startup, through vLLM's logger so it carries the
         # worker's prefix ("(Worker_TP1 pid=...)"): shows L0 runs on every rank.
         logging.getLogger("vllm.l0").info(
@@ -184,18 +224,37 @@ class L0LogitsProcessor(LogitsProcessor):
             if core is not None:
                 core.remove(index)
         for index, params, prompt_ids, out_ids in batch_update.added:
-            opts = params_from_xargs(params.extra_args, self.cfg)
+            opts = params_from_xargs(params.extra_args, self.cfg, is_json(params))
             if self.ckpt is not None:
                 self.ckpt.add(index, opts, params, prompt_ids, out_ids)
             if core is not None:
-                core.add(index, opts, out_ids, prompt_ids=prompt_ids or (), stop_token=stop_token(params),
-                         min_tokens=params.min_tokens or 0, constrained=is_constrained(params))
+                prompt = prompt_ids or ()
+                as_json = is_json(params)
+                core.add(index, opts, out_ids, prompt_ids=prompt, stop_token=stop_token(params),
+                         min_tokens=params.min_tokens or 0, constrained=is_constrained(params),
+                         json=as_json, max_tokens=output_budget(params, len(prompt), self.max_model_len),
+                         close_margin=self._close_margin(params) if as_json else None)
         for a, b, direction in batch_update.moved:
             swap = direction == MoveDirectionality.SWAP
             if self.ckpt is not None:
                 self.ckpt.move(a, b, swap)
             if core is not None:
                 core.move(a, b, swap)
+
+    def _close_margin(self, params) -> int:
+        """The row's close margin (:func:`l0.jsonstate.schema_margin`: the
+        required fields close mode may still have to write), once per schema."""
+        schema = json_schema(params)
+        if schema is None or self.tokenizer is None:
+            return self.cfg.close_margin
+        key = json.dumps(schema, sort_keys=True)
+        margin = self._margins.get(key)
+        if margin is None:
+            margin = jsonstate.schema_margin(
+                schema, lambda text: self.tokenizer.encode(text, add_special_tokens=False), self.cfg.close_margin)
+            if len(self._margins) < 4096:  # a bound, not an LRU: schemas repeat
+                self._margins[key] = margin
+        return margin
 
     def _follow_starvation(self, bu: BatchUpdate) -> None:
         st = self.starvation
