@@ -40,8 +40,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "plugin"))
 
 # The pieces: what a CPU test checks imports and collects without a GPU.
-TEST_FILES = ("tests/ops/test_detect.py", "tests/ops/test_act.py", "tests/test_step.py", "tests/test_nvml.py",
-              "tests/ops/test_detect_scale.py")
+TEST_FILES = ("tests/ops/test_detect.py", "tests/ops/test_act.py", "tests/test_step.py", "tests/test_jsonstate.py",
+              "tests/test_nvml.py", "tests/ops/test_detect_scale.py")
 BUDGET_S = 330  # the whole check, under the 6 minutes it is given
 TEST_BUDGET_S = 230
 BENCH_BATCHES = (1, 64, 256)
@@ -93,12 +93,23 @@ def device_info() -> dict:
 # Each file runs in its own pytest process with its own time box, so a hang
 # or a crash in one loses only that file's results.
 FILE_BUDGET_S = {"tests/ops/test_detect.py": 45, "tests/ops/test_act.py": 45, "tests/test_step.py": 60,
-                 "tests/test_nvml.py": 20, "tests/ops/test_detect_scale.py": 150}
+                 "tests/test_jsonstate.py": 40, "tests/test_nvml.py": 20, "tests/ops/test_detect_scale.py": 150}
+
+
+def required_markers() -> str:
+    """gpu and nvml always; smollm2 (the JSON tracker with SmolLM2's
+    tokenizer) when a tokenizer is there: ``L0_TOKENIZER_JSON`` (carry the
+    file along) or the converted model. Without one that test is skipped and
+    the summary says so."""
+    from pathlib import Path as _P
+    tok = os.environ.get("L0_TOKENIZER_JSON")
+    cached = _P.home() / ".cache" / "l0" / "smollm2-135m-instruct" / "tokenizer.json"
+    return "gpu,nvml,smollm2" if (tok and _P(tok).is_file()) or cached.is_file() else "gpu,nvml"
 
 
 def run_tests(out_dir: Path, deadline: float, extra: list[str]) -> dict:
     import importlib.util
-    env = dict(os.environ, L0_REQUIRE="gpu,nvml", PYTHONUNBUFFERED="1")
+    env = dict(os.environ, L0_REQUIRE=required_markers(), PYTHONUNBUFFERED="1")
     per_test = ["-p", "timeout", "--timeout=120"] if importlib.util.find_spec("pytest_timeout") else []
     total = {"rc": 0, "wall_s": 0.0, "passed": 0, "failed": 0, "errors": 0, "skipped": 0, "failures": [],
              "slowest": [], "files": {}}
@@ -194,7 +205,7 @@ def _kernels_per_call(fn, calls: int = 10) -> float | None:
         return None
 
 
-def bench_detect(steps: int = 300) -> list[dict]:
+def bench_detect(steps: int = 200) -> list[dict]:
     import torch
     from l0.config import DetectorParams
     from l0.ops.detect import make_detector
@@ -211,10 +222,10 @@ def bench_detect(steps: int = 300) -> list[dict]:
                 for s in range(B):
                     det.configure(s, DetectorParams(max_period=P))
                 g = torch.Generator(device="cuda").manual_seed(0)
-                toks = torch.randint(0, vocab, (1024 + steps, B), device="cuda", generator=g)
-                for t in range(1024):  # warm-up and history (the step cost doesn't depend on it)
+                toks = torch.randint(0, vocab, (256 + steps, B), device="cuda", generator=g)
+                for t in range(256):  # warm-up and history (the step cost does not depend on it)
                     det.step(toks[t])
-                dev_ms, host_us = _events_ms(lambda i: det.step(toks[1024 + i]), steps)
+                dev_ms, host_us = _events_ms(lambda i: det.step(toks[256 + i]), steps)
                 row[f"{backend}_device_us"] = round(dev_ms * 1e3, 2)
                 row[f"{backend}_host_us"] = round(host_us, 2)
                 row[f"{backend}_kernels_per_step"] = _kernels_per_call(lambda i: det.step(toks[i]))
@@ -223,29 +234,45 @@ def bench_detect(steps: int = 300) -> list[dict]:
     return rows
 
 
+def _json_tables(vocab: int):
+    """JSON tables for a synthetic vocabulary (JSON pieces cycling over the
+    ids): the close-mode bench needs the tracker and the bias, not a model."""
+    from l0 import jsonstate
+    pieces = ['{', '}', '[', ']', '"', ',', ':', ' ', 'ab', '12', '"}', '},{"', ', "', 'null', '\n  ']
+    return jsonstate.tables_from_texts([pieces[i % len(pieces)] for i in range(vocab)])
+
+
 def bench_step(steps: int = 100) -> list[dict]:
     """The step core's whole step (token upload, detect, act, readout) on
-    CUDA logits of vocab 152064, all rows tracked, a quarter of them looping."""
+    CUDA logits of vocab 152064, all rows tracked, a quarter of them looping;
+    and (``cuda_closing``) the same with every row a JSON answer closing at
+    its budget: the tracker and the close bias over the vocabulary."""
     import torch
     from l0.config import DetectorParams, RequestOptions
     from l0.step import StepCore
+    tables = _json_tables(STEP_VOCAB)
     rows = []
     for dtype in (torch.bfloat16, torch.float32):
         for B in BENCH_BATCHES:
             row = {"batch": B, "vocab": STEP_VOCAB, "dtype": str(dtype).replace("torch.", "")}
             logits = torch.randn(B, STEP_VOCAB, device="cuda").to(dtype)
+            logits[:, 2] = float("-inf")  # the stop token masked (an open JSON answer)
             base = logits.clone()
-            for backend in ("cuda", "torch"):
+            for name, backend, closing in (("cuda", "cuda", False), ("torch", "torch", False),
+                                           ("cuda_closing", "cuda", True)):
                 events = []
-                core = StepCore(B, max_period=512, device="cuda", backend=backend, on_event=events.append)
+                core = StepCore(B, max_period=512, device="cuda", backend=backend, on_event=events.append,
+                                json=tables if closing else None)
                 outs = [[] for _ in range(B)]
                 opts = RequestOptions("stop", DetectorParams(), None, 10.0)
                 for s in range(B):
-                    core.add(s, opts, outs[s], prompt_ids=[1, 2, 3], stop_token=2)
+                    core.add(s, opts, outs[s], prompt_ids=[1, 2, 3], stop_token=2, json=closing,
+                             max_tokens=4 if closing else -1)
 
                 def one(i):
                     for s in range(B):
-                        outs[s].append(1000 + (i % 7 if s % 4 == 0 else (i * 7919 + s) % 40000))
+                        # 15 * k + 8: the piece "ab" (a value: the JSON tracker keeps following)
+                        outs[s].append(15 * (100 + (i % 7 if s % 4 == 0 else (i * 7919 + s) % 9000)) + 8)
                     logits.copy_(base)
                     core.step(logits)
                 for i in range(30):
@@ -253,11 +280,11 @@ def bench_step(steps: int = 100) -> list[dict]:
                 dev_ms, host_us = _events_ms(lambda i: one(30 + i), steps)
                 # The copy of the logits is part of the loop above: time it alone to subtract.
                 copy_ms, _ = _events_ms(lambda i: logits.copy_(base), steps)
-                row[f"{backend}_device_us"] = round((dev_ms - copy_ms) * 1e3, 2)
-                row[f"{backend}_host_us"] = round(host_us, 2)
-                row[f"{backend}_kernels_per_step"] = _kernels_per_call(lambda i: core.step(logits))
+                row[f"{name}_device_us"] = round((dev_ms - copy_ms) * 1e3, 2)
+                row[f"{name}_host_us"] = round(host_us, 2)
+                row[f"{name}_kernels_per_step"] = _kernels_per_call(lambda i: core.step(logits))
                 core.flush()
-                row[f"{backend}_interventions"] = len(events)
+                row[f"{name}_interventions"] = len(events)
             rows.append(row)
     return rows
 
@@ -265,8 +292,10 @@ def bench_step(steps: int = 100) -> list[dict]:
 # -- 3. compute-sanitizer --------------------------------------------------------
 
 def sanitize_target() -> None:
-    """A short CUDA-kernel workload for compute-sanitizer: odd and even
-    periods (300 is no multiple of the 256-thread block), every ring wrapped."""
+    """A short workload for compute-sanitizer: the detect kernel at odd and
+    even periods (300 is no multiple of the 256-thread block), every ring
+    wrapped; the act kernel in every dtype with stops, penalties and close
+    mode."""
     import torch
     sys.path.insert(0, str(ROOT / "tests" / "ops"))
     import detect_streams as ds
@@ -282,6 +311,22 @@ def sanitize_target() -> None:
                 det.swap(a, b) if op == "swap" else det.move(a, b) if op == "move" else det.configure(
                     a, *ds.params_for(a, P))
             det.step(toks[t])
+    # The act kernel, every dtype, close mode included (rows closing from the start).
+    from l0.config import DetectorParams, RequestOptions
+    from l0.step import StepCore
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
+        B, V = 5, 4099
+        core = StepCore(B, max_period=64, device="cuda", backend="cuda", json=_json_tables(V),
+                        on_event=lambda e: None)
+        outs = [[] for _ in range(B)]
+        for s in range(B):
+            core.add(s, RequestOptions(["stop", "penalize"][s % 2], DetectorParams(max_period=64, min_span=1), None,
+                                       5.0), outs[s], stop_token=[2, -1, 7][s % 3], json=s % 2 == 0,
+                     max_tokens=[4, -1, 40][s % 3])
+        for t in range(80):
+            for s in range(B):
+                outs[s].append(15 * (10 + t % (s + 1)) + 8)
+            core.step(torch.randn(B, V, device="cuda").to(dtype))
     torch.cuda.synchronize()
     print("sanitize target done")
 
@@ -327,7 +372,9 @@ def summary(report: dict) -> str:
         lines.append(f"step core, whole step on vocab-{STEP_VOCAB} logits, µs (device | host):")
         for r in report["bench_step"]:
             lines.append(f"  {r['dtype']:>8} B={r['batch']:>3}  cuda {r['cuda_device_us']:>8} | "
-                         f"{r['cuda_host_us']:>7}   torch {r['torch_device_us']:>8} | {r['torch_host_us']:>7}")
+                         f"{r['cuda_host_us']:>7}   torch {r['torch_device_us']:>8} | {r['torch_host_us']:>7}"
+                         + (f"   cuda closing {r['cuda_closing_device_us']:>8} | {r['cuda_closing_host_us']:>7}"
+                            if "cuda_closing_device_us" in r else ""))
     for s in report.get("sanitizer", []):
         lines.append(f"compute-sanitizer {s['tool']}: " + (f"clean={s['clean']} {s.get('summary') or ''}"
                                                            if s.get("ran") else f"not run ({s['why']})"))
@@ -343,6 +390,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skip-tests", action="store_true")
     ap.add_argument("--skip-bench", action="store_true")
     ap.add_argument("--skip-sanitizer", action="store_true")
+    ap.add_argument("--tools", default="memcheck,racecheck", help="compute-sanitizer tools to run")
+    ap.add_argument("--budget-s", type=float, default=BUDGET_S, help="the whole check's time budget")
     ap.add_argument("--sanitize-target", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("pytest_args", nargs="*", help="extra pytest arguments (e.g. -k scale)")
     ns = ap.parse_args(argv)
@@ -367,8 +416,10 @@ def main(argv: list[str] | None = None) -> int:
         report["tests"] = {"rc": "skipped", "wall_s": 0, "passed": 0, "failed": 0, "errors": 0, "skipped": 0,
                            "failures": []}
     else:
-        report["tests"] = run_tests(out_dir, time.monotonic() + TEST_BUDGET_S, ns.pytest_args)
-    left = lambda: BUDGET_S - (time.perf_counter() - t0)  # noqa: E731
+        report["tests"] = run_tests(out_dir, time.monotonic() + min(TEST_BUDGET_S, ns.budget_s - 75),
+                                    ns.pytest_args)
+        path.write_text(json.dumps(report, indent=1) + "\n")  # what we have so far, in case of a kill
+    left = lambda: ns.budget_s - (time.perf_counter() - t0)  # noqa: E731
     if not ns.skip_bench:
         for name, fn in (("bench_detect", bench_detect), ("bench_step", bench_step)):
             if left() < 30:
@@ -378,9 +429,10 @@ def main(argv: list[str] | None = None) -> int:
                 report[name] = fn()
             except Exception as exc:  # a bench failure is reported, the check goes on
                 report["errors"].append(f"{name}: {type(exc).__name__}: {exc}")
+            path.write_text(json.dumps(report, indent=1) + "\n")
     report["sanitizer"] = []
     if not ns.skip_sanitizer:
-        for tool in ("memcheck", "racecheck"):
+        for tool in [t for t in ns.tools.split(",") if t]:
             if left() < 40:
                 report["sanitizer"].append({"tool": tool, "ran": False, "why": "out of time budget"})
                 continue

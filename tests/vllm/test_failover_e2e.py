@@ -178,6 +178,32 @@ def test_guided_json_is_regenerated_and_skips_what_was_delivered(fleet):
     assert [e.mode for e in out.events if e.kind == "attempt"] == ["fresh", "regenerate"]
 
 
+def test_guided_json_closed_by_l0_is_regenerated_exactly(fleet):
+    """A JSON answer L0 closes (its loop fires under stop: close mode ends it
+    with valid JSON) is regenerated on the next replica after a SIGKILL and
+    comes out the same token for token, closed and valid."""
+    import json
+
+    import jsonschema
+
+    r1, r2 = fleet["r1"], fleet["r2"]
+    if r1.proc is None or r1.proc.poll() is not None:
+        r1.start()
+    schema = {"type": "object", "properties": {"planets": {"type": "array", "items": {
+        "type": "object", "properties": {"index": {"type": "integer"}, "name": {"type": "string"}},
+        "required": ["index", "name"]}}}, "required": ["planets"]}
+    msgs = [{"role": "user", "content": "List the planets of the solar system as JSON with their index."}]
+    guided = {"response_format": {"type": "json_schema", "json_schema": {"name": "planets", "schema": schema}},
+              "max_tokens": 600}
+    ref_ids, ref_text, ref = _collect(FailoverClient([r2.url], fleet["model"], policy=FAST), msgs, **guided)
+    assert ref.finish_reason == "stop" and len(ref_ids) < 600
+    jsonschema.validate(json.loads(ref_text), schema)
+    client = FailoverClient([r1.url, r2.url], fleet["model"], policy=FAST)
+    ids, text, out = _collect(client, msgs, kill_at=100, victim=r1, **guided)
+    assert ids == ref_ids and text == ref_text and out.finish_reason == "stop"
+    assert [e.mode for e in out.events if e.kind == "attempt"] == ["fresh", "regenerate"]
+
+
 def test_seeded_sampling_keeps_the_exact_prefix_and_loses_nothing(fleet):
     """What the README claims for seeded sampling: the tokens delivered before
     the kill are kept exactly, nothing is duplicated or missing, and the output

@@ -119,8 +119,17 @@ def act_torch(logits: torch.Tensor, res, pos: torch.Tensor, jstate: torch.Tensor
         cur = logits.gather(1, col)
         cut = (slots.penalty[:B] * pen_rows.to(torch.float32))[:, None]
         logits.scatter_(1, col, (cur.float() - cut).to(logits.dtype))
-    if not on_cpu or bool(close_rows.any()):
-        W = min(V, slots.close_bias.shape[1])
+    W = min(V, slots.close_bias.shape[1])
+    if on_cpu:
+        # Only the closing rows (O(rows x V)): the host knows which they are.
+        if bool(close_rows.any()):
+            rows = close_rows.nonzero()[:, 0]
+            bias = slots.close_bias[:, :W].index_select(0, jstate[rows].clamp_min(0))
+            if logits.dtype == torch.float32:
+                logits[rows, :W] += bias
+            else:
+                logits[rows, :W] = (logits[rows, :W].float() + bias).to(logits.dtype)
+    else:
         bias = slots.close_bias[:, :W].index_select(0, jstate.clamp_min(0))
         part = logits[:, :W]
         part.copy_(torch.where(close_rows[:, None], (part.float() + bias).to(logits.dtype), part))
