@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "plugin"))
 
 # The pieces: what a CPU test checks imports and collects without a GPU.
-TEST_FILES = ("tests/ops/test_detect.py", "tests/ops/test_act.py", "tests/test_step.py", "tests/test_jsonstate.py",
+TEST_FILES = ("tests/ops/test_act.py", "tests/test_step.py", "tests/test_jsonstate.py", "tests/ops/test_detect.py",
               "tests/test_nvml.py", "tests/ops/test_detect_scale.py")
 BUDGET_S = 330  # the whole check, under the 6 minutes it is given
 TEST_BUDGET_S = 230
