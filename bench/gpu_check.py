@@ -307,9 +307,7 @@ def sanitize_target() -> None:
             det.configure(s, *ds.params_for(s, P))
         toks = torch.tensor(streams, dtype=torch.int64).t().contiguous().cuda()
         for t in range(min(T, 2 * P + 50)):
-            for op, a, b in ops.get(t, []):
-                det.swap(a, b) if op == "swap" else det.move(a, b) if op == "move" else det.configure(
-                    a, *ds.params_for(a, P))
+            ds.apply_ops(det, ops.get(t, []), P)
             det.step(toks[t])
     # The act kernel, every dtype, close mode included (rows closing from the start).
     from l0.config import DetectorParams, RequestOptions

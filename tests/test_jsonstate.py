@@ -209,6 +209,11 @@ def det_device(det):
     return getattr(det, "device", "cpu")
 
 
+def _docs(values, ascii_only: bool, seed: int) -> list[str]:
+    """The drawn values as JSON text, plus a 32-deep document."""
+    return [json.dumps(v, ensure_ascii=ascii_only) for v in values] + [json.dumps(nested(32, random.Random(seed)))]
+
+
 CPU_BACKENDS = [("reference", "cpu"), ("torch", "cpu"), ("cpu", "cpu")]
 CPU_ONLY = [("reference", "cpu"), ("torch", "cpu")]
 GPU_BACKENDS = [("reference", "cpu"), ("torch", "cuda"), ("cuda", "cuda")]
@@ -236,25 +241,18 @@ def test_tracker_to_depth_32():
 @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(json_values(8), min_size=1, max_size=4), st.booleans())
 def test_tracker_on_the_gpu(values, ascii_only):
-    docs = [json.dumps(v, ensure_ascii=ascii_only) for v in values]
-    rng = random.Random(len(docs))
-    docs.append(json.dumps(nested(32, rng)))
-    run_backends(docs, GPU_BACKENDS)
+    run_backends(_docs(values, ascii_only, len(values)), GPU_BACKENDS)
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(json_values(8), min_size=1, max_size=4), st.booleans(), st.integers(0, 2**16))
 def test_tracker_with_random_cuts(values, ascii_only, seed):
     """No model needed: the same check with the text cut at random places."""
-    docs = [json.dumps(v, ensure_ascii=ascii_only) for v in values]
-    docs.append(json.dumps(nested(32, random.Random(seed))))
-    run_backends(docs, CPU_ONLY, Chunker(seed))
+    run_backends(_docs(values, ascii_only, seed), CPU_ONLY, Chunker(seed))
 
 
 @pytest.mark.gpu
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(json_values(8), min_size=1, max_size=4), st.booleans(), st.integers(0, 2**16))
 def test_tracker_with_random_cuts_on_the_gpu(values, ascii_only, seed):
-    docs = [json.dumps(v, ensure_ascii=ascii_only) for v in values]
-    docs.append(json.dumps(nested(32, random.Random(seed))))
-    run_backends(docs, GPU_BACKENDS, Chunker(seed))
+    run_backends(_docs(values, ascii_only, seed), GPU_BACKENDS, Chunker(seed))

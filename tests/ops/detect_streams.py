@@ -110,6 +110,17 @@ def batch(n: int, P: int, seed: int = 0):
     return streams, ops, T
 
 
+def apply_ops(det, ops: list, P: int) -> None:
+    """One step's host ops on any detector backend (swap, move, configure)."""
+    for op, a, b in ops:
+        if op == "swap":
+            det.swap(a, b)
+        elif op == "move":
+            det.move(a, b)
+        else:
+            det.configure(a, *params_for(a, P))
+
+
 def reference_job(n: int, P: int, seed: int, slots: list[int], upto: int):
     """Replay ``batch(n, P, seed)`` through the reference for ``slots`` over the
     first ``upto`` steps; returns {slot: (kinds, periods, nexts)} per step.
@@ -120,13 +131,7 @@ def reference_job(n: int, P: int, seed: int, slots: list[int], upto: int):
         ref.configure(s, *params_for(s, P))
     out = {s: ([], [], []) for s in slots}
     for t in range(upto):
-        for op, a, b in ops.get(t, []):
-            if op == "swap":
-                ref.swap(a, b)
-            elif op == "move":
-                ref.move(a, b)
-            else:
-                ref.configure(a, *params_for(a, P))
+        apply_ops(ref, ops.get(t, []), P)
         toks = [streams[s][t] if s in out else -1 for s in range(n)]
         k, p, x = ref.step(toks)
         for s in slots:

@@ -80,13 +80,7 @@ def _run(backend: str, device: str, n: int, P: int, streams, ops, T: int):
     periods = torch.empty(T, n, dtype=torch.int32, device=device)
     nexts = torch.empty(T, n, dtype=torch.int64, device=device)
     for t in range(T):
-        for op, a, b in ops.get(t, []):
-            if op == "swap":
-                det.swap(a, b)
-            elif op == "move":
-                det.move(a, b)
-            else:
-                det.configure(a, *ds.params_for(a, P))
+        ds.apply_ops(det, ops.get(t, []), P)
         res = det.step(toks[t])
         kinds[t].copy_(res.kind)
         periods[t].copy_(res.period)
