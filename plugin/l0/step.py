@@ -19,6 +19,11 @@ Contract:
   ``min_tokens`` and only while that token is allowed by the logits L0
   received; otherwise it penalizes. ``penalize`` — subtract the row's penalty
   from the token that would continue the cycle. ``observe`` — report only.
+* JSON rows (``add(..., json=True)``: a JSON schema, ``json_object``, tool
+  calls) are closed instead: on a loop under ``stop``, or when the budget
+  runs out under ``stop``/``penalize``, a per-token bias steers the answer to
+  its shortest valid end and the stop lands once the grammar allows it
+  (:mod:`l0.jsonstate`, the act op).
 * L0 never makes a token sampleable that was ``-inf`` when it received the
   logits (a grammar's mask, a banned word), and never leaves a row that had a
   finite logit without one.
