@@ -108,3 +108,43 @@ def test_resume_from_option():
     assert params_from_xargs({"l0_resume_from": 12}, ServerConfig()).resume_from == 12
     with pytest.raises(OptionError, match="l0_resume_from=-1 is out of range"):
         params_from_xargs({"l0_resume_from": -1}, ServerConfig())
+
+
+def test_json_rows_get_their_own_detector_defaults(tmp_path, monkeypatch):
+    from l0.config import JSON_OVERRIDES, OptionError, ServerConfig, load_server_config, params_from_xargs
+    monkeypatch.delenv("L0_ACTION", raising=False)
+    server = ServerConfig()
+    plain, as_json = params_from_xargs({}, server), params_from_xargs({}, server, json=True)
+    assert plain.params == server.defaults
+    assert {k: getattr(as_json.params, k) for k in JSON_OVERRIDES} == JSON_OVERRIDES
+    # A request still overrides either.
+    assert params_from_xargs({"l0_near_threshold": 0.95}, server, json=True).params.near_threshold == 0.95
+    f = tmp_path / "l0.yaml"
+    f.write_text("l0:\n  detector:\n    min_span: 30\n  json_detector:\n    near_min_span: 100\n")
+    cfg = load_server_config(f)
+    assert cfg.defaults.min_span == 30 and cfg.defaults.near_min_span == 192
+    assert cfg.json_defaults.min_span == 30 and cfg.json_defaults.near_min_span == 100
+    assert cfg.json_defaults.near_threshold == 1.0
+    f.write_text("l0:\n  json_detector:\n    colour: red\n")
+    with pytest.raises(OptionError, match="unknown json_detector key 'colour'"):
+        load_server_config(f)
+
+
+def test_close_at_budget_option_and_config(tmp_path, monkeypatch):
+    from l0.config import ERR_BOOL, OptionError, ServerConfig, load_server_config, params_from_xargs
+    monkeypatch.delenv("L0_ACTION", raising=False)
+    server = ServerConfig()
+    assert params_from_xargs({}, server).close_at_budget is True
+    for value, want in [(False, False), ("false", False), (0, False), ("1", True), (True, True)]:
+        assert params_from_xargs({"l0_close_at_budget": value}, server).close_at_budget is want
+    with pytest.raises(OptionError, match=ERR_BOOL.format(name="l0_close_at_budget", value="maybe")
+                       .replace("(", r"\(").replace(")", r"\)")):
+        params_from_xargs({"l0_close_at_budget": "maybe"}, server)
+    f = tmp_path / "l0.yaml"
+    f.write_text("l0:\n  close_at_budget: false\n  close_margin: 12\n")
+    cfg = load_server_config(f)
+    assert cfg.close_at_budget is False and cfg.close_margin == 12
+    assert params_from_xargs({}, cfg).close_at_budget is False
+    f.write_text("l0:\n  close_margin: -1\n")
+    with pytest.raises(OptionError, match="close_margin=-1 is out of range"):
+        load_server_config(f)

@@ -65,6 +65,32 @@ def test_tracker_step_and_lost():
     assert js.close_need(js.STR, 3, 8) == 13 and js.close_need(js.OUT, 0, 8) == 9
 
 
+def test_minimal_instance():
+    person = {"type": "object", "properties": {"name": {"type": "string"}, "age": {"type": "integer"},
+                                               "tags": {"type": "array", "items": {"type": "string"}}},
+              "required": ["name", "age"]}
+    assert js.minimal_instance(person) == {"name": "", "age": 0}
+    assert js.minimal_instance({"type": "array", "items": person, "minItems": 2}) == [{"name": "", "age": 0}] * 2
+    assert js.minimal_instance({"enum": ["b", "a"]}) == "b" and js.minimal_instance({"const": 3}) == 3
+    assert js.minimal_instance({"anyOf": [person, {"type": "null"}]}) is None  # null is the shortest
+    assert js.minimal_instance({"oneOf": [person, {"type": "boolean"}]}) is False
+    assert js.minimal_instance({"type": "integer", "minimum": 5}) == 6
+    assert js.minimal_instance({"type": "string", "minLength": 3}) == "xxx"
+    ref = {"$defs": {"P": person}, "type": "object", "properties": {"p": {"$ref": "#/$defs/P"}}, "required": ["p"]}
+    assert js.minimal_instance(ref) == {"p": {"name": "", "age": 0}}
+    both = {"allOf": [{"properties": {"a": {"type": "string"}}, "required": ["a"]},
+                      {"properties": {"b": {"type": "boolean"}}, "required": ["b"]}], "type": "object"}
+    assert js.minimal_instance(both) == {"a": "", "b": False}
+    assert js.minimal_instance({"$ref": "https://example.com/s.json"}) is js.UNKNOWN  # not local
+    assert js.minimal_instance({"description": "anything"}) is js.UNKNOWN
+    encode = lambda text: text.split()  # a token per space-separated word  # noqa: E731
+    assert js.schema_margin(person, encode, 8) == 8  # '{"name": "", "age": 0}': 4 words + 4 < 8
+    big = {"type": "object", "properties": {f"k{i}": {"type": "string"} for i in range(9)},
+           "required": [f"k{i}" for i in range(9)]}
+    assert js.schema_margin(big, encode, 8) == 18 + 4
+    assert js.schema_margin({"$ref": "#/nope"}, encode, 8) == 8
+
+
 # -- Python's own scanning -----------------------------------------------------
 
 def python_states(text: str) -> list[tuple[int, int]]:

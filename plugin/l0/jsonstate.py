@@ -159,32 +159,52 @@ def step(state: int, depth: int, token: int, tables: JsonTables) -> tuple[int, i
     return end, depth + delta
 
 
-def minimal_instance(schema, defs: dict | None = None, depth: int = 0):
+UNKNOWN = object()  # minimal_instance could not tell
+
+
+class _Unknown(Exception):
+    pass
+
+
+def minimal_instance(schema):
     """The smallest JSON value ``schema`` accepts, as far as a heuristic can
     tell: required properties only, "" / 0 / false / null / [] (or minItems
-    items), an enum's or const's first value, the first choice of
-    anyOf/oneOf, local ``$ref``s resolved. ``None`` when it can't tell (no
-    type, unknown constructs, recursion past 32 levels): the caller then
-    falls back to its fixed margin. What close mode must still write, at
-    most, when it starts from scratch."""
+    items), an enum's or const's first value, the shortest choice of
+    anyOf/oneOf, allOf merged, local ``$ref``s resolved. :data:`UNKNOWN` when
+    it can't tell (no type, a remote ``$ref``, recursion past 32 levels): the
+    caller then falls back to its fixed margin. What close mode must still
+    write, at most, when it starts from scratch."""
+    try:
+        return _minimal(schema, None, 0)
+    except _Unknown:
+        return UNKNOWN
+
+
+def _minimal(schema, defs: dict | None, depth: int):
     if depth > 32 or not isinstance(schema, dict):
-        return None
+        raise _Unknown
     defs = defs if defs is not None else {**schema.get("$defs", {}), **schema.get("definitions", {})}
     if "$ref" in schema:
         ref = schema["$ref"]
         name = ref.rsplit("/", 1)[-1]
         if not ref.startswith("#/") or name not in defs:
-            return None
-        return minimal_instance(defs[name], defs, depth + 1)
+            raise _Unknown
+        return _minimal(defs[name], defs, depth + 1)
     if "const" in schema:
         return schema["const"]
     if schema.get("enum"):
         return schema["enum"][0]
     for key in ("anyOf", "oneOf"):
         if schema.get(key):
-            options = [minimal_instance(o, defs, depth + 1) for o in schema[key]]
-            options = [o for o in options if o is not None]
-            return min(options, key=lambda o: len(json.dumps(o)), default=None)
+            options = []
+            for option in schema[key]:
+                try:
+                    options.append(_minimal(option, defs, depth + 1))
+                except _Unknown:
+                    pass
+            if not options:
+                raise _Unknown
+            return min(options, key=lambda o: len(json.dumps(o)))
     if schema.get("allOf"):
         merged: dict = {}
         for part in schema["allOf"]:
@@ -192,7 +212,7 @@ def minimal_instance(schema, defs: dict | None = None, depth: int = 0):
                 merged = {**merged, **part, "properties": {**merged.get("properties", {}),
                                                             **part.get("properties", {})},
                           "required": list(merged.get("required", [])) + list(part.get("required", []))}
-        return minimal_instance(merged, defs, depth + 1)
+        return _minimal({**{k: v for k, v in schema.items() if k != "allOf"}, **merged}, defs, depth + 1)
     kind = schema.get("type")
     if isinstance(kind, list):
         kind = "null" if "null" in kind else (kind[0] if kind else None)
@@ -200,17 +220,11 @@ def minimal_instance(schema, defs: dict | None = None, depth: int = 0):
         kind = "object"
     if kind == "object":
         props = schema.get("properties", {})
-        out = {}
-        for name in schema.get("required", []):
-            value = minimal_instance(props.get(name, {"type": "null"}), defs, depth + 1)
-            if value is None and props.get(name, {}).get("type") != "null":
-                return None
-            out[name] = value
-        return out
+        return {name: _minimal(props.get(name, {"type": "null"}), defs, depth + 1)
+                for name in schema.get("required", [])}
     if kind == "array":
-        item = minimal_instance(schema.get("items", {"type": "null"}), defs, depth + 1)
         n = int(schema.get("minItems", 0))
-        return [item] * n if n and item is not None else ([] if not n else None)
+        return [_minimal(schema.get("items", {"type": "null"}), defs, depth + 1)] * n if n else []
     if kind == "string":
         return "x" * int(schema.get("minLength", 0))
     if kind in ("integer", "number"):
@@ -220,7 +234,7 @@ def minimal_instance(schema, defs: dict | None = None, depth: int = 0):
         return False
     if kind == "null":
         return None
-    return None
+    raise _Unknown
 
 
 def schema_margin(schema, encode, base: int) -> int:
@@ -228,8 +242,8 @@ def schema_margin(schema, encode, base: int) -> int:
     schema's minimal instance written the way models write JSON
     (``json.dumps``' spaces) plus 4, when that is larger. ``encode``: text ->
     token ids."""
-    minimal = minimal_instance(schema) if isinstance(schema, dict) else None
-    if minimal is None:
+    minimal = minimal_instance(schema)
+    if minimal is UNKNOWN:
         return base
     return max(base, len(encode(json.dumps(minimal, ensure_ascii=False))) + 4)
 
