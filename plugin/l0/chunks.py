@@ -1,0 +1,126 @@
+"""Reading and making streamed chunks: the OpenAI SDK's pydantic objects
+(``ChatCompletionChunk``, ``Completion``), their JSON dicts, or plain strings
+(``l0.run`` takes any of them). Pure logic; ``openai`` is imported only to
+rebuild SDK objects, and only when it is installed.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Parts:
+    text: str = ""
+    token_ids: tuple[int, ...] | None = None   # None: the server did not send ids
+    finish_reason: str | None = None
+    tool_calls: bool = False                   # the delta carries tool-call pieces
+    role_only: bool = False                    # nothing but the role (a chat stream's first chunk)
+    usage: dict | None = None
+    l0: dict | None = None                     # the server's verdict, when it sends one
+
+
+def as_dict(chunk: Any) -> dict | str:
+    """JSON-ready form (SDK objects through ``model_dump``)."""
+    if isinstance(chunk, (dict, str)):
+        return chunk
+    dump = getattr(chunk, "model_dump", None)
+    if dump is not None:
+        return dump(mode="json", exclude_unset=True)
+    raise TypeError(f"l0: can't read a chunk of type {type(chunk).__name__}")
+
+
+def parts(chunk: Any, index: int = 0) -> Parts:
+    """Text, token ids and finish reason of choice ``index`` of one chunk."""
+    if isinstance(chunk, str):
+        return Parts(text=chunk)
+    d = as_dict(chunk)
+    usage = d.get("usage") or None
+    l0 = d.get("l0") or None
+    choice = None
+    for c in d.get("choices") or ():
+        if c.get("index", 0) == index:
+            choice = c
+            break
+    if choice is None:
+        return Parts(usage=usage, l0=l0, role_only=True)
+    ids = choice.get("token_ids")
+    delta = choice.get("delta")
+    if delta is not None:  # chat
+        text = delta.get("content") or ""
+        tools = bool(delta.get("tool_calls") or delta.get("function_call"))
+        role_only = not text and not tools and not choice.get("finish_reason") and ids is None
+    else:
+        text = choice.get("text") or ""
+        tools, role_only = False, False
+    return Parts(text=text, token_ids=tuple(ids) if ids is not None else None,
+                 finish_reason=choice.get("finish_reason"), tool_calls=tools, role_only=role_only,
+                 usage=usage, l0=l0 or choice.get("l0"))
+
+
+def chat_chunk(meta: dict, text: str, token_ids: list[int] | None, finish_reason: str | None,
+               sdk: bool = True) -> Any:
+    """A ``chat.completion.chunk`` carrying ``text`` under the stream's
+    identity (``meta``: id, created, model, system_fingerprint of its first
+    chunk). An SDK ``ChatCompletionChunk`` when ``sdk`` and openai is
+    installed, else the dict."""
+    choice: dict[str, Any] = {"index": 0, "delta": {"content": text} if text or not finish_reason else {},
+                              "finish_reason": finish_reason, "logprobs": None}
+    if token_ids is not None:
+        choice["token_ids"] = list(token_ids)
+    d = {"id": meta.get("id", ""), "object": "chat.completion.chunk", "created": meta.get("created", 0),
+         "model": meta.get("model", ""), "choices": [choice]}
+    if meta.get("system_fingerprint") is not None:
+        d["system_fingerprint"] = meta["system_fingerprint"]
+    return rebuild(d) if sdk else d
+
+
+def completion_chunk(meta: dict, text: str, token_ids: list[int] | None, finish_reason: str | None,
+                     sdk: bool = True) -> Any:
+    choice: dict[str, Any] = {"index": 0, "text": text, "finish_reason": finish_reason, "logprobs": None}
+    if token_ids is not None:
+        choice["token_ids"] = list(token_ids)
+    d = {"id": meta.get("id", ""), "object": "text_completion", "created": meta.get("created", 0),
+         "model": meta.get("model", ""), "choices": [choice]}
+    return rebuild(d) if sdk else d
+
+
+def rebuild(d: Any) -> Any:
+    """The SDK object for a chunk dict (by its ``object``), or the dict itself
+    when openai is missing or the object is unknown."""
+    if not isinstance(d, dict):
+        return d
+    kind = d.get("object")
+    try:
+        if kind == "chat.completion.chunk":
+            from openai.types.chat import ChatCompletionChunk
+            return ChatCompletionChunk.model_validate(d)
+        if kind == "text_completion":
+            from openai.types import Completion
+            return Completion.model_validate(d)
+    except ImportError:
+        pass
+    return d
+
+
+def meta_of(chunk: Any) -> dict:
+    d = as_dict(chunk)
+    if not isinstance(d, dict):
+        return {}
+    return {k: d.get(k) for k in ("id", "object", "created", "model", "system_fingerprint")}
+
+
+def with_token_ids(chunk: Any, kept: list[int], text: str) -> Any:
+    """``chunk`` with choice 0 cut to ``kept`` ids and ``text`` (a chunk that
+    straddles the point a regenerated stream catches up)."""
+    d = dict(as_dict(chunk))
+    choices = [dict(c) for c in d.get("choices") or ()]
+    for c in choices:
+        if c.get("index", 0) == 0:
+            c["token_ids"] = list(kept)
+            if "delta" in c:
+                c["delta"] = {**(c.get("delta") or {}), "content": text}
+            else:
+                c["text"] = text
+    d["choices"] = choices
+    return rebuild(d) if not isinstance(chunk, dict) else d

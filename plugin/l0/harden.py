@@ -1,0 +1,548 @@
+"""``l0.wrap(client)``: an OpenAI SDK client whose streams are hardened, and
+``l0.run(stream=factory)`` for any async stream of chunks.
+
+    client = l0.wrap(AsyncOpenAI(base_url=..., api_key=...),
+                     fallbacks=[AsyncOpenAI(base_url=other)], log="streams.jsonl")
+    stream = await client.chat.completions.create(model=..., messages=..., stream=True)
+    async for chunk in stream:          # openai.types.chat.ChatCompletionChunk
+        ...
+
+The wrapped client answers ``chat.completions.create`` and
+``completions.create`` (streaming through a :class:`~l0.session.Session`;
+non-streaming with classified retries and fallbacks) and hands every other
+attribute to the client it wraps. Its own SDK retries are turned off (this
+layer counts them); the SDK's conventions (``Retry-After``, backoff) are kept
+by the default :class:`~l0.policy.Retry`.
+
+Each endpoint's server is probed once (``GET /l0/health``; ``GET /version``
+for vLLM) and the answer cached per base URL. Against L0 servers a request
+gets an ``l0_key`` and ``return_token_ids`` and resumes from the checkpoint;
+elsewhere the text received is continued.
+"""
+from __future__ import annotations
+
+import asyncio
+import inspect
+import time
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator, Awaitable, Callable, Sequence
+
+from l0 import chunks as ck
+from l0 import events as ev
+from l0.policy import Category, Retry, RetryState, Timeouts, ZeroOutput, classify, decide, status_of
+from l0.session import Endpoint, Plan, Session, meaningful
+
+_PROBES: dict[str, "ServerInfo"] = {}
+PROBE_TIMEOUT_S = 5.0
+
+# Request fields the SDK's create() does not know as keywords: sent through extra_body.
+_COMPLETION_KEYS = {"model", "prompt", "stream", "max_tokens", "temperature", "top_p", "seed", "stop",
+                    "presence_penalty", "frequency_penalty", "logit_bias", "n", "logprobs", "echo", "best_of",
+                    "suffix", "user", "stream_options"}
+
+
+@dataclass(frozen=True)
+class ServerInfo:
+    l0: bool = False
+    vllm: bool = False
+
+
+@dataclass(frozen=True)
+class Options:
+    """Everything ``wrap``/``run`` take besides the client (see README)."""
+    retry: Retry = field(default_factory=Retry)
+    timeout: Timeouts = field(default_factory=Timeouts)
+    fallbacks: tuple = ()
+    callbacks: ev.Callbacks = field(default_factory=ev.Callbacks)
+    log: Any = None                         # an EventLog (made from a path by wrap/run)
+    resume: bool = True
+    check_zero_output: bool = True
+    l0_resume: bool = True                  # probe for L0 servers and resume from checkpoints
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+    clock: Callable[[], float] = time.time
+
+
+def _root(base_url: str) -> str:
+    url = str(base_url).rstrip("/")
+    return url[:-3] if url.endswith("/v1") else url
+
+
+def _headers(client: Any) -> dict[str, str]:
+    out = {}
+    for source in (getattr(client, "default_headers", None) or {}, getattr(client, "auth_headers", None) or {}):
+        for k, v in source.items():
+            if isinstance(v, str) and not k.lower().startswith("x-stainless"):
+                out[k] = v
+    return out
+
+
+async def probe(client: Any, refresh: bool = False) -> ServerInfo:
+    """Is the server behind ``client`` an L0 server (``/l0/health`` answers
+    200 or 503 with JSON), a vLLM server (``/version``)? Cached per base URL;
+    a server that can't be reached is not cached."""
+    import httpx
+
+    root = _root(client.base_url)
+    if not refresh and root in _PROBES:
+        return _PROBES[root]
+    l0 = vllm = False
+    try:
+        async with httpx.AsyncClient(timeout=PROBE_TIMEOUT_S, headers=_headers(client)) as http:
+            r = await http.get(root + "/l0/health")
+            if r.status_code in (200, 503):
+                try:
+                    l0 = isinstance(r.json(), dict)
+                except ValueError:
+                    l0 = False
+            r = await http.get(root + "/version")
+            if r.status_code == 200:
+                try:
+                    vllm = "version" in r.json()
+                except ValueError:
+                    vllm = False
+    except httpx.HTTPError:
+        return ServerInfo()
+    info = _PROBES[root] = ServerInfo(l0=l0, vllm=vllm or l0)
+    return info
+
+
+class SDKEndpoint(Endpoint):
+    """An OpenAI SDK client (async) and the request, with overrides."""
+
+    def __init__(self, client: Any, kind: str, params: dict, options: Options, peers: list["SDKEndpoint"]) -> None:
+        self.client = client.with_options(max_retries=0)
+        self.kind = kind
+        self.params = params
+        self.model = params.get("model")
+        self.name = str(client.base_url)
+        self.root = _root(client.base_url)
+        self.options = options
+        self.peers = peers
+        self.info = ServerInfo()
+        self.l0 = False
+
+    async def prepare(self) -> None:
+        if self.options.l0_resume:
+            self.info = await probe(self.client)
+        self.l0 = self.info.l0
+
+    # -- planning -------------------------------------------------------------
+    async def plan(self, session: Session) -> Plan | None:
+        got = session.received
+        if got.empty or not self.options.resume:
+            if not got.empty:
+                raise ResumeRefused("l0: resume is off and the stream broke mid-way")
+            if self.l0 and session.l0_key is None:
+                from l0.checkpoint.store import new_key
+                session.l0_key = new_key()
+            return Plan("fresh", self._fresh_request(session))
+        if self.l0 and session.l0_key and got.token_ids is not None:
+            return await self._plan_l0(session)
+        return self._plan_text(session)
+
+    def _fresh_request(self, session: Session) -> dict:
+        params = dict(self.params)
+        if self.l0:
+            extra = dict(params.get("extra_body") or {})
+            xargs = dict(extra.get("vllm_xargs") or {})
+            xargs["l0_key"] = session.l0_key
+            extra["vllm_xargs"] = xargs
+            extra["return_token_ids"] = True
+            params["extra_body"] = extra
+        return {"call": self.kind, "params": params}
+
+    async def _plan_l0(self, session: Session) -> Plan | None:
+        from l0.resume import check_model, continuation_body, merge, needs_regeneration, remaining
+
+        got = session.received
+        record = await self._fetch_checkpoint(session)
+        greedy = self.params.get("temperature") == 0 or (self.params.get("extra_body") or {}).get("temperature") == 0
+        if record is None or needs_regeneration(record):
+            if greedy:
+                plan = Plan("regenerate", self._fresh_request(session), skip_ids=len(got.token_ids), convert=True)
+                return plan
+            return self._plan_text(session)
+        check_model(record, self.model, got.token_ids)
+        outputs = merge(got.token_ids, record.output_ids, session.l0_key)
+        extra = outputs[len(got.token_ids):]
+        if extra:  # generated and checkpointed, never delivered: deliver first
+            text = await self.detokenize_tail(got.token_ids, outputs)
+            p = ck.Parts(text=text, token_ids=tuple(extra))
+            session.received.add(p)
+            session.pending.append(session._restamp(p))
+        left = remaining(record, outputs)
+        if record.finished or (left is not None and left <= 0):
+            session.finish_reason = record.finish_reason or "length"
+            session.pending.append(session._restamp(ck.Parts(finish_reason=session.finish_reason)))
+            return None
+        body = continuation_body(record, outputs, self.model)
+        return Plan("checkpoint", {"call": "completion", "params": _split(body)}, convert=True)
+
+    def _plan_text(self, session: Session) -> Plan:
+        got = session.received
+        params = {k: v for k, v in self.params.items()}
+        extra = dict(params.get("extra_body") or {})
+        left = _reduce(params, extra, got.tokens)
+        if left is not None and left <= 0:
+            raise ResumeRefused("l0: the token budget is spent")
+        if self.kind == "chat":
+            messages = list(params["messages"]) + [{"role": "assistant", "content": got.text}]
+            if self.info.vllm:
+                extra.update(continue_final_message=True, add_generation_prompt=False)
+                overlap = False
+            else:
+                messages.append({"role": "user", "content": CONTINUE_PROMPT})
+                overlap = True
+            params["messages"] = messages
+        else:
+            prompt = params.get("prompt")
+            if not isinstance(prompt, str):
+                raise ResumeRefused("l0: text continuation needs a string prompt")
+            params["prompt"] = prompt + got.text
+            overlap = False
+        if extra:
+            params["extra_body"] = extra
+        return Plan("text", {"call": self.kind, "params": params}, convert=True, drop_overlap=overlap)
+
+    # -- transport ------------------------------------------------------------
+    async def open(self, plan: Plan, session: Session) -> AsyncIterator[Any]:
+        req = plan.request
+        params = dict(req["params"])
+        params["stream"] = True
+        api = self.client.chat.completions if req["call"] == "chat" else self.client.completions
+        return await api.create(**params)
+
+    async def fix_text(self, chunk: Any, kept: list[int], session: Session) -> str:
+        have = session.received.token_ids or []
+        return await self.detokenize_tail(have, list(have) + list(kept))
+
+    async def detokenize_tail(self, have: list[int], full: list[int]) -> str:
+        """Text of ``full[len(have):]`` as it continues ``have`` (vLLM's
+        ``/detokenize``, on this endpoint or an L0 peer)."""
+        import httpx
+
+        async def detok(http, ids):
+            if not ids:
+                return ""
+            for ep in [self] + [p for p in self.peers if p is not self and p.l0]:
+                try:
+                    r = await http.post(ep.root + "/detokenize", json={"model": self.model, "tokens": ids})
+                except httpx.HTTPError:
+                    continue
+                if r.status_code == 200:
+                    return r.json()["prompt"]
+            raise ConnectionError("l0: no endpoint could detokenize")
+
+        async with httpx.AsyncClient(timeout=PROBE_TIMEOUT_S, headers=_headers(self.client)) as http:
+            a, b = await detok(http, list(have)), await detok(http, list(full))
+        return b[len(a):] if b.startswith(a) else b[len(a.rstrip("\ufffd")):]
+
+    async def _fetch_checkpoint(self, session: Session):
+        import httpx
+
+        from l0.checkpoint.record import CorruptRecord, Record
+
+        key = session.l0_key
+        order = [self] + [p for p in self.peers if p is not self and p.l0]
+        async with httpx.AsyncClient(timeout=PROBE_TIMEOUT_S) as http:
+            for ep in order:
+                try:
+                    r = await http.get(f"{ep.root}/l0/checkpoints/{key}", headers=_headers(ep.client))
+                except httpx.HTTPError:
+                    continue
+                if r.status_code == 404:
+                    return None
+                if r.status_code == 200:
+                    try:
+                        record = Record.from_dict(r.json())
+                    except (CorruptRecord, ValueError):
+                        continue
+                    session.emit(ev.CheckpointFetched, key=key, endpoint=ep.name, tokens=len(record.output_ids),
+                                 finished=bool(record.finished))
+                    return record
+        return None
+
+
+CONTINUE_PROMPT = ("Continue your previous answer exactly where it stopped, without repeating any of it "
+                   "and without any preamble.")
+
+
+class ResumeRefused(Exception):
+    """The stream can't be continued (resume off, no budget left)."""
+
+
+def _split(body: dict) -> dict:
+    """A raw ``/v1/completions`` body as SDK keywords plus ``extra_body``."""
+    params = {k: v for k, v in body.items() if k in _COMPLETION_KEYS}
+    extra = {k: v for k, v in body.items() if k not in _COMPLETION_KEYS}
+    if extra:
+        params["extra_body"] = extra
+    return params
+
+
+def _reduce(params: dict, extra: dict, used: int) -> int | None:
+    """Lower the token budget (max_tokens / max_completion_tokens) by ``used``."""
+    left = None
+    for holder in (params, extra):
+        for name in ("max_tokens", "max_completion_tokens"):
+            if holder.get(name) is not None:
+                left = int(holder[name]) - used
+                holder[name] = max(1, left)
+        if holder.get("min_tokens"):
+            holder["min_tokens"] = max(0, int(holder["min_tokens"]) - used)
+    return left
+
+
+# -- the wrapped client ------------------------------------------------------
+
+class L0Stream:
+    """What a wrapped streaming ``create`` returns: iterate it like the SDK's
+    ``AsyncStream``. ``session`` holds the events, attempts, token ids and
+    the server's verdict."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self._it: AsyncIterator[Any] | None = None
+
+    def __aiter__(self) -> AsyncIterator[Any]:
+        if self._it is None:
+            self._it = self.session.__aiter__()
+        return self._it
+
+    async def __anext__(self) -> Any:
+        return await self.__aiter__().__anext__()
+
+    async def close(self) -> None:
+        if self._it is not None:
+            await self._it.aclose()
+
+    async def __aenter__(self) -> "L0Stream":
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
+
+    @property
+    def text(self) -> str:
+        return self.session.received.text
+
+    @property
+    def token_ids(self) -> list[int] | None:
+        return self.session.received.token_ids
+
+
+class _Create:
+    def __init__(self, owner: "WrappedClient", kind: str) -> None:
+        self.owner, self.kind = owner, kind
+
+    async def create(self, **params: Any) -> Any:
+        return await self.owner._create(self.kind, params)
+
+
+class _Namespace:
+    def __init__(self, inner: Any, **attrs: Any) -> None:
+        self._inner = inner
+        self.__dict__.update(attrs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+class WrappedClient:
+    """An ``AsyncOpenAI`` with hardened ``chat.completions.create`` and
+    ``completions.create``; every other attribute is the wrapped client's."""
+
+    def __init__(self, client: Any, options: Options) -> None:
+        self._client = client
+        self._options = options
+        self.chat = _Namespace(client.chat, completions=_Namespace(client.chat.completions,
+                                                                    create=_Create(self, "chat").create))
+        self.completions = _Namespace(client.completions, create=_Create(self, "completion").create)
+        self.last: Session | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+    def _endpoints(self, kind: str, params: dict) -> list[SDKEndpoint]:
+        eps: list[SDKEndpoint] = []
+        for client, overrides in [(self._client, {})] + [_fallback(f, self._client) for f in self._options.fallbacks]:
+            eps.append(SDKEndpoint(client, kind, {**params, **overrides}, self._options, eps))
+        return eps
+
+    async def _create(self, kind: str, params: dict) -> Any:
+        o = self._options
+        if not params.get("stream"):
+            return await _non_streaming(self._endpoints(kind, params), kind, o)
+        if (params.get("n") or 1) > 1:
+            raise ValueError("l0: streaming with n > 1 is not hardened; ask for one choice per request")
+        params = {k: v for k, v in params.items() if k != "stream"}
+        session = Session(self._endpoints(kind, params), kind=kind, retry=o.retry, timeouts=o.timeout,
+                          emit=o.callbacks, log=o.log, sleep=o.sleep, clock=o.clock,
+                          check_zero_output=o.check_zero_output)
+        self.last = session
+        return L0Stream(session)
+
+
+def _fallback(f: Any, primary: Any) -> tuple[Any, dict]:
+    """A fallback: an SDK client (same request), a dict of overrides (same
+    client, e.g. another model), or (client, overrides)."""
+    if isinstance(f, dict):
+        return primary, dict(f)
+    if isinstance(f, tuple) and len(f) == 2:
+        return f[0], dict(f[1])
+    if hasattr(f, "chat") and hasattr(f, "base_url"):
+        return f, {}
+    raise TypeError(f"l0: a fallback is a client, a dict of overrides or (client, overrides), not {type(f).__name__}")
+
+
+async def _non_streaming(endpoints: list[SDKEndpoint], kind: str, o: Options) -> Any:
+    """One response with classified retries, zero-output check and fallbacks."""
+    emit = o.callbacks
+    sid = "s-" + __import__("uuid").uuid4().hex[:16]
+
+    def send(cls, **kw):
+        e = cls(stream_id=sid, ts=o.clock(), **kw)
+        if o.log is not None:
+            o.log.event(e)
+        emit(e)
+
+    send(ev.SessionStart, kind=kind, model=endpoints[0].model, endpoint=endpoints[0].name)
+    attempts, last = 0, None
+    try:
+        for index, ep in enumerate(endpoints):
+            if index:
+                send(ev.FallbackStart, index=index, endpoint=ep.name, model=ep.model)
+            state = RetryState()
+            while True:
+                attempts += 1
+                send(ev.AttemptStart, attempt=attempts, endpoint=ep.name, mode="fresh")
+                api = ep.client.chat.completions if kind == "chat" else ep.client.completions
+                try:
+                    coro = api.create(**ep.params)
+                    limit = o.timeout.first_token_s
+                    resp = await (asyncio.wait_for(coro, limit) if limit else coro)
+                    choice = resp.choices[0] if resp.choices else None
+                    text = (getattr(getattr(choice, "message", None), "content", None) if kind == "chat"
+                            else getattr(choice, "text", None)) or ""
+                    tools = bool(getattr(getattr(choice, "message", None), "tool_calls", None))
+                    if o.check_zero_output and not tools and not meaningful(text):
+                        raise ZeroOutput(f"zero output ({len(text)} chars)")
+                    usage = resp.usage.model_dump() if getattr(resp, "usage", None) is not None else None
+                    send(ev.Complete, finish_reason=getattr(choice, "finish_reason", None), attempts=attempts,
+                         chars=len(text), usage=usage)
+                    return resp
+                except (asyncio.CancelledError, GeneratorExit):
+                    raise
+                except Exception as exc:  # noqa: BLE001
+                    last = exc
+                    if isinstance(exc, asyncio.TimeoutError):
+                        send(ev.Timeout, attempt=attempts, which="first_token", after_s=o.timeout.first_token_s)
+                    cat = classify(exc)
+                    send(ev.Failure, attempt=attempts, category=cat.value, error=str(exc)[:300], status=status_of(exc))
+                    d = decide(o.retry, state, exc, cat, clock=o.clock)
+                    if not d.retry:
+                        send(ev.RetryGivenUp, attempt=attempts, category=cat.value, why=d.why, error=str(exc)[:300])
+                        if d.why in ("fatal", "vetoed"):
+                            raise
+                        break
+                    send(ev.RetryScheduled, attempt=attempts, category=cat.value, delay_s=d.delay_s,
+                         retries=state.retries, model_failures=state.model_failures)
+                    if d.delay_s > 0:
+                        await o.sleep(d.delay_s)
+        assert last is not None
+        raise last
+    except Exception as exc:
+        send(ev.Error, category=classify(exc).value, error=str(exc)[:300])
+        raise
+    finally:
+        if o.log is not None:
+            o.log.end_stream(sid)
+
+
+def _options(retry=None, timeout=None, fallbacks=(), log=None, log_fsync="end", callbacks=None,
+             resume=True, check_zero_output=True, l0_resume=True, sleep=None, clock=None, **cbs) -> Options:
+    from l0.eventlog import EventLog
+
+    if callbacks is None:
+        unknown = set(cbs) - {"on_start", "on_retry", "on_fallback", "on_resume", "on_timeout", "on_complete",
+                              "on_error", "on_event"}
+        if unknown:
+            raise TypeError(f"l0: unknown option(s) {sorted(unknown)}")
+        callbacks = ev.Callbacks(**cbs)
+    elif cbs:
+        raise TypeError("l0: pass callbacks= or on_* keywords, not both")
+    if isinstance(retry, dict):
+        retry = Retry(**retry)
+    if isinstance(timeout, dict):
+        timeout = Timeouts(**timeout)
+    elif isinstance(timeout, (int, float)):
+        timeout = Timeouts(inter_token_s=float(timeout))
+    if log is not None and not hasattr(log, "event"):
+        log = EventLog(log, fsync=log_fsync)
+    return Options(retry=retry or Retry(), timeout=timeout or Timeouts(), fallbacks=tuple(fallbacks),
+                   callbacks=callbacks, log=log, resume=resume, check_zero_output=check_zero_output,
+                   l0_resume=l0_resume, sleep=sleep or asyncio.sleep, clock=clock or time.time)
+
+
+def wrap(client: Any, **options: Any) -> WrappedClient:
+    """Harden ``client`` (``openai.AsyncOpenAI``). Options: ``retry``
+    (:class:`~l0.policy.Retry` or its fields as a dict), ``timeout``
+    (:class:`~l0.policy.Timeouts`, a dict, or seconds between tokens),
+    ``fallbacks`` (clients, dicts of overrides, or (client, overrides)),
+    ``log`` (a path: the atomic event log) and ``log_fsync``, ``resume``,
+    ``check_zero_output``, ``l0_resume``, callbacks ``on_start`` ...
+    ``on_event`` (or ``callbacks=Callbacks(...)``), ``sleep`` and ``clock``
+    (injectable). Raises TypeError for a synchronous client or an unknown
+    option."""
+    import openai
+
+    if isinstance(client, openai.OpenAI) or not hasattr(client, "chat"):
+        raise TypeError("l0.wrap takes an openai.AsyncOpenAI client (the synchronous OpenAI client is not "
+                        "supported yet: its streams can't be interrupted without a thread per stream)")
+    return WrappedClient(client, _options(**options))
+
+
+# -- l0.run: any async stream factory -----------------------------------------
+
+class FactoryEndpoint(Endpoint):
+    """A stream factory: ``factory()`` or, if it takes one argument,
+    ``factory(received_text)`` (the text to continue from; "" at first)."""
+
+    def __init__(self, factory: Callable[..., Any], name: str) -> None:
+        self.factory = factory
+        self.name = name
+        try:
+            self.takes_text = len(inspect.signature(factory).parameters) >= 1
+        except (TypeError, ValueError):
+            self.takes_text = False
+
+    async def plan(self, session: Session) -> Plan:
+        if session.received.empty:
+            return Plan("fresh")
+        if not self.takes_text:
+            raise ResumeRefused("l0: the stream broke mid-way and its factory takes no text to continue from")
+        return Plan("text", convert=True)
+
+    async def open(self, plan: Plan, session: Session) -> AsyncIterator[Any]:
+        got = self.factory(session.received.text) if self.takes_text else self.factory()
+        if inspect.isawaitable(got):
+            got = await got
+        return got
+
+
+def run(stream: Callable[..., Any], *, fallbacks: Sequence[Callable[..., Any]] = (), kind: str = "run",
+        **options: Any) -> L0Stream:
+    """Harden any async iterator of chunks (SDK chunks, their dicts, or
+    strings). ``stream`` and each fallback are factories called per attempt;
+    one that takes an argument gets the text received so far and continues
+    it. Same options as :func:`wrap`."""
+    o = _options(**options)
+    eps = [FactoryEndpoint(stream, "primary")] + [FactoryEndpoint(f, f"fallback-{i + 1}")
+                                                  for i, f in enumerate(fallbacks)]
+    session = Session(eps, kind=kind, retry=o.retry, timeouts=o.timeout, emit=o.callbacks, log=o.log,
+                      sleep=o.sleep, clock=o.clock, check_zero_output=o.check_zero_output, require_finish=False)
+    return L0Stream(session)
+
+
+__all__ = ["wrap", "run", "probe", "WrappedClient", "L0Stream", "Options", "ServerInfo", "ResumeRefused",
+           "Category"]

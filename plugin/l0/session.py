@@ -1,0 +1,403 @@
+"""One hardened stream: the loop behind ``l0.wrap`` and ``l0.run``.
+
+A session runs attempts on its endpoints (the primary, then each fallback)
+until one finishes. Each attempt is planned from what was received so far:
+
+* ``fresh``: nothing received yet (or a zero-output retry): the request as
+  the caller made it.
+* ``checkpoint`` (L0 servers): the checkpoint of the session's ``l0_key``
+  merged with the token ids received, continued on ``/v1/completions`` with
+  the token ids as the prompt (:mod:`l0.resume`): token for token.
+* ``regenerate`` (L0 servers, no usable checkpoint or guided decoding, greedy
+  requests): the request again; the tokens already delivered are checked and
+  skipped.
+* ``text`` (any server): the text received so far continued (vLLM:
+  ``continue_final_message``; others: a continuation prompt, with the
+  overlap dropped).
+
+Every chunk the caller gets carries the first attempt's identity (id,
+created, model), so the caller sees one stream. Chunks whose content is only
+whitespace or punctuation are held back until real content arrives: a
+stream that ends with nothing else is a zero-output failure and is retried
+without the caller having seen any of it.
+
+The transport is an :class:`Endpoint` (``open`` returns an async iterator of
+chunks); :mod:`l0.wrap` makes them from OpenAI SDK clients, ``l0.run`` from
+stream factories.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import unicodedata
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator, Awaitable, Callable, Sequence
+
+from l0 import chunks as ck
+from l0 import events as ev
+from l0.policy import (Category, FirstTokenTimeout, Retry, RetryState, Stalled, StreamEnded, Timeouts, ZeroOutput,
+                       classify, decide, status_of)
+
+
+@dataclass
+class Plan:
+    mode: str                       # fresh | checkpoint | regenerate | text
+    request: Any = None             # what Endpoint.open needs (endpoint-specific)
+    skip_ids: int = 0               # regenerate: tokens to check and drop
+    convert: bool = False           # restamp chunks into the caller's kind and identity
+    drop_overlap: bool = False      # text mode without server support: the model may repeat itself
+
+
+@dataclass
+class Received:
+    """What the session has from the model: delivered to the caller or held."""
+    text: str = ""
+    token_ids: list[int] | None = field(default_factory=list)  # None once a chunk came without ids
+    chunks: int = 0                 # content chunks (a token count where ids are missing)
+    tool_calls: bool = False
+    meaningful: bool = False        # some content beyond whitespace/punctuation
+
+    def add(self, p: ck.Parts) -> None:
+        self.text += p.text
+        if p.token_ids is None:
+            if p.text:
+                self.token_ids = None
+        elif self.token_ids is not None:
+            self.token_ids.extend(p.token_ids)
+        if p.text or p.token_ids:
+            self.chunks += 1
+        self.tool_calls = self.tool_calls or p.tool_calls
+        self.meaningful = self.meaningful or p.tool_calls or meaningful(p.text)
+
+    @property
+    def empty(self) -> bool:
+        return not self.text and not self.token_ids and not self.tool_calls
+
+    @property
+    def tokens(self) -> int:
+        return len(self.token_ids) if self.token_ids is not None else self.chunks
+
+
+def meaningful(text: str) -> bool:
+    """Anything but whitespace and punctuation."""
+    return any(not c.isspace() and not unicodedata.category(c).startswith("P") for c in text)
+
+
+class Endpoint:
+    """Where attempts run. Subclasses implement ``open`` and ``plan``."""
+
+    name: str = "endpoint"
+    model: str | None = None
+    l0: bool = False
+
+    async def prepare(self) -> None:
+        """Called before this endpoint's first attempt (probe the server)."""
+
+    async def plan(self, session: "Session") -> Plan | None:
+        """The next attempt's plan; None when the stream is already complete
+        (a checkpoint says it finished)."""
+        return Plan("fresh")
+
+    def open(self, plan: Plan, session: "Session") -> Awaitable[AsyncIterator[Any]]:
+        raise NotImplementedError
+
+    async def fix_text(self, chunk: Any, kept: list[int], session: "Session") -> str:
+        """Text of ``kept`` (a chunk's ids past a regeneration's catch-up point)."""
+        raise NotImplementedError
+
+
+class NotResumable(Exception):
+    """The stream broke after delivering what this session cannot continue
+    (tool-call pieces, several choices): the caller gets the failure."""
+
+
+class Session:
+    """Iterate it (``async for chunk in session``) to get the hardened stream.
+    Raises the last failure when every endpoint gave up (the exception gets
+    ``l0_received``: the text delivered so far)."""
+
+    def __init__(self, endpoints: Sequence[Endpoint], *, kind: str = "chat", retry: Retry = Retry(),
+                 timeouts: Timeouts = Timeouts(), emit: Callable[[ev.Event], Any] | None = None,
+                 log=None, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+                 clock: Callable[[], float] = time.time, check_zero_output: bool = True,
+                 stream_id: str | None = None, require_finish: bool = True) -> None:
+        if not endpoints:
+            raise ValueError("l0: a session needs at least one endpoint")
+        self.endpoints = list(endpoints)
+        self.kind = kind
+        self.retry = retry
+        self.timeouts = timeouts
+        self.emit_cb = emit
+        self.log = log
+        self.sleep = sleep
+        self.clock = clock
+        self.check_zero_output = check_zero_output
+        self.require_finish = require_finish  # False: the end of the iterator is the end (plain text streams)
+        self.stream_id = stream_id or "s-" + uuid.uuid4().hex[:16]
+        self.received = Received()
+        self.meta: dict = {}
+        self.finish_reason: str | None = None
+        self.usage: dict | None = None
+        self.verdict: dict | None = None     # the server's l0 field, when sent
+        self.attempts = 0
+        self.events: list[ev.Event] = []
+        self.l0_key: str | None = None
+        self.pending: list[Any] = []         # chunks to deliver before the next attempt's
+        self.endpoint: Endpoint | None = None
+
+    # -- events ---------------------------------------------------------------
+    def emit(self, cls: type[ev.Event], **fields: Any) -> ev.Event:
+        event = cls(stream_id=self.stream_id, ts=self.clock(), **fields)
+        self.events.append(event)
+        if self.log is not None:
+            self.log.event(event)
+        if self.emit_cb is not None:
+            self.emit_cb(event)
+        return event
+
+    def _deliver(self, chunk: Any) -> Any:
+        if self.log is not None:
+            self.log.chunk(self.stream_id, self.clock(), chunk)
+        return chunk
+
+    # -- the loop -------------------------------------------------------------
+    def __aiter__(self) -> AsyncIterator[Any]:
+        return self._run()
+
+    async def _run(self) -> AsyncIterator[Any]:
+        last_exc: BaseException | None = None
+        first = self.endpoints[0]
+        await first.prepare()
+        if first.l0:
+            from l0.checkpoint.store import new_key
+            self.l0_key = new_key()
+        self.emit(ev.SessionStart, kind=self.kind, model=first.model, endpoint=first.name,
+                  l0_key=self.l0_key if first.l0 else None)
+        try:
+            for index, endpoint in enumerate(self.endpoints):
+                self.endpoint = endpoint
+                if index:
+                    await endpoint.prepare()
+                    self.emit(ev.FallbackStart, index=index, endpoint=endpoint.name, model=endpoint.model)
+                rstate = RetryState()
+                while True:
+                    held: list[Any] = []
+                    try:
+                        plan = await endpoint.plan(self)
+                        for chunk in self.pending:
+                            yield self._deliver(chunk)
+                        self.pending = []
+                        if plan is None:
+                            self._complete()
+                            return
+                        self.attempts += 1
+                        rstate.tries += 1
+                        self.emit(ev.AttemptStart, attempt=self.attempts, endpoint=endpoint.name, mode=plan.mode,
+                                  l0=endpoint.l0)
+                        if plan.mode != "fresh":
+                            self.emit(ev.Resume, attempt=self.attempts, mode=plan.mode,
+                                      token_offset=self.received.tokens, char_offset=len(self.received.text))
+                        async for chunk in self._attempt(endpoint, plan, held):
+                            yield self._deliver(chunk)
+                        if self.finish_reason is None and not self.require_finish:
+                            self.finish_reason = "stop"
+                        if self.finish_reason is None:
+                            raise StreamEnded("the stream ended without a finish reason")
+                        if self.check_zero_output and not self.received.meaningful:
+                            raise ZeroOutput("zero output: the stream ended with nothing but whitespace or "
+                                             f"punctuation ({len(self.received.text)} chars)")
+                        for chunk in held:
+                            yield self._deliver(chunk)
+                        self._complete()
+                        return
+                    except (GeneratorExit, asyncio.CancelledError):
+                        raise
+                    except Exception as exc:  # noqa: BLE001 - classified below
+                        last_exc = exc
+                        category = classify(exc)
+                        if isinstance(exc, NotResumable):
+                            category = Category.FATAL
+                        self.emit(ev.Failure, attempt=self.attempts, category=category.value, error=_short(exc),
+                                  status=status_of(exc), delivered_tokens=self.received.tokens,
+                                  delivered_chars=len(self.received.text))
+                        if isinstance(exc, ZeroOutput) or not self.received.meaningful:
+                            # nothing of value reached the caller: start over
+                            self.received = Received()
+                            self.finish_reason = None
+                            self.l0_key = None
+                        elif self.received.tool_calls:
+                            category = Category.FATAL
+                            exc = NotResumable(f"l0: the stream broke after tool-call pieces were delivered "
+                                               f"({_short(exc)}); tool calls can't be continued")
+                            last_exc = exc
+                        decision = decide(self.retry, rstate, exc, category, clock=self.clock)
+                        if not decision.retry:
+                            self.emit(ev.RetryGivenUp, attempt=self.attempts, category=category.value,
+                                      why=decision.why, error=_short(exc))
+                            if decision.why in ("fatal", "vetoed"):
+                                raise exc
+                            break  # next endpoint
+                        self.emit(ev.RetryScheduled, attempt=self.attempts, category=category.value,
+                                  delay_s=decision.delay_s, retries=rstate.retries,
+                                  model_failures=rstate.model_failures)
+                        if decision.delay_s > 0:
+                            await self.sleep(decision.delay_s)
+            assert last_exc is not None
+            raise last_exc
+        except (GeneratorExit, asyncio.CancelledError):
+            raise
+        except Exception as exc:
+            try:
+                exc.l0_received = self.received.text  # type: ignore[attr-defined]
+            except Exception:
+                pass
+            self.emit(ev.Error, category=classify(exc).value if not isinstance(exc, NotResumable) else "fatal",
+                      error=_short(exc), delivered_chars=len(self.received.text))
+            raise
+        finally:
+            if self.log is not None:
+                self.log.end_stream(self.stream_id)
+
+    def _complete(self) -> None:
+        self.emit(ev.Complete, finish_reason=self.finish_reason, attempts=self.attempts,
+                  tokens=self.received.tokens, chars=len(self.received.text), usage=self.usage)
+
+    async def _attempt(self, endpoint: Endpoint, plan: Plan, held: list[Any]) -> AsyncIterator[Any]:
+        """The chunks of one attempt, ready for the caller. Whitespace-only
+        content goes to ``held`` until real content arrives."""
+        t0 = time.monotonic()
+        first_s, inter_s = self.timeouts.first_token_s, self.timeouts.inter_token_s
+        stream = None
+        try:
+            opening = endpoint.open(plan, self)
+            try:
+                stream = await asyncio.wait_for(opening, first_s) if first_s else await opening
+            except asyncio.TimeoutError:
+                self.emit(ev.Timeout, attempt=self.attempts, which="first_token", after_s=first_s)
+                raise FirstTokenTimeout(f"no response within {first_s:g} s") from None
+            it = stream.__aiter__()
+            started = False
+            skip = plan.skip_ids
+            overlap = _Overlap(self.received.text) if plan.drop_overlap else None
+            while True:
+                if not started:
+                    limit = None if first_s is None else max(0.0, first_s - (time.monotonic() - t0))
+                else:
+                    limit = inter_s
+                try:
+                    chunk = await (asyncio.wait_for(it.__anext__(), limit) if limit is not None else it.__anext__())
+                except StopAsyncIteration:
+                    break
+                except asyncio.TimeoutError:
+                    which = "inter_token" if started else "first_token"
+                    after = limit if started else first_s
+                    self.emit(ev.Timeout, attempt=self.attempts, which=which, after_s=after)
+                    if started:
+                        raise Stalled(f"stalled: no token for {after:g} s") from None
+                    raise FirstTokenTimeout(f"no first token within {after:g} s") from None
+                p = ck.parts(chunk)
+                if p.l0:
+                    self.verdict = p.l0
+                    self.emit(ev.Verdict, action=str(p.l0.get("action", "")), reason=p.l0.get("reason"),
+                              detail=p.l0)
+                if p.usage:
+                    self.usage = p.usage
+                if not self.meta:
+                    self.meta = ck.meta_of(chunk)
+                content = bool(p.text or p.token_ids or p.finish_reason or p.tool_calls)
+                if content and not started:
+                    started = True
+                    self.emit(ev.FirstToken, attempt=self.attempts, latency_s=time.monotonic() - t0)
+                if plan.mode != "fresh" and p.role_only and not p.usage:
+                    continue  # the caller already has the role
+                if skip and p.token_ids is not None:
+                    ids = list(p.token_ids)
+                    have = self.received.token_ids or []
+                    base = plan.skip_ids - skip      # regenerated tokens checked so far
+                    n_old = min(len(ids), skip)
+                    for i in range(n_old):
+                        if have[base + i] != ids[i]:
+                            raise NotResumable(f"l0: regenerated token {base + i} differs from the one delivered "
+                                               "(sampling is not greedy?): refusing to continue")
+                    skip -= n_old
+                    kept = ids[n_old:]
+                    if not kept and not p.finish_reason:
+                        continue
+                    if n_old:  # a chunk straddling the catch-up point: its text can't be split by token
+                        text = await endpoint.fix_text(chunk, kept, self) if kept else ""
+                        chunk = ck.with_token_ids(chunk, kept, text)
+                        p = ck.parts(chunk)
+                if overlap is not None:
+                    text = overlap.feed(p.text, final=bool(p.finish_reason))
+                    if text is None:
+                        continue
+                    if text != p.text:
+                        p = ck.Parts(text=text, token_ids=None, finish_reason=p.finish_reason, usage=p.usage)
+                        chunk = self._restamp(p)
+                elif plan.convert:
+                    chunk = self._restamp(p)
+                if p.finish_reason:
+                    self.finish_reason = p.finish_reason
+                self.received.add(p)
+                if not self.received.meaningful:
+                    held.append(chunk)
+                    continue
+                while held:
+                    yield held.pop(0)
+                yield chunk
+        finally:
+            if stream is not None:
+                close = getattr(stream, "close", None) or getattr(stream, "aclose", None)
+                if close is not None:
+                    try:
+                        await asyncio.wait_for(close(), 2.0)
+                    except Exception:
+                        pass
+
+    def _restamp(self, p: ck.Parts) -> Any:
+        ids = list(p.token_ids) if p.token_ids is not None else None
+        kind = self.kind
+        if kind == "run":  # l0.run: answer in the type the stream itself used
+            kind = {"chat.completion.chunk": "chat", "text_completion": "completion"}.get(self.meta.get("object"), kind)
+        if kind == "chat":
+            return ck.chat_chunk(self.meta, p.text, ids, p.finish_reason)
+        if kind == "completion":
+            return ck.completion_chunk(self.meta, p.text, ids, p.finish_reason)
+        return p.text
+
+
+class _Overlap:
+    """Drops the start of a continuation that repeats the end of the text
+    already delivered (a model asked to continue often restates a few
+    words). Buffers up to ``window`` characters to decide."""
+
+    def __init__(self, delivered: str, window: int = 64, min_overlap: int = 8) -> None:
+        self.tail = delivered[-window:]
+        self.window, self.min = window, min_overlap
+        self.buf = ""
+        self.decided = False
+
+    def feed(self, text: str, final: bool = False) -> str | None:
+        if self.decided:
+            return text
+        self.buf += text
+        if len(self.buf) < self.window and not final:
+            return None
+        self.decided = True
+        buf, self.buf = self.buf, ""
+        for k in range(min(len(buf), len(self.tail)), self.min - 1, -1):
+            if self.tail.endswith(buf[:k]):
+                return buf[k:]
+        return buf
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    text = text if len(text) <= 300 else text[:297] + "..."
+    return f"{type(exc).__name__}: {text}"
+
+
+def dumps(obj: Any) -> str:
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))

@@ -1,0 +1,190 @@
+"""A fault-injecting HTTP/1.1 proxy on loopback, for the client tests.
+
+One request per client connection: the proxy reads the request head and
+body, forwards them upstream with ``Connection: close`` and pipes the answer
+back, so every request meets its own fault. Faults are queued and consumed
+in order by completion requests only (``POST /v1/chat/completions`` and
+``/v1/completions``); other requests (probes, checkpoint fetches,
+``/detokenize``) pass untouched.
+
+Faults:
+
+* ``Cut(after_events=N)``: forward the answer up to the end of its N-th SSE
+  event, then close: the client sees an incomplete chunked body.
+* ``Stall(after_events=N, seconds=T)``: after N events, forward nothing for T
+  seconds (then go on).
+* ``Status(code, headers)``: answer ``code`` with a JSON error body without
+  asking upstream (429/503 with ``Retry-After``, 401, ...).
+* ``Reset()``: reset the connection before any byte of the answer.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import struct
+import threading
+from dataclasses import dataclass, field
+
+COMPLETION_PATHS = (b"/v1/chat/completions", b"/v1/completions")
+
+
+@dataclass
+class Cut:
+    after_events: int
+
+
+@dataclass
+class Stall:
+    after_events: int
+    seconds: float
+
+
+@dataclass
+class Status:
+    code: int
+    headers: dict = field(default_factory=dict)
+
+
+@dataclass
+class Reset:
+    pass
+
+
+REASONS = {400: "Bad Request", 401: "Unauthorized", 408: "Request Timeout", 409: "Conflict",
+           429: "Too Many Requests", 500: "Internal Server Error", 503: "Service Unavailable"}
+
+
+class FaultProxy:
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self.faults: list = []
+        self.seen: list[str] = []          # "METHOD path -> fault" per request
+        self.loop = asyncio.new_event_loop()
+        self.ready = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.port = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> "FaultProxy":
+        self.thread.start()
+        self.ready.wait(10)
+        return self
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+    def inject(self, *faults) -> None:
+        self.faults.extend(faults)
+
+    def clear(self) -> None:
+        self.faults.clear()
+        self.seen.clear()
+
+    # -- the server -----------------------------------------------------------
+    def _serve(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        server = self.loop.run_until_complete(asyncio.start_server(self._handle, "127.0.0.1", 0))
+        self.port = server.sockets[0].getsockname()[1]
+        self.ready.set()
+        self.loop.run_forever()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
+            writer.close()
+            return
+        lines = head.split(b"\r\n")
+        method, path = lines[0].split(b" ")[:2]
+        length = 0
+        kept = [lines[0]]
+        for line in lines[1:]:
+            if not line:
+                continue
+            name = line.split(b":", 1)[0].strip().lower()
+            if name == b"content-length":
+                length = int(line.split(b":", 1)[1])
+            if name in (b"connection", b"keep-alive"):
+                continue
+            kept.append(line)
+        kept.append(b"Connection: close")
+        body = await reader.readexactly(length) if length else b""
+        fault = None
+        if method == b"POST" and path.split(b"?")[0] in COMPLETION_PATHS and self.faults:
+            fault = self.faults.pop(0)
+        self.seen.append(f"{method.decode()} {path.decode()} -> {type(fault).__name__ if fault else 'pass'}")
+        try:
+            if isinstance(fault, Reset):
+                sock = writer.get_extra_info("socket")
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                writer.transport.abort()
+                return
+            if isinstance(fault, Status):
+                payload = json.dumps({"error": {"message": f"injected {fault.code}", "type": "injected",
+                                                "code": fault.code}}).encode()
+                hdrs = {"content-type": "application/json", "content-length": str(len(payload)),
+                        "connection": "close", **fault.headers}
+                out = f"HTTP/1.1 {fault.code} {REASONS.get(fault.code, 'Error')}\r\n".encode()
+                out += b"".join(f"{k}: {v}\r\n".encode() for k, v in hdrs.items()) + b"\r\n" + payload
+                writer.write(out)
+                await writer.drain()
+                writer.close()
+                return
+            up_r, up_w = await asyncio.open_connection("127.0.0.1", self.upstream_port)
+            up_w.write(b"\r\n".join(kept) + b"\r\n\r\n" + body)
+            await up_w.drain()
+            await self._pipe(up_r, writer, fault)
+            up_w.close()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            if not writer.is_closing():
+                writer.close()
+
+    async def _pipe(self, up: asyncio.StreamReader, writer: asyncio.StreamWriter, fault) -> None:
+        events = 0
+        headers_done = False
+        pending = b""
+        while True:
+            data = await up.read(65536)
+            if not data:
+                return
+            if fault is None:
+                writer.write(data)
+                await writer.drain()
+                continue
+            pending += data
+            out = b""
+            if not headers_done:
+                i = pending.find(b"\r\n\r\n")
+                if i < 0:
+                    continue
+                out, pending = pending[:i + 4], pending[i + 4:]
+                headers_done = True
+            # forward event by event so the fault lands on an event boundary
+            while True:
+                j = pending.find(b"\n\n")
+                if j < 0:
+                    break
+                out, pending = out + pending[:j + 2], pending[j + 2:]
+                events += 1
+                if events >= fault.after_events:
+                    writer.write(out)
+                    await writer.drain()
+                    out = b""
+                    if isinstance(fault, Cut):
+                        writer.close()  # FIN mid-body: an incomplete chunked read
+                        return
+                    await asyncio.sleep(fault.seconds)
+                    fault = None
+                    writer.write(pending)
+                    pending = b""
+                    break
+            if out:
+                writer.write(out)
+                await writer.drain()
