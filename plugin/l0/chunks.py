@@ -87,17 +87,19 @@ def completion_chunk(meta: dict, text: str, token_ids: list[int] | None, finish_
 
 def rebuild(d: Any) -> Any:
     """The SDK object for a chunk dict (by its ``object``), or the dict itself
-    when openai is missing or the object is unknown."""
+    when openai is missing or the object is unknown. Built the way the SDK
+    builds streamed chunks (``construct``: no validation, so a streamed
+    ``Completion``'s ``finish_reason: null`` is kept)."""
     if not isinstance(d, dict):
         return d
     kind = d.get("object")
     try:
         if kind == "chat.completion.chunk":
             from openai.types.chat import ChatCompletionChunk
-            return ChatCompletionChunk.model_validate(d)
+            return ChatCompletionChunk.construct(**d)
         if kind == "text_completion":
             from openai.types import Completion
-            return Completion.model_validate(d)
+            return Completion.construct(**d)
     except ImportError:
         pass
     return d

@@ -1,4 +1,4 @@
-"""``l0`` command line: ``serve``, ``scan``, ``demo``, ``triton-probe``."""
+"""``l0`` command line: ``serve``, ``scan``, ``demo``, ``replay``, ``triton-probe``."""
 from __future__ import annotations
 
 import argparse
@@ -139,13 +139,60 @@ def scan(argv: Sequence[str]) -> int:
     return 1 if bad else 0
 
 
+def replay(argv: Sequence[str]) -> int:
+    """``l0 replay FILE [--stream ID] [--events | --list | --speed X]``: a
+    stream recorded by the client's event log (default: the last one) as
+    text, its events as JSON lines, or the list of streams."""
+    p = argparse.ArgumentParser(prog="l0 replay")
+    p.add_argument("file")
+    p.add_argument("--stream", default=None)
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--events", action="store_true", help="print the events as JSON lines")
+    g.add_argument("--list", action="store_true", help="list the streams: id, chunks, last event")
+    p.add_argument("--speed", type=float, default=0.0, help="0: at once; 1: as recorded")
+    ns = p.parse_args(argv)
+    import time
+
+    from l0.chunks import parts
+    from l0.eventlog import read_log, replay_records
+
+    try:
+        if ns.list:
+            contents = read_log(ns.file)
+            for sid in contents.streams():
+                recs = contents.of(sid)
+                chunks = sum(r["kind"] == "chunk" for r in recs)
+                last = next((r["event"]["type"] for r in reversed(recs) if r["kind"] == "event"), "-")
+                print(f"{sid}\t{chunks} chunks\t{last}")
+            return 0
+        last_ts = None
+        for rec, item in replay_records(ns.file, ns.stream):
+            if ns.speed > 0 and last_ts is not None and rec["ts"] > last_ts:
+                time.sleep((rec["ts"] - last_ts) / ns.speed)
+            last_ts = rec["ts"]
+            if ns.events:
+                if rec["kind"] == "event":
+                    print(json.dumps(rec["event"], ensure_ascii=False))
+            elif rec["kind"] == "chunk":
+                sys.stdout.write(parts(item).text)
+                sys.stdout.flush()
+        if not ns.events:
+            sys.stdout.write("\n")
+        return 0
+    except (OSError, KeyError) as exc:
+        print(f"l0 replay: {exc}", file=sys.stderr)
+        return 2
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
-        print("usage: l0 {serve,scan,demo,triton-probe} ...\n"
+        print("usage: l0 {serve,scan,demo,replay,triton-probe} ...\n"
               "  serve MODEL [vLLM args]  vLLM's OpenAI server with L0 on\n"
               "  scan FILE.jsonl          audit recorded token ids offline\n"
               "  demo                     a runaway loop stopped by a real vLLM server\n"
+              "  replay FILE [--stream ID] [--events|--list]\n"
+              "                           a stream recorded by the client's event log\n"
               "  triton-probe URL --model M [--reload]\n"
               "                           find (and reload) Triton Python models whose stub died")
         return 0
@@ -154,6 +201,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return serve(rest)
     if cmd == "scan":
         return scan(rest)
+    if cmd == "replay":
+        return replay(rest)
     if cmd == "demo":
         from l0.demo import main as demo_main
         return demo_main(rest)

@@ -1,0 +1,310 @@
+"""``l0.wrap(AsyncOpenAI(...))`` against real servers: two `l0 serve`
+replicas of SmolLM2 sharing a real redis-server, one plain vLLM server
+without L0, the real `openai` package, and a fault-injecting proxy on
+loopback (tests/faultproxy.py) in front of them.
+
+Greedy decoding throughout: a stream that was cut, stalled, refused or killed
+must give the same text (and token ids, against L0) as an uninterrupted one.
+Sleeps are injected and recorded: no test waits for a backoff.
+"""
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from faultproxy import Cut, FaultProxy, Reset, Stall, Status
+from services import RedisProcess, free_port
+
+pytestmark = [pytest.mark.vllm, pytest.mark.redis]
+
+ARGS = ["--dtype", "float32", "--gpu-memory-utilization", "0.2", "--max-model-len", "2048",
+        "--enforce-eager", "--max-num-seqs", "16", "--seed", "0"]
+PROMPT = [{"role": "user", "content": "Write a short story about a robot who learns to paint."}]
+MAX_TOKENS = 64
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory):
+    from l0.models import prepare_smollm2
+    from l0.server import Server
+
+    model = str(prepare_smollm2())
+    tmp = tmp_path_factory.mktemp("wrap-fleet")
+    redis = RedisProcess(tmp).start()
+    env = {"L0_ACTION": "stop", "L0_CHECKPOINT_STORE": redis.url}
+    servers = {"r1": Server(model, ARGS, env=env, log_path=tmp / "r1.log", port=free_port()),
+               "r2": Server(model, ARGS, env=env, log_path=tmp / "r2.log", port=free_port()),
+               "plain": Server(model, ARGS, log_path=tmp / "plain.log", port=free_port(), with_l0=False)}
+    with ThreadPoolExecutor(3) as pool:
+        list(pool.map(lambda s: s.start(), servers.values()))
+    proxies = {name: FaultProxy(s.port).start() for name, s in servers.items()}
+    yield {"model": model, "tmp": tmp, "redis": redis, **servers, "proxy": proxies}
+    for p in proxies.values():
+        p.stop()
+    for s in servers.values():
+        s.stop()
+    redis.stop()
+
+
+@pytest.fixture()
+def proxies(fleet):
+    for p in fleet["proxy"].values():
+        p.clear()
+    if fleet["r1"].proc is None or fleet["r1"].proc.poll() is not None:
+        fleet["r1"].start()  # back from a kill
+    yield fleet["proxy"]
+
+
+class Run:
+    """One wrapped call: chunks, text, token ids, events, recorded sleeps."""
+
+    def __init__(self):
+        self.chunks, self.events, self.sleeps = [], [], []
+        self.text, self.ids = "", []
+        self.stream = None
+
+    async def sleep(self, s):
+        self.sleeps.append(s)
+
+    def types(self):
+        return [e.type for e in self.events]
+
+    def of(self, kind):
+        return [e for e in self.events if e.type == kind]
+
+
+def sdk(url):
+    from openai import AsyncOpenAI
+    return AsyncOpenAI(base_url=url + "/v1", api_key="test", max_retries=0)
+
+
+def wrapped_run(fleet, url, kind="chat", kill_at=None, victim=None, fallbacks=(), **options) -> Run:
+    import l0
+
+    run = Run()
+    options.setdefault("retry", l0.Retry(max_retries=4))
+
+    async def go():
+        clients = [sdk(url)] + [sdk(f) for f in fallbacks]
+        client = l0.wrap(clients[0], fallbacks=clients[1:], sleep=run.sleep, on_event=run.events.append, **options)
+        try:
+            await consume(client)
+        finally:
+            for c in clients:
+                await c.close()
+
+    async def consume(client):
+        if kind == "chat":
+            stream = await client.chat.completions.create(model=fleet["model"], messages=PROMPT,
+                                                          max_tokens=MAX_TOKENS, temperature=0.0, stream=True)
+        else:
+            stream = await client.completions.create(model=fleet["model"], prompt="Once upon a time,",
+                                                     max_tokens=MAX_TOKENS, temperature=0.0, stream=True)
+        run.stream = stream
+        async for chunk in stream:
+            run.chunks.append(chunk)
+            if chunk.choices:
+                c = chunk.choices[0]
+                run.text += (c.delta.content or "") if kind == "chat" else (c.text or "")
+                run.ids += getattr(c, "token_ids", None) or []
+            if kill_at is not None and len(run.ids) >= kill_at and victim.proc.poll() is None:
+                victim.kill()
+    asyncio.run(asyncio.wait_for(go(), 300))
+    return run
+
+
+def raw_run(fleet, url, kind="chat"):
+    """The plain SDK, uninterrupted: (text, token ids, chunk count)."""
+    async def go():
+        client = sdk(url)
+        extra = {"return_token_ids": True}
+        if kind == "chat":
+            stream = await client.chat.completions.create(model=fleet["model"], messages=PROMPT,
+                                                          max_tokens=MAX_TOKENS, temperature=0.0, stream=True,
+                                                          extra_body=extra)
+        else:
+            stream = await client.completions.create(model=fleet["model"], prompt="Once upon a time,",
+                                                     max_tokens=MAX_TOKENS, temperature=0.0, stream=True,
+                                                     extra_body=extra)
+        text, ids, n = "", [], 0
+        async for chunk in stream:
+            n += 1
+            if chunk.choices:
+                c = chunk.choices[0]
+                text += (c.delta.content or "") if kind == "chat" else (c.text or "")
+                ids += getattr(c, "token_ids", None) or []
+        return text, ids, n
+    return asyncio.run(go())
+
+
+@pytest.fixture(scope="module")
+def reference(fleet):
+    text, ids, n = raw_run(fleet, fleet["r2"].url)
+    assert len(ids) == MAX_TOKENS
+    return text, ids, n
+
+
+def test_a_healthy_stream_is_the_sdk_stream(fleet, reference, proxies):
+    from openai.types.chat import ChatCompletionChunk
+
+    run = wrapped_run(fleet, fleet["r1"].url)
+    assert (run.text, run.ids) == reference[:2]
+    assert len(run.chunks) == reference[2] and all(isinstance(c, ChatCompletionChunk) for c in run.chunks)
+    assert run.types() == ["session_start", "attempt_start", "first_token", "complete"]
+    start = run.of("session_start")[0]
+    assert start.l0_key and start.l0_key.startswith("l0-")
+    done = run.of("complete")[0]
+    assert (done.finish_reason, done.tokens, done.attempts) == ("length", MAX_TOKENS, 1)
+
+
+@pytest.mark.parametrize("after", [2, 30, MAX_TOKENS], ids=["early", "middle", "last-token"])
+def test_a_cut_stream_resumes_from_the_checkpoint_token_for_token(fleet, reference, proxies, after):
+    proxies["r1"].inject(Cut(after_events=after))
+    run = wrapped_run(fleet, proxies["r1"].url)
+    assert (run.text, run.ids) == reference[:2]
+    assert len({c.id for c in run.chunks}) == 1  # one stream, one identity
+    assert run.types()[:5] == ["session_start", "attempt_start", "first_token", "failure", "retry_scheduled"]
+    assert run.of("failure")[0].category == "network"
+    assert [e.mode for e in run.of("attempt_start")][0] == "fresh"
+    fetched = run.of("checkpoint_fetched")
+    assert len(fetched) == 1 and fetched[0].key == run.of("session_start")[0].l0_key
+    if run.of("complete")[0].attempts == 2:
+        assert [e.mode for e in run.of("attempt_start")] == ["fresh", "checkpoint"]
+        assert run.of("resume")[0].token_offset >= after - 1
+    else:  # the checkpoint already held the finished answer: delivered from it, no new attempt
+        assert fetched[0].finished
+    assert proxies["r1"].seen.count("POST /v1/chat/completions -> Cut") == 1
+
+
+def test_a_stall_is_interrupted_by_the_inter_token_timeout(fleet, reference, proxies):
+    import l0
+
+    proxies["r1"].inject(Stall(after_events=10, seconds=600))
+    run = wrapped_run(fleet, proxies["r1"].url, timeout=l0.Timeouts(first_token_s=120, inter_token_s=1.0))
+    assert (run.text, run.ids) == reference[:2]
+    assert [(t.which, t.after_s) for t in run.of("timeout")] == [("inter_token", 1.0)]
+    failure = run.of("failure")[0]
+    assert failure.category == "model" and failure.error.startswith("Stalled")
+    assert [e.mode for e in run.of("attempt_start")] == ["fresh", "checkpoint"]
+
+
+def test_429_and_503_retry_after_honoured_and_capped(fleet, reference, proxies):
+    proxies["r1"].inject(Status(429, {"retry-after": "7"}), Status(503, {"retry-after": "500"}),
+                         Status(503, {"retry-after-ms": "1500"}))
+    run = wrapped_run(fleet, proxies["r1"].url)
+    assert (run.text, run.ids) == reference[:2]
+    assert run.sleeps == [7.0, 120.0, 1.5]
+    assert [(e.category, e.delay_s) for e in run.of("retry_scheduled")] == [
+        ("transient", 7.0), ("transient", 120.0), ("transient", 1.5)]
+    assert [f.status for f in run.of("failure")] == [429, 503, 503]
+    assert run.of("complete")[0].attempts == 4
+
+
+def test_a_reset_before_headers_is_a_network_retry(fleet, reference, proxies):
+    proxies["r1"].inject(Reset())
+    run = wrapped_run(fleet, proxies["r1"].url)
+    assert (run.text, run.ids) == reference[:2]
+    assert [(f.category, f.delivered_tokens) for f in run.of("failure")] == [("network", 0)]
+    assert [e.mode for e in run.of("attempt_start")] == ["fresh", "fresh"]
+    assert len(run.sleeps) == 1 and 0.375 <= run.sleeps[0] <= 0.5  # the SDK's first backoff
+
+
+def test_401_and_400_are_never_retried(fleet, proxies):
+    import openai
+
+    proxies["r1"].inject(Status(401))
+    with pytest.raises(openai.AuthenticationError):
+        wrapped_run(fleet, proxies["r1"].url)
+    run = Run()
+
+    with pytest.raises(openai.BadRequestError):
+        async def go():
+            import l0
+            client = l0.wrap(sdk(fleet["r1"].url), sleep=run.sleep, on_event=run.events.append)
+            stream = await client.chat.completions.create(model=fleet["model"], messages=PROMPT, max_tokens=8,
+                                                          temperature=-1.0, stream=True)
+            async for _ in stream:
+                pass
+        asyncio.run(go())
+    assert run.sleeps == []
+    assert run.types() == ["session_start", "attempt_start", "failure", "retry_given_up", "error"]
+    assert (run.of("failure")[0].status, run.of("retry_given_up")[0].why) == (400, "fatal")
+    assert proxies["r1"].seen.count("POST /v1/chat/completions -> Status") == 1
+
+
+def test_sigkill_of_the_primary_resumes_on_the_fallback(fleet, reference, proxies):
+    import l0
+
+    run = wrapped_run(fleet, fleet["r1"].url, kill_at=24, victim=fleet["r1"], fallbacks=[fleet["r2"].url],
+                      retry=l0.Retry(max_retries=1))
+    assert (run.text, run.ids) == reference[:2]
+    assert [f.category for f in run.of("failure")] == ["network", "network"]  # the cut, then refused
+    assert [(e.index, e.endpoint) for e in run.of("fallback")] == [(1, fleet["r2"].url + "/v1/")]
+    assert run.of("retry_given_up")[0].why == "max_retries"
+    assert run.of("checkpoint_fetched")[0].endpoint == fleet["r2"].url + "/v1/"
+    assert run.of("attempt_start")[-1].mode == "checkpoint"
+
+
+def test_plain_vllm_is_continued_from_the_text(fleet, reference, proxies):
+    proxies["plain"].inject(Cut(after_events=20))
+    run = wrapped_run(fleet, proxies["plain"].url)
+    assert run.text == reference[0]  # greedy, continue_final_message: nothing twice, nothing lost
+    assert [e.mode for e in run.of("attempt_start")] == ["fresh", "text"]
+    assert run.of("session_start")[0].l0_key is None and run.of("checkpoint_fetched") == []
+    resume = run.of("resume")[0]
+    assert resume.mode == "text" and 0 < resume.char_offset < len(reference[0])
+
+
+def test_completions_resume_and_keep_their_type(fleet, proxies):
+    from openai.types import Completion
+
+    want = raw_run(fleet, fleet["r2"].url, kind="completion")
+    proxies["r1"].inject(Cut(after_events=12))
+    run = wrapped_run(fleet, proxies["r1"].url, kind="completion")
+    assert (run.text, run.ids) == want[:2]
+    assert all(isinstance(c, Completion) for c in run.chunks) and len({c.id for c in run.chunks}) == 1
+    assert [e.mode for e in run.of("attempt_start")] == ["fresh", "checkpoint"]
+
+
+def test_the_log_replays_the_live_stream_byte_for_byte(fleet, reference, proxies, tmp_path):
+    import l0
+    from l0.eventlog import diverge, read_log
+
+    cut_log, clean_log = tmp_path / "cut.jsonl", tmp_path / "clean.jsonl"
+    proxies["r1"].inject(Cut(after_events=25))
+    live = wrapped_run(fleet, proxies["r1"].url, log=str(cut_log))
+    seen = []
+
+    async def again():
+        return [c async for c in l0.replay(cut_log, callbacks=seen.append)]
+    replayed = asyncio.run(again())
+    assert [c.model_dump_json() for c in replayed] == [c.model_dump_json() for c in live.chunks]
+    assert [e.to_dict() for e in seen] == [e.to_dict() for e in live.events]
+    assert read_log(cut_log).torn == 0
+    wrapped_run(fleet, fleet["r1"].url, log=str(clean_log))
+    assert diverge(cut_log, clean_log) is None  # a cut and resumed run is the clean run, token for token
+
+
+def test_non_streaming_retries_by_category(fleet, proxies):
+    import openai
+
+    async def plain():
+        r = await sdk(fleet["r2"].url).chat.completions.create(model=fleet["model"], messages=PROMPT,
+                                                               max_tokens=16, temperature=0.0)
+        return r.choices[0].message.content
+    want = asyncio.run(plain())
+    proxies["r1"].inject(Status(503), Reset())
+    run = Run()
+
+    async def go():
+        import l0
+        client = l0.wrap(sdk(proxies["r1"].url), sleep=run.sleep, on_event=run.events.append)
+        return await client.chat.completions.create(model=fleet["model"], messages=PROMPT, max_tokens=16,
+                                                    temperature=0.0)
+    resp = asyncio.run(go())
+    assert isinstance(resp, openai.types.chat.ChatCompletion)
+    assert resp.choices[0].message.content == want
+    assert [f.category for f in run.of("failure")] == ["transient", "network"]
+    assert run.of("complete")[0].attempts == 3
