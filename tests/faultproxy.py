@@ -75,8 +75,21 @@ class FaultProxy:
         return self
 
     def stop(self) -> None:
+        """Cancel every connection handler, then stop and close the loop: no
+        coroutine is left for the garbage collector to finalize later (a
+        finalizer running inside another thread's ``compile`` trips a
+        CPython 3.11 bug: "AST constructor recursion depth mismatch")."""
+        async def shutdown():
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            self.server.close()
+            await self.server.wait_closed()
+        asyncio.run_coroutine_threadsafe(shutdown(), self.loop).result(10)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
+        self.loop.close()
 
     def inject(self, *faults) -> None:
         self.faults.extend(faults)
@@ -88,7 +101,7 @@ class FaultProxy:
     # -- the server -----------------------------------------------------------
     def _serve(self) -> None:
         asyncio.set_event_loop(self.loop)
-        server = self.loop.run_until_complete(asyncio.start_server(self._handle, "127.0.0.1", 0))
+        server = self.server = self.loop.run_until_complete(asyncio.start_server(self._handle, "127.0.0.1", 0))
         self.port = server.sockets[0].getsockname()[1]
         self.ready.set()
         self.loop.run_forever()
@@ -142,6 +155,9 @@ class FaultProxy:
             up_w.close()
         except (ConnectionError, OSError):
             pass
+        except asyncio.CancelledError:
+            writer.transport.abort()
+            raise
         finally:
             if not writer.is_closing():
                 writer.close()

@@ -91,12 +91,14 @@ def test_checkpoint_section(tmp_path, monkeypatch):
     monkeypatch.delenv("L0_ACTION", raising=False)
     f = tmp_path / "l0.yaml"
     f.write_text("l0:\n  checkpoint:\n    store: redis://127.0.0.1:6379/0\n    every: 8\n    ttl_s: 60\n"
-                 "    retention: delete\n")
+                 "    retention: delete\n    assign_keys: true\n")
     cp = load_server_config(f).checkpoint
     assert (cp.store, cp.every, cp.ttl_s, cp.retention) == ("redis://127.0.0.1:6379/0", 8, 60, "delete")
+    assert cp.assign_keys is True
     monkeypatch.setenv("L0_CHECKPOINT_STORE", "off")
     assert not load_server_config(f).checkpoint.enabled
     for bad, msg in [("every: 0", "checkpoint.every=0 is out of range"), ("retention: forever", "retention"),
+                     ("assign_keys: sometimes", "assign_keys must be true or false"),
                      ("colour: red", "unknown checkpoint key 'colour'")]:
         f.write_text(f"l0:\n  checkpoint:\n    {bad}\n")
         with pytest.raises(OptionError, match=msg):

@@ -17,7 +17,6 @@ class Parts:
     tool_calls: bool = False                   # the delta carries tool-call pieces
     role_only: bool = False                    # nothing but the role (a chat stream's first chunk)
     usage: dict | None = None
-    l0: dict | None = None                     # the server's verdict, when it sends one
 
 
 def as_dict(chunk: Any) -> dict | str:
@@ -36,14 +35,13 @@ def parts(chunk: Any, index: int = 0) -> Parts:
         return Parts(text=chunk)
     d = as_dict(chunk)
     usage = d.get("usage") or None
-    l0 = d.get("l0") or None
     choice = None
     for c in d.get("choices") or ():
         if c.get("index", 0) == index:
             choice = c
             break
     if choice is None:
-        return Parts(usage=usage, l0=l0, role_only=True)
+        return Parts(usage=usage, role_only=True)
     ids = choice.get("token_ids")
     delta = choice.get("delta")
     if delta is not None:  # chat
@@ -55,7 +53,7 @@ def parts(chunk: Any, index: int = 0) -> Parts:
         tools, role_only = False, False
     return Parts(text=text, token_ids=tuple(ids) if ids is not None else None,
                  finish_reason=choice.get("finish_reason"), tool_calls=tools, role_only=role_only,
-                 usage=usage, l0=l0 or choice.get("l0"))
+                 usage=usage)
 
 
 def chat_chunk(meta: dict, text: str, token_ids: list[int] | None, finish_reason: str | None,

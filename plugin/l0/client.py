@@ -1,32 +1,27 @@
-"""The failover client: one seamless token stream across replicas.
+"""The failover client over plain HTTP: one seamless token stream across L0
+replicas, without the OpenAI SDK.
 
     client = FailoverClient(["http://127.0.0.1:8001", "http://127.0.0.1:8002"], model="smollm2")
     async for delta in client.stream_chat([{"role": "user", "content": "..."}], max_tokens=256):
         print(delta.text, end="")
     client.last.token_ids, client.last.finish_reason
 
-Every request carries an ``l0_key`` (generated: 128 random bits) so the
-serving replica checkpoints it. When the stream breaks — connection refused
-or reset, the server killed, HTTP 5xx, no token within
-``policy.inter_token_timeout`` — the client fetches the checkpoint
-(``GET /l0/checkpoints/{key}``) from any replica that answers, merges it with
-the token ids it already has (the longer consistent prefix), and continues on
-the next replica with an ordinary ``/v1/completions`` request whose prompt is
-the token ids (:mod:`l0.resume`). Tokens the checkpoint has but the caller
-never saw are turned into text with the replica's ``/detokenize``. The caller
-sees each token once: nothing duplicated, nothing missing.
+A thin layer on the same core as ``l0.wrap`` (:class:`l0.session.Session`,
+planning in :class:`l0.harden.ServerEndpoint`): attempt k runs on replica
+``(k - 1) % len(replicas)``, each replica known to run L0 (no probe). Every
+request carries an ``l0_key``; a broken stream (connection refused or reset,
+the server killed, HTTP 408/429/5xx, no token within
+``policy.inter_token_timeout_s``) resumes on the next replica from the
+checkpoint, token for token (``resume``), or, with no checkpoint or under
+guided decoding, is regenerated and the delivered tokens checked and skipped
+(``regenerate``, exact under greedy decoding). A checkpoint from another
+model, one that disagrees with what was received, a request the server
+refuses, or running out of attempts raise :class:`~l0.resume.ResumeError`
+carrying everything received so far.
 
-No checkpoint (the replica died before writing one, or checkpoints are off)
-or guided decoding: the request is regenerated from the start and the tokens
-already delivered are checked and skipped (exact under greedy decoding; a
-mismatch raises :class:`~l0.resume.ResumeError`). A checkpoint from another
-model, or one that disagrees with what was received, is refused with
-:class:`~l0.resume.ResumeError` carrying everything received so far.
-
-Events (``on_event``): ``attempt`` (replica, mode fresh|resume|regenerate),
-``failure`` (reason), ``resume`` (token offset), ``complete``, ``give_up``.
-Attempts and backoff are bounded by :class:`RetryPolicy`; the sleep is
-injectable so tests never wait.
+Events (``on_event``, :class:`Event`): ``attempt`` (replica, mode
+fresh|resume|regenerate|text), ``failure`` (reason), ``resume`` (token
+offset), ``complete``, ``give_up``.
 """
 from __future__ import annotations
 
@@ -38,7 +33,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Sequence
 
 from l0.checkpoint.record import CorruptRecord, Record
 from l0.checkpoint.store import new_key
-from l0.resume import ResumeError, check_model, continuation_body, merge, needs_regeneration, remaining
+from l0.resume import ResumeError
 
 
 @dataclass(frozen=True)
@@ -63,7 +58,7 @@ class Event:
     kind: str                 # attempt | failure | resume | complete | give_up
     replica: str | None = None
     attempt: int = 0
-    mode: str | None = None   # fresh | resume | regenerate (attempt)
+    mode: str | None = None   # fresh | resume | regenerate | text (attempt)
     reason: str | None = None
     offset: int | None = None  # tokens already generated (resume, complete)
 
@@ -82,11 +77,54 @@ class StreamOutcome:
     finish_reason: str | None = None
     attempts: int = 0
     events: list[Event] = field(default_factory=list)
-    pending: Delta | None = None  # checkpointed tokens not yet handed to the caller
 
 
-class StreamBroken(Exception):
-    """One attempt failed in a way another replica may fix."""
+class HTTPStatus(Exception):
+    """A non-200 answer (``status_code``, ``response.headers``: what
+    :func:`l0.policy.classify` and ``Retry-After`` read)."""
+
+    def __init__(self, status_code: int, headers: dict, message: str) -> None:
+        super().__init__(f"HTTP {status_code}: {message[:500]}")
+        self.status_code = status_code
+        self.response = type("Response", (), {"headers": headers, "status_code": status_code})()
+
+
+def _http_endpoint_class():
+    from l0.harden import ServerEndpoint
+
+    class HttpEndpoint(ServerEndpoint):
+        """A replica reached with httpx: SSE parsed into chunk dicts."""
+
+        def __init__(self, http, base_url: str, *args, **kwargs) -> None:
+            super().__init__(base_url, dict(http.headers), *args, **kwargs)
+            self.http = http
+
+        def open(self, plan, session):
+            async def ready():
+                return self._chunks(plan)
+            return ready()
+
+        async def _chunks(self, plan) -> AsyncIterator[dict]:
+            req = plan.request
+            body = {k: v for k, v in req["params"].items() if k != "extra_body"}
+            body.update(req["params"].get("extra_body") or {})
+            body["stream"] = True
+            path = "/v1/chat/completions" if req["call"] == "chat" else "/v1/completions"
+            async with self.http.stream("POST", self.root + path, json=body) as resp:
+                if resp.status_code != 200:
+                    await resp.aread()
+                    raise HTTPStatus(resp.status_code, dict(resp.headers), resp.text)
+                async for line in resp.aiter_lines():
+                    if not line.startswith("data: ") or line == "data: [DONE]":
+                        continue
+                    chunk = json.loads(line[6:])
+                    if "error" in chunk:  # an error event after the 200: the engine failed mid-stream
+                        raise HTTPStatus(500, {}, f"server error in stream: {chunk['error']}")
+                    yield chunk
+    return HttpEndpoint
+
+
+_OLD_MODES = {"checkpoint": "resume"}
 
 
 class FailoverClient:
@@ -103,13 +141,11 @@ class FailoverClient:
 
     # -- public API -----------------------------------------------------------
     def stream_chat(self, messages: list[dict], *, key: str | None = None, **params: Any) -> AsyncIterator[Delta]:
-        body = {"model": self.model, "messages": messages, **params}
-        return self._stream("/v1/chat/completions", body, key)
+        return self._stream("chat", {"model": self.model, "messages": messages, **params}, key)
 
     def stream_completion(self, prompt: str | list[int], *, key: str | None = None,
                           **params: Any) -> AsyncIterator[Delta]:
-        body = {"model": self.model, "prompt": prompt, **params}
-        return self._stream("/v1/completions", body, key)
+        return self._stream("completion", {"model": self.model, "prompt": prompt, **params}, key)
 
     async def fetch_checkpoint(self, key: str, client=None, start: int = 0) -> Record | None:
         """The record from the first replica that answers, trying them from
@@ -119,7 +155,7 @@ class FailoverClient:
         own = client is None
         client = client or httpx.AsyncClient(timeout=self.policy.connect_timeout_s, headers=self.headers)
         try:
-            for url in self._rotation(start):
+            for url in self.replicas[start:] + self.replicas[:start]:
                 try:
                     r = await client.get(f"{url}/l0/checkpoints/{key}")
                 except httpx.HTTPError:
@@ -136,158 +172,70 @@ class FailoverClient:
             if own:
                 await client.aclose()
 
-    # -- the loop ---------------------------------------------------------------
-    async def _stream(self, path: str, body: dict, key: str | None) -> AsyncIterator[Delta]:
+    # -- the stream -------------------------------------------------------------
+    async def _stream(self, kind: str, params: dict, key: str | None) -> AsyncIterator[Delta]:
         import httpx
 
-        key = key or new_key()
-        xargs = dict(body.pop("vllm_xargs", None) or {})
-        xargs["l0_key"] = key
-        body.update(stream=True, return_token_ids=True, vllm_xargs=xargs)
-        out = self.last = StreamOutcome(key=key)
-        timeout = httpx.Timeout(connect=self.policy.connect_timeout_s, read=None, write=30.0, pool=30.0)
-        async with httpx.AsyncClient(timeout=timeout, headers=self.headers) as client:
-            attempt, last_reason = 0, None
-            while attempt < self.policy.max_attempts:
-                attempt += 1
-                out.attempts = attempt
-                await self.policy.sleep(self.policy.delay(attempt))
-                replica = self.replicas[(attempt - 1) % len(self.replicas)]
-                try:
-                    plan = await self._plan(client, replica, path, body, out, attempt)
-                    if plan is None:  # the checkpoint says it already finished
-                        if out.pending is not None:
-                            delta, out.pending = out.pending, None
-                            yield delta
-                        break
-                    mode, req_path, req_body, skip = plan
-                    self._emit(out, Event("attempt", replica, attempt, mode=mode))
-                    async for delta in self._one_stream(client, replica, req_path, req_body, out, skip):
-                        yield delta
-                    if out.finish_reason is not None:
-                        break
-                    raise StreamBroken("stream ended without a finish reason")
-                except (StreamBroken, httpx.HTTPError) as exc:
-                    last_reason = _reason(exc)
-                    self._emit(out, Event("failure", replica, attempt, reason=last_reason))
-                    continue
-            else:
-                self._emit(out, Event("give_up", attempt=attempt, reason=last_reason, offset=len(out.token_ids)))
-                raise ResumeError(f"l0: gave up after {attempt} attempts: {last_reason}", out.token_ids, out.text)
-        self._emit(out, Event("complete", attempt=out.attempts, reason=out.finish_reason,
-                              offset=len(out.token_ids)))
+        from l0 import events as ev
+        from l0.chunks import parts
+        from l0.harden import Options
+        from l0.policy import Retry, Timeouts
+        from l0.session import Session
 
-    async def _plan(self, client, replica: str, path: str, body: dict, out: StreamOutcome, attempt: int):
-        """(mode, path, body, tokens to skip) for this attempt, or None when done."""
-        if attempt == 1:
-            return "fresh", path, body, 0
-        record = await self.fetch_checkpoint(out.key, client, start=self.replicas.index(replica))
-        if record is None or needs_regeneration(record):
-            if not out.token_ids:
-                return "fresh", path, body, 0
-            return "regenerate", path, body, len(out.token_ids)
-        check_model(record, self.model, out.token_ids)
-        outputs = merge(out.token_ids, record.output_ids, out.key)
-        extra = outputs[len(out.token_ids):]
-        if extra:  # generated and checkpointed, never delivered: deliver now
-            text = await self._detokenize_tail(client, replica, out.token_ids, outputs)
-            out.token_ids.extend(extra)
-            out.text += text
-            out.pending = Delta(text, list(extra))
-        left = remaining(record, outputs)
-        if record.finished or (left is not None and left <= 0):
-            out.finish_reason = record.finish_reason or "length"
-            return None
-        self._emit(out, Event("resume", replica, attempt, offset=len(outputs)))
-        return "resume", "/v1/completions", continuation_body(record, outputs, self.model), 0
+        pol = self.policy
+        out = self.last = StreamOutcome(key=key or new_key())
+        options = Options(retry=Retry(attempts=1, max_retries=0),
+                          timeout=Timeouts(first_token_s=pol.first_token_timeout_s,
+                                           inter_token_s=pol.inter_token_timeout_s),
+                          sleep=pol.sleep, check_zero_output=False)
+        HttpEndpoint = _http_endpoint_class()
+        replica_of: dict[str, str] = {}
 
-    async def _one_stream(self, client, replica: str, path: str, body: dict, out: StreamOutcome,
-                          skip: int) -> AsyncIterator[Delta]:
-        import httpx
+        def translate(e) -> None:
+            old = None
+            if isinstance(e, ev.AttemptStart):
+                out.attempts = e.attempt
+                old = Event("attempt", replica_of.get(e.endpoint), e.attempt, mode=_OLD_MODES.get(e.mode, e.mode))
+            elif isinstance(e, ev.Failure):
+                old = Event("failure", replica_of.get(session.endpoint.name) if session.endpoint else None,
+                            e.attempt, reason=e.error)
+            elif isinstance(e, ev.Resume) and e.mode == "checkpoint":
+                old = Event("resume", replica_of.get(session.endpoint.name), e.attempt, offset=e.token_offset)
+            elif isinstance(e, ev.Complete):
+                old = Event("complete", attempt=e.attempts, reason=e.finish_reason, offset=e.tokens)
+            if old is not None:
+                out.events.append(old)
+                if self.on_event is not None:
+                    self.on_event(old)
 
-        if out.pending is not None:
-            delta, out.pending = out.pending, None
-            yield delta
-        first = True
-        seen = 0  # tokens of this stream (regenerate: the first `skip` must match)
-        try:
-            async with client.stream("POST", replica + path, json=body) as resp:
-                if resp.status_code >= 500 or resp.status_code in (408, 429):
-                    raise StreamBroken(f"HTTP {resp.status_code}")
-                if resp.status_code != 200:
-                    await resp.aread()
-                    raise ResumeError(f"l0: {replica} refused the request: HTTP {resp.status_code}: "
-                                      f"{resp.text[:500]}", out.token_ids, out.text)
-                lines = resp.aiter_lines()
-                while True:
-                    limit = self.policy.first_token_timeout_s if first else self.policy.inter_token_timeout_s
-                    try:
-                        line = await asyncio.wait_for(lines.__anext__(), limit)
-                    except StopAsyncIteration:
-                        return
-                    except asyncio.TimeoutError:
-                        raise StreamBroken(f"stalled: no data for {limit:g} s") from None
-                    if not line.startswith("data: ") or line == "data: [DONE]":
-                        continue
-                    chunk = json.loads(line[6:])
-                    if "error" in chunk:
-                        raise StreamBroken(f"server error in stream: {chunk['error']}")
-                    for choice in chunk.get("choices", []):
-                        first = False
-                        ids = list(choice.get("token_ids") or [])
-                        text = choice.get("text")
-                        if text is None:
-                            text = (choice.get("delta") or {}).get("content") or ""
-                        if skip and seen < skip:
-                            take = ids[max(0, skip - seen):]
-                            for i, t in enumerate(ids[: max(0, skip - seen)]):
-                                if out.token_ids[seen + i] != t:
-                                    raise ResumeError(
-                                        f"l0: regenerated token {seen + i} differs from the one delivered "
-                                        "(not greedy?): refusing to continue", out.token_ids, out.text)
-                            seen += len(ids)
-                            if not take:
-                                text = ""
-                            else:  # a chunk straddling the boundary: text can't be split by token
-                                text = await self._detokenize_tail(client, replica, out.token_ids,
-                                                                   out.token_ids + take)
-                            ids = take
-                        else:
-                            seen += len(ids)
-                        if ids or text:
-                            out.token_ids.extend(ids)
-                            out.text += text
-                            yield Delta(text, ids)
-                        if choice.get("finish_reason"):
-                            out.finish_reason = choice["finish_reason"]
-        except (httpx.TransportError, httpx.RemoteProtocolError) as exc:
-            raise StreamBroken(_reason(exc)) from None
-
-    async def _detokenize_tail(self, client, replica: str, have: list[int], full: list[int]) -> str:
-        """Text of ``full[len(have):]`` as it continues ``have``."""
-        async def detok(ids):
-            if not ids:
-                return ""
-            for url in [replica] + [u for u in self.replicas if u != replica]:
-                try:
-                    r = await client.post(url + "/detokenize", json={"model": self.model, "tokens": ids})
-                except Exception:
-                    continue
-                if r.status_code == 200:
-                    return r.json()["prompt"]
-            raise StreamBroken("no replica could detokenize")
-        a, b = await detok(list(have)), await detok(list(full))
-        return b[len(a):] if b.startswith(a) else b[len(a.rstrip("\ufffd")):]
-
-    def _rotation(self, start: int) -> list[str]:
-        return self.replicas[start:] + self.replicas[:start]
-
-    def _emit(self, out: StreamOutcome, event: Event) -> None:
-        out.events.append(event)
-        if self.on_event is not None:
-            self.on_event(event)
-
-
-def _reason(exc: BaseException) -> str:
-    text = str(exc) or type(exc).__name__
-    return f"{type(exc).__name__}: {text}" if not isinstance(exc, StreamBroken) else text
+        timeout = httpx.Timeout(connect=pol.connect_timeout_s, read=None, write=30.0, pool=30.0)
+        async with httpx.AsyncClient(timeout=timeout, headers=self.headers) as http:
+            endpoints: list = []
+            for i in range(pol.max_attempts):
+                replica = self.replicas[i % len(self.replicas)]
+                ep = HttpEndpoint(http, replica + "/v1", kind, dict(params), options, endpoints, assume_l0=True)
+                replica_of[ep.name] = replica
+                endpoints.append(ep)
+            session = Session(endpoints, kind=kind, retry=options.retry, timeouts=options.timeout, emit=translate,
+                              sleep=pol.sleep, check_zero_output=False, l0_key=out.key,
+                              fallback_delay=lambda i: pol.delay(i + 1))
+            try:
+                async for chunk in session:
+                    p = parts(chunk)
+                    if p.text or p.token_ids:
+                        ids = list(p.token_ids or ())
+                        out.token_ids.extend(ids)
+                        out.text += p.text
+                        yield Delta(p.text, ids)
+                out.finish_reason = session.finish_reason
+            except ResumeError as exc:
+                exc.token_ids, exc.text = list(out.token_ids), out.text
+                raise
+            except Exception as exc:  # noqa: BLE001 - every failure reaches the caller as ResumeError
+                reason = f"{type(exc).__name__}: {exc}"
+                e = Event("give_up", attempt=session.attempts, reason=reason, offset=len(out.token_ids))
+                out.events.append(e)
+                if self.on_event is not None:
+                    self.on_event(e)
+                raise ResumeError(f"l0: gave up after {session.attempts} attempts: {reason}", out.token_ids,
+                                  out.text) from exc

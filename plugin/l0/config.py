@@ -136,12 +136,16 @@ class CheckpointConfig:
     tokens between snapshots of a request (and one when it finishes).
     ``ttl_s``: lifetime of every record. ``retention``: ``keep`` finished
     records until their TTL, or ``delete`` them when the request finishes.
+    ``assign_keys``: give every completion request without a key one (so any
+    client's stream is resumable and its record holds L0's verdict); keyed
+    or not, the response names the key in an ``x-l0-key`` header.
     """
 
     store: str = "sqlite:///~/.cache/l0/checkpoints.sqlite3"
     every: int = 16
     ttl_s: int = 24 * 3600
     retention: str = "keep"
+    assign_keys: bool = False
 
     @property
     def enabled(self) -> bool:
@@ -159,6 +163,8 @@ class CheckpointConfig:
                                                hi=365 * 24 * 3600))
         if self.retention not in RETENTIONS:
             raise OptionError(f"l0: checkpoint.retention {self.retention!r} is not one of keep, delete")
+        if not isinstance(self.assign_keys, bool):
+            raise OptionError(f"l0: checkpoint.assign_keys must be true or false, not {self.assign_keys!r}")
         return self
 
 

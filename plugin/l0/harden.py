@@ -45,6 +45,7 @@ _COMPLETION_KEYS = {"model", "prompt", "stream", "max_tokens", "temperature", "t
 class ServerInfo:
     l0: bool = False
     vllm: bool = False
+    known: bool = False      # False: not probed, or the probe could not reach it
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,8 @@ class Options:
     resume: bool = True
     check_zero_output: bool = True
     l0_resume: bool = True                  # probe for L0 servers and resume from checkpoints
+    verdict: bool = False                   # L0 servers: fetch the record at the end (a Verdict event)
+    verdict_wait_s: float = 2.0             # how long the record may take to show the finish
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
     clock: Callable[[], float] = time.time
 
@@ -77,17 +80,21 @@ def _headers(client: Any) -> dict[str, str]:
 
 
 async def probe(client: Any, refresh: bool = False) -> ServerInfo:
-    """Is the server behind ``client`` an L0 server (``/l0/health`` answers
-    200 or 503 with JSON), a vLLM server (``/version``)? Cached per base URL;
-    a server that can't be reached is not cached."""
+    """Is the server behind ``client`` (an SDK client) an L0 server
+    (``/l0/health`` answers 200 or 503 with JSON), a vLLM server
+    (``/version``)? Cached per base URL; a server that can't be reached is
+    not cached (``known`` False)."""
+    return await probe_root(_root(client.base_url), _headers(client), refresh)
+
+
+async def probe_root(root: str, headers: dict[str, str], refresh: bool = False) -> ServerInfo:
     import httpx
 
-    root = _root(client.base_url)
     if not refresh and root in _PROBES:
         return _PROBES[root]
     l0 = vllm = False
     try:
-        async with httpx.AsyncClient(timeout=PROBE_TIMEOUT_S, headers=_headers(client)) as http:
+        async with httpx.AsyncClient(timeout=PROBE_TIMEOUT_S, headers=headers) as http:
             r = await http.get(root + "/l0/health")
             if r.status_code in (200, 503):
                 try:
@@ -102,43 +109,55 @@ async def probe(client: Any, refresh: bool = False) -> ServerInfo:
                     vllm = False
     except httpx.HTTPError:
         return ServerInfo()
-    info = _PROBES[root] = ServerInfo(l0=l0, vllm=vllm or l0)
+    info = _PROBES[root] = ServerInfo(l0=l0, vllm=vllm or l0, known=True)
     return info
 
 
-class SDKEndpoint(Endpoint):
-    """An OpenAI SDK client (async) and the request, with overrides."""
+class ServerEndpoint(Endpoint):
+    """An OpenAI-compatible server and the request (with overrides): how to
+    plan each attempt (fresh, checkpoint, regenerate, text). Subclasses
+    open the stream (:class:`SDKEndpoint`; :class:`l0.client.HttpEndpoint`).
+    ``assume_l0``: the caller knows the server runs L0 (no probe)."""
 
-    def __init__(self, client: Any, kind: str, params: dict, options: Options, peers: list["SDKEndpoint"]) -> None:
-        self.client = client.with_options(max_retries=0)
+    def __init__(self, base_url: str, headers: dict[str, str], kind: str, params: dict, options: Options,
+                 peers: list["ServerEndpoint"], assume_l0: bool = False) -> None:
         self.kind = kind
         self.params = params
         self.model = params.get("model")
-        self.name = str(client.base_url)
-        self.root = _root(client.base_url)
+        self.name = str(base_url)
+        self.root = _root(base_url)
+        self.headers = headers
         self.options = options
         self.peers = peers
-        self.info = ServerInfo()
-        self.l0 = False
+        self.assume_l0 = assume_l0
+        self.info = ServerInfo(l0=True, vllm=True, known=True) if assume_l0 else ServerInfo()
+        self.l0 = assume_l0
 
     async def prepare(self) -> None:
-        if self.options.l0_resume:
-            self.info = await probe(self.client)
-        self.l0 = self.info.l0
+        if not self.info.known:
+            self.info = await probe_root(self.root, self.headers)
+        self.l0 = self.info.l0 and self.options.l0_resume  # off: an L0 server is used as plain vLLM
 
     # -- planning -------------------------------------------------------------
     async def plan(self, session: Session) -> Plan | None:
         got = session.received
-        if got.empty or not self.options.resume:
-            if not got.empty:
-                raise ResumeRefused("l0: resume is off and the stream broke mid-way")
-            if self.l0 and session.l0_key is None:
-                from l0.checkpoint.store import new_key
-                session.l0_key = new_key()
-            return Plan("fresh", self._fresh_request(session))
-        if self.l0 and session.l0_key and got.token_ids is not None:
+        if got.empty and not self.info.known:
+            await self.prepare()  # the server was unreachable at the first probe
+        if not got.empty and not self.options.resume:
+            raise ResumeRefused("l0: resume is off and the stream broke mid-way")
+        same_model = session.key_model in (None, self.model)
+        if (self.l0 and session.l0_key and session.attempts and got.token_ids is not None and self.options.resume
+                and same_model):
+            # a keyed attempt was made: its checkpoint may hold tokens never delivered
             return await self._plan_l0(session)
-        return self._plan_text(session)
+        if got.empty:
+            if self.l0 and (session.l0_key is None or not same_model):
+                from l0.checkpoint.store import new_key
+                session.l0_key = new_key()  # (a fallback to another model starts its own record)
+            if self.l0:
+                session.key_model = self.model
+            return Plan("fresh", self._fresh_request(session))
+        return self._plan_text(session)  # token ids of another model mean nothing here: text
 
     def _fresh_request(self, session: Session) -> dict:
         params = dict(self.params)
@@ -158,6 +177,8 @@ class SDKEndpoint(Endpoint):
         record = await self._fetch_checkpoint(session)
         greedy = self.params.get("temperature") == 0 or (self.params.get("extra_body") or {}).get("temperature") == 0
         if record is None or needs_regeneration(record):
+            if got.empty:
+                return Plan("fresh", self._fresh_request(session))
             if greedy:
                 plan = Plan("regenerate", self._fresh_request(session), skip_ids=len(got.token_ids), convert=True)
                 return plan
@@ -204,13 +225,49 @@ class SDKEndpoint(Endpoint):
             params["extra_body"] = extra
         return Plan("text", {"call": self.kind, "params": params}, convert=True, drop_overlap=overlap)
 
-    # -- transport ------------------------------------------------------------
     async def open(self, plan: Plan, session: Session) -> AsyncIterator[Any]:
-        req = plan.request
-        params = dict(req["params"])
-        params["stream"] = True
-        api = self.client.chat.completions if req["call"] == "chat" else self.client.completions
-        return await api.create(**params)
+        raise NotImplementedError
+
+    def _l0_peers(self) -> list["ServerEndpoint"]:
+        """This endpoint, then the other L0 servers of the session (each
+        server once): where checkpoints and ``/detokenize`` are asked for."""
+        out, roots = [], set()
+        for ep in [self] + [p for p in self.peers if p.l0]:
+            if ep.root not in roots:
+                roots.add(ep.root)
+                out.append(ep)
+        return out
+
+    async def finished(self, session: Session) -> None:
+        if self.options.verdict and self.l0 and session.l0_key:
+            await self.verdict(session)
+
+    async def verdict(self, session: Session, wait_s: float | None = None) -> dict | None:
+        """The server's verdict on the stream from its checkpoint record:
+        ``{"action", "interventions", "finished", "finish_reason", "key"}``
+        (``action``: the last intervention's, ``"none"`` without one). Polls
+        up to ``wait_s`` for the record to show the finish (its final
+        snapshot lands after the last token: the row's removal reaches L0 in
+        a later engine step). Emits :class:`~l0.events.Verdict`. None when
+        no record can be read."""
+        wait = self.options.verdict_wait_s if wait_s is None else wait_s
+        deadline = time.monotonic() + wait
+        record = None
+        while True:
+            record = await self._fetch_checkpoint(session, emit=False) or record
+            if (record is not None and record.finished) or time.monotonic() >= deadline:
+                break
+            await asyncio.sleep(0.05)
+        if record is None:
+            return None
+        items = [dict(i) for i in record.interventions]
+        verdict = {"key": session.l0_key, "action": str(items[-1].get("action")) if items else "none",
+                   "interventions": items, "finished": bool(record.finished),
+                   "finish_reason": record.finish_reason}
+        session.verdict = verdict
+        session.emit(ev.Verdict, action=verdict["action"], reason=items[-1].get("reason") if items else None,
+                     detail=verdict)
+        return verdict
 
     async def fix_text(self, chunk: Any, kept: list[int], session: Session) -> str:
         have = session.received.token_ids or []
@@ -224,7 +281,7 @@ class SDKEndpoint(Endpoint):
         async def detok(http, ids):
             if not ids:
                 return ""
-            for ep in [self] + [p for p in self.peers if p is not self and p.l0]:
+            for ep in self._l0_peers():
                 try:
                     r = await http.post(ep.root + "/detokenize", json={"model": self.model, "tokens": ids})
                 except httpx.HTTPError:
@@ -233,21 +290,20 @@ class SDKEndpoint(Endpoint):
                     return r.json()["prompt"]
             raise ConnectionError("l0: no endpoint could detokenize")
 
-        async with httpx.AsyncClient(timeout=PROBE_TIMEOUT_S, headers=_headers(self.client)) as http:
+        async with httpx.AsyncClient(timeout=PROBE_TIMEOUT_S, headers=self.headers) as http:
             a, b = await detok(http, list(have)), await detok(http, list(full))
         return b[len(a):] if b.startswith(a) else b[len(a.rstrip("\ufffd")):]
 
-    async def _fetch_checkpoint(self, session: Session):
+    async def _fetch_checkpoint(self, session: Session, emit: bool = True):
         import httpx
 
         from l0.checkpoint.record import CorruptRecord, Record
 
         key = session.l0_key
-        order = [self] + [p for p in self.peers if p is not self and p.l0]
         async with httpx.AsyncClient(timeout=PROBE_TIMEOUT_S) as http:
-            for ep in order:
+            for ep in self._l0_peers():
                 try:
-                    r = await http.get(f"{ep.root}/l0/checkpoints/{key}", headers=_headers(ep.client))
+                    r = await http.get(f"{ep.root}/l0/checkpoints/{key}", headers=ep.headers)
                 except httpx.HTTPError:
                     continue
                 if r.status_code == 404:
@@ -257,10 +313,27 @@ class SDKEndpoint(Endpoint):
                         record = Record.from_dict(r.json())
                     except (CorruptRecord, ValueError):
                         continue
-                    session.emit(ev.CheckpointFetched, key=key, endpoint=ep.name, tokens=len(record.output_ids),
-                                 finished=bool(record.finished))
+                    if emit:
+                        session.emit(ev.CheckpointFetched, key=key, endpoint=ep.name,
+                                     tokens=len(record.output_ids), finished=bool(record.finished))
                     return record
         return None
+
+
+class SDKEndpoint(ServerEndpoint):
+    """An OpenAI SDK client (async): attempts run through its own
+    ``create`` (SDK retries off: this layer counts them)."""
+
+    def __init__(self, client: Any, kind: str, params: dict, options: Options, peers: list[ServerEndpoint]) -> None:
+        super().__init__(str(client.base_url), _headers(client), kind, params, options, peers)
+        self.client = client.with_options(max_retries=0)
+
+    async def open(self, plan: Plan, session: Session) -> AsyncIterator[Any]:
+        req = plan.request
+        params = dict(req["params"])
+        params["stream"] = True
+        api = self.client.chat.completions if req["call"] == "chat" else self.client.completions
+        return await api.create(**params)
 
 
 CONTINUE_PROMPT = ("Continue your previous answer exactly where it stopped, without repeating any of it "
@@ -321,6 +394,18 @@ class L0Stream:
 
     async def __aexit__(self, *exc) -> None:
         await self.close()
+
+    async def verdict(self, wait_s: float | None = None) -> dict | None:
+        """What L0 on the server did to this stream (see
+        :meth:`SDKEndpoint.verdict`); None when the endpoint is not an L0
+        server or the record can't be read. Fetched once, then kept."""
+        s = self.session
+        if s.verdict is not None:
+            return s.verdict
+        ep = s.endpoint
+        if not isinstance(ep, ServerEndpoint) or not ep.l0 or not s.l0_key:
+            return None
+        return await ep.verdict(s, wait_s)
 
     @property
     def text(self) -> str:
@@ -460,7 +545,8 @@ async def _non_streaming(endpoints: list[SDKEndpoint], kind: str, o: Options) ->
 
 
 def _options(retry=None, timeout=None, fallbacks=(), log=None, log_fsync="end", callbacks=None,
-             resume=True, check_zero_output=True, l0_resume=True, sleep=None, clock=None, **cbs) -> Options:
+             resume=True, check_zero_output=True, l0_resume=True, verdict=False, verdict_wait_s=2.0,
+             sleep=None, clock=None, **cbs) -> Options:
     from l0.eventlog import EventLog
 
     if callbacks is None:
@@ -481,25 +567,148 @@ def _options(retry=None, timeout=None, fallbacks=(), log=None, log_fsync="end", 
         log = EventLog(log, fsync=log_fsync)
     return Options(retry=retry or Retry(), timeout=timeout or Timeouts(), fallbacks=tuple(fallbacks),
                    callbacks=callbacks, log=log, resume=resume, check_zero_output=check_zero_output,
-                   l0_resume=l0_resume, sleep=sleep or asyncio.sleep, clock=clock or time.time)
+                   l0_resume=l0_resume, verdict=verdict, verdict_wait_s=verdict_wait_s,
+                   sleep=sleep or asyncio.sleep, clock=clock or time.time)
 
 
-def wrap(client: Any, **options: Any) -> WrappedClient:
-    """Harden ``client`` (``openai.AsyncOpenAI``). Options: ``retry``
-    (:class:`~l0.policy.Retry` or its fields as a dict), ``timeout``
-    (:class:`~l0.policy.Timeouts`, a dict, or seconds between tokens),
-    ``fallbacks`` (clients, dicts of overrides, or (client, overrides)),
-    ``log`` (a path: the atomic event log) and ``log_fsync``, ``resume``,
-    ``check_zero_output``, ``l0_resume``, callbacks ``on_start`` ...
-    ``on_event`` (or ``callbacks=Callbacks(...)``), ``sleep`` and ``clock``
-    (injectable). Raises TypeError for a synchronous client or an unknown
-    option."""
+def wrap(client: Any, **options: Any) -> "WrappedClient | SyncWrappedClient":
+    """Harden ``client`` (``openai.AsyncOpenAI`` or ``openai.OpenAI``).
+    Options: ``retry`` (:class:`~l0.policy.Retry` or its fields as a dict),
+    ``timeout`` (:class:`~l0.policy.Timeouts`, a dict, or seconds between
+    tokens), ``fallbacks`` (clients, dicts of overrides, or (client,
+    overrides)), ``log`` (a path: the atomic event log) and ``log_fsync``,
+    ``resume``, ``check_zero_output``, ``l0_resume``, ``verdict`` (fetch
+    what L0 did from the record when the stream ends) and
+    ``verdict_wait_s``, callbacks ``on_start`` ... ``on_event`` (or
+    ``callbacks=Callbacks(...)``), ``sleep`` and ``clock`` (injectable).
+    Raises TypeError for another object or an unknown option."""
     import openai
 
-    if isinstance(client, openai.OpenAI) or not hasattr(client, "chat"):
-        raise TypeError("l0.wrap takes an openai.AsyncOpenAI client (the synchronous OpenAI client is not "
-                        "supported yet: its streams can't be interrupted without a thread per stream)")
+    if isinstance(client, openai.OpenAI):
+        o = _options(**options)
+        fallbacks = tuple(_async_twin(f) if isinstance(f, openai.OpenAI) else
+                          (_async_twin(f[0]), f[1]) if isinstance(f, tuple) and isinstance(f[0], openai.OpenAI)
+                          else f for f in o.fallbacks)
+        o = Options(**{**o.__dict__, "fallbacks": fallbacks})
+        return SyncWrappedClient(client, WrappedClient(_async_twin(client), o))
+    if not isinstance(client, openai.AsyncOpenAI) and not hasattr(client, "chat"):
+        raise TypeError(f"l0.wrap takes an openai.AsyncOpenAI or openai.OpenAI client, not {type(client).__name__}")
     return WrappedClient(client, _options(**options))
+
+
+def _async_twin(client: Any) -> Any:
+    """An ``AsyncOpenAI`` with the synchronous client's address, key, headers
+    and timeout (its own ``http_client``, if any, can't be shared)."""
+    import openai
+
+    return openai.AsyncOpenAI(api_key=client.api_key, organization=client.organization, project=client.project,
+                              base_url=client.base_url, timeout=client.timeout, max_retries=0,
+                              default_headers=getattr(client, "_custom_headers", None) or None,
+                              default_query=getattr(client, "_custom_query", None) or None)
+
+
+class _LoopThread:
+    """One event loop on a daemon thread per synchronous wrapped client: its
+    streams run there (the timers are asyncio's), the caller's thread waits
+    for each chunk. Callbacks run on that thread."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="l0-client", daemon=True)
+        self.thread.start()
+
+    def run(self, awaitable) -> Any:
+        async def wrapper():
+            return await awaitable
+        return asyncio.run_coroutine_threadsafe(wrapper(), self.loop).result()
+
+
+class SyncL0Stream:
+    """What a synchronous wrapped streaming ``create`` returns: iterate it
+    like the SDK's ``Stream``."""
+
+    def __init__(self, stream: L0Stream, loop: _LoopThread) -> None:
+        self._stream, self._loop = stream, loop
+        self._it = stream.__aiter__()
+        self.session = stream.session
+
+    def __iter__(self) -> "SyncL0Stream":
+        return self
+
+    def __next__(self) -> Any:
+        try:
+            return self._loop.run(self._it.__anext__())
+        except StopAsyncIteration:
+            raise StopIteration from None
+
+    def close(self) -> None:
+        self._loop.run(self._stream.close())
+
+    def __enter__(self) -> "SyncL0Stream":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def verdict(self, wait_s: float | None = None) -> dict | None:
+        return self._loop.run(self._stream.verdict(wait_s))
+
+    @property
+    def text(self) -> str:
+        return self._stream.text
+
+    @property
+    def token_ids(self) -> list[int] | None:
+        return self._stream.token_ids
+
+
+class SyncWrappedClient:
+    """An ``openai.OpenAI`` with hardened ``chat.completions.create`` and
+    ``completions.create`` (run on an :class:`AsyncOpenAI` twin, on a loop
+    thread); every other attribute is the wrapped client's."""
+
+    def __init__(self, client: Any, inner: WrappedClient) -> None:
+        self._client = client
+        self._inner = inner
+        self._loop = _LoopThread()
+        self.chat = _Namespace(client.chat, completions=_Namespace(client.chat.completions,
+                                                                    create=self._creator("chat")))
+        self.completions = _Namespace(client.completions, create=self._creator("completion"))
+
+    def _creator(self, kind: str):
+        def create(**params: Any) -> Any:
+            got = self._loop.run(self._inner._create(kind, params))
+            return SyncL0Stream(got, self._loop) if isinstance(got, L0Stream) else got
+        return create
+
+    @property
+    def last(self) -> Session | None:
+        return self._inner.last
+
+    def close(self) -> None:
+        """Close the twin clients and stop the loop thread (the wrapped
+        synchronous client itself is the caller's to close)."""
+        async def shutdown():
+            await self._inner._client.close()
+            for f in self._inner._options.fallbacks:
+                c = f[0] if isinstance(f, tuple) else f
+                if hasattr(c, "close") and not isinstance(f, dict):
+                    await c.close()
+        self._loop.run(shutdown())
+        self._loop.loop.call_soon_threadsafe(self._loop.loop.stop)
+        self._loop.thread.join(10)
+        self._loop.loop.close()
+
+    def __enter__(self) -> "SyncWrappedClient":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
 
 
 # -- l0.run: any async stream factory -----------------------------------------

@@ -103,6 +103,10 @@ class Endpoint:
     def open(self, plan: Plan, session: "Session") -> Awaitable[AsyncIterator[Any]]:
         raise NotImplementedError
 
+    async def finished(self, session: "Session") -> None:
+        """Called once the stream completed on this endpoint (fetch the
+        server's verdict). Its failures never reach the caller."""
+
     async def fix_text(self, chunk: Any, kept: list[int], session: "Session") -> str:
         """Text of ``kept`` (a chunk's ids past a regeneration's catch-up point)."""
         raise NotImplementedError
@@ -122,7 +126,8 @@ class Session:
                  timeouts: Timeouts = Timeouts(), emit: Callable[[ev.Event], Any] | None = None,
                  log=None, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
                  clock: Callable[[], float] = time.time, check_zero_output: bool = True,
-                 stream_id: str | None = None, require_finish: bool = True) -> None:
+                 stream_id: str | None = None, require_finish: bool = True, l0_key: str | None = None,
+                 fallback_delay: Callable[[int], float] | None = None) -> None:
         if not endpoints:
             raise ValueError("l0: a session needs at least one endpoint")
         self.endpoints = list(endpoints)
@@ -140,11 +145,14 @@ class Session:
         self.meta: dict = {}
         self.finish_reason: str | None = None
         self.usage: dict | None = None
-        self.verdict: dict | None = None     # the server's l0 field, when sent
+        self.verdict: dict | None = None     # what L0 on the server did (from its record)
         self.attempts = 0
         self.events: list[ev.Event] = []
-        self.l0_key: str | None = None
+        self.l0_key: str | None = l0_key     # the checkpoint key (L0 endpoints); made when None
+        self.key_model: str | None = None    # the model the keyed request was made for
+        self.fallback_delay = fallback_delay  # seconds to wait before fallback i (1, 2, ...)
         self.pending: list[Any] = []         # chunks to deliver before the next attempt's
+        self.held: list[Any] = []            # received, not delivered: no real content yet
         self.endpoint: Endpoint | None = None
 
     # -- events ---------------------------------------------------------------
@@ -170,7 +178,7 @@ class Session:
         last_exc: BaseException | None = None
         first = self.endpoints[0]
         await first.prepare()
-        if first.l0:
+        if first.l0 and self.l0_key is None:
             from l0.checkpoint.store import new_key
             self.l0_key = new_key()
         self.emit(ev.SessionStart, kind=self.kind, model=first.model, endpoint=first.name,
@@ -179,16 +187,20 @@ class Session:
             for index, endpoint in enumerate(self.endpoints):
                 self.endpoint = endpoint
                 if index:
+                    if self.fallback_delay is not None and self.fallback_delay(index) > 0:
+                        await self.sleep(self.fallback_delay(index))
                     await endpoint.prepare()
                     self.emit(ev.FallbackStart, index=index, endpoint=endpoint.name, model=endpoint.model)
                 rstate = RetryState()
                 while True:
-                    held: list[Any] = []
                     try:
                         plan = await endpoint.plan(self)
-                        for chunk in self.pending:
-                            yield self._deliver(chunk)
-                        self.pending = []
+                        if self.pending:  # checkpointed tokens never delivered, in order after held ones
+                            self.held.extend(self.pending)
+                            self.pending = []
+                            if self.received.meaningful or plan is None:
+                                while self.held:
+                                    yield self._deliver(self.held.pop(0))
                         if plan is None:
                             self._complete()
                             return
@@ -199,7 +211,7 @@ class Session:
                         if plan.mode != "fresh":
                             self.emit(ev.Resume, attempt=self.attempts, mode=plan.mode,
                                       token_offset=self.received.tokens, char_offset=len(self.received.text))
-                        async for chunk in self._attempt(endpoint, plan, held):
+                        async for chunk in self._attempt(endpoint, plan):
                             yield self._deliver(chunk)
                         if self.finish_reason is None and not self.require_finish:
                             self.finish_reason = "stop"
@@ -208,8 +220,12 @@ class Session:
                         if self.check_zero_output and not self.received.meaningful:
                             raise ZeroOutput("zero output: the stream ended with nothing but whitespace or "
                                              f"punctuation ({len(self.received.text)} chars)")
-                        for chunk in held:
-                            yield self._deliver(chunk)
+                        while self.held:
+                            yield self._deliver(self.held.pop(0))
+                        try:
+                            await endpoint.finished(self)
+                        except Exception:  # noqa: BLE001 - the stream is complete; the verdict is extra
+                            pass
                         self._complete()
                         return
                     except (GeneratorExit, asyncio.CancelledError):
@@ -222,9 +238,10 @@ class Session:
                         self.emit(ev.Failure, attempt=self.attempts, category=category.value, error=_short(exc),
                                   status=status_of(exc), delivered_tokens=self.received.tokens,
                                   delivered_chars=len(self.received.text))
-                        if isinstance(exc, ZeroOutput) or not self.received.meaningful:
-                            # nothing of value reached the caller: start over
+                        if isinstance(exc, ZeroOutput):
+                            # nothing of value reached the caller: start over, new key, held chunks dropped
                             self.received = Received()
+                            self.held = []
                             self.finish_reason = None
                             self.l0_key = None
                         elif self.received.tool_calls:
@@ -264,9 +281,10 @@ class Session:
         self.emit(ev.Complete, finish_reason=self.finish_reason, attempts=self.attempts,
                   tokens=self.received.tokens, chars=len(self.received.text), usage=self.usage)
 
-    async def _attempt(self, endpoint: Endpoint, plan: Plan, held: list[Any]) -> AsyncIterator[Any]:
+    async def _attempt(self, endpoint: Endpoint, plan: Plan) -> AsyncIterator[Any]:
         """The chunks of one attempt, ready for the caller. Whitespace-only
-        content goes to ``held`` until real content arrives."""
+        content goes to ``self.held`` until real content arrives (across
+        attempts: a resumed stream delivers them before its own)."""
         t0 = time.monotonic()
         first_s, inter_s = self.timeouts.first_token_s, self.timeouts.inter_token_s
         stream = None
@@ -298,10 +316,6 @@ class Session:
                         raise Stalled(f"stalled: no token for {after:g} s") from None
                     raise FirstTokenTimeout(f"no first token within {after:g} s") from None
                 p = ck.parts(chunk)
-                if p.l0:
-                    self.verdict = p.l0
-                    self.emit(ev.Verdict, action=str(p.l0.get("action", "")), reason=p.l0.get("reason"),
-                              detail=p.l0)
                 if p.usage:
                     self.usage = p.usage
                 if not self.meta:
@@ -342,10 +356,10 @@ class Session:
                     self.finish_reason = p.finish_reason
                 self.received.add(p)
                 if not self.received.meaningful:
-                    held.append(chunk)
+                    self.held.append(chunk)
                     continue
-                while held:
-                    yield held.pop(0)
+                while self.held:
+                    yield self.held.pop(0)
                 yield chunk
         finally:
             if stream is not None:

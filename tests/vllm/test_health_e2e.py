@@ -22,6 +22,7 @@ ARGS = ["--dtype", "float32", "--gpu-memory-utilization", "0.2", "--max-model-le
         "--enforce-eager", "--max-num-seqs", "16", "--seed", "0"]
 PROMPT = [{"role": "user", "content": "Write a short story about a robot who learns to paint."}]
 MAX_TOKENS = 64
+LONG = 320
 STALL_S = 3.0
 POLICY = RetryPolicy(max_attempts=4, backoff_s=0.05, backoff_max_s=0.2, jitter_s=0.0,
                      inter_token_timeout_s=2 * STALL_S + 4)
@@ -70,10 +71,10 @@ def _wait_health(srv, want_code, want_status, limit_s=30.0):
     raise AssertionError(f"{srv.url}/l0/health never became {want_code} {want_status}: {_health(srv)}")
 
 
-def _stream(client, on_tokens=None):
+def _stream(client, on_tokens=None, max_tokens=MAX_TOKENS):
     async def go():
         ids, text = [], ""
-        async for d in client.stream_chat(PROMPT, max_tokens=MAX_TOKENS, temperature=0.0):
+        async for d in client.stream_chat(PROMPT, max_tokens=max_tokens, temperature=0.0):
             ids += d.token_ids
             text += d.text
             if on_tokens:
@@ -139,9 +140,12 @@ def test_frozen_decode_loop_fails_health_and_the_client_resumes(pair, reference)
     _wait_health(r1, 200, "healthy")  # moving again
 
 
-def test_fatal_xid_mid_stream_drains_and_the_client_resumes_exactly(pair, reference):
+def test_fatal_xid_mid_stream_drains_and_the_client_resumes_exactly(pair):
     r1, r2, script = pair["r1"], pair["r2"], pair["script"]
     seen = {}
+    # A long answer: at token 20 the engine must still be generating, not
+    # already done with every token sitting in the socket (seen in CI with 64).
+    reference = _stream(FailoverClient([r2.url], pair["model"], policy=POLICY), max_tokens=LONG)[:2]
 
     def on_tokens(n):
         if n >= 20 and "xid" not in seen:
@@ -159,12 +163,14 @@ def test_fatal_xid_mid_stream_drains_and_the_client_resumes_exactly(pair, refere
             print(f"\nXid 79 injected -> /l0/health 503 after {seen['latency']:.2f} s")
 
     client = FailoverClient([r1.url, r2.url], pair["model"], policy=POLICY)
-    ids, text, out = _stream(client, on_tokens)
+    ids, text, out = _stream(client, on_tokens, max_tokens=LONG)
     assert ids == reference[0] and text == reference[1]
     resume = next(e for e in out.events if e.kind == "resume")
     assert resume.replica == r2.url and resume.offset >= 20
     code, body = _health(r1)
-    assert code == 503 and "engine" in body["reasons"][0] and "Xid 79" in body["reasons"][0]
+    # The Xid is among the reasons (a drained engine that still counts the cut
+    # request in flight can also read as frozen on a busy machine: seen in CI).
+    assert code == 503 and any("engine" in r and "Xid 79" in r for r in body["reasons"])
     r = httpx.post(r1.url + "/v1/chat/completions", json={"model": pair["model"], "messages": PROMPT})
     assert r.status_code == 503 and r.headers["retry-after"] == "7" and "draining" in r.json()["error"]["message"]
     st = httpx.get(r1.url + "/l0/status", timeout=5).json()

@@ -34,8 +34,11 @@ def fleet(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("wrap-fleet")
     redis = RedisProcess(tmp).start()
     env = {"L0_ACTION": "stop", "L0_CHECKPOINT_STORE": redis.url}
+    keyed = tmp / "assign-keys.yaml"  # r2 keys every request (r1 only those that carry a key)
+    keyed.write_text("l0:\n  checkpoint:\n    assign_keys: true\n")
     servers = {"r1": Server(model, ARGS, env=env, log_path=tmp / "r1.log", port=free_port()),
-               "r2": Server(model, ARGS, env=env, log_path=tmp / "r2.log", port=free_port()),
+               "r2": Server(model, ARGS + ["--l0-config", str(keyed)], env=env, log_path=tmp / "r2.log",
+                            port=free_port()),
                "plain": Server(model, ARGS, log_path=tmp / "plain.log", port=free_port(), with_l0=False)}
     with ThreadPoolExecutor(3) as pool:
         list(pool.map(lambda s: s.start(), servers.values()))
@@ -308,3 +311,88 @@ def test_non_streaming_retries_by_category(fleet, proxies):
     assert resp.choices[0].message.content == want
     assert [f.category for f in run.of("failure")] == ["transient", "network"]
     assert run.of("complete")[0].attempts == 3
+
+
+def test_the_key_header_and_assigned_keys(fleet):
+    import re
+
+    import httpx
+
+    async def raw(url, xargs=None):
+        client = sdk(url)
+        try:
+            extra = {"return_token_ids": True, **({"vllm_xargs": xargs} if xargs else {})}
+            resp = await client.chat.completions.with_raw_response.create(
+                model=fleet["model"], messages=PROMPT, max_tokens=12, temperature=0.0, extra_body=extra)
+            return resp.headers.get("x-l0-key"), resp.parse()
+        finally:
+            await client.close()
+    key, body = asyncio.run(raw(fleet["r2"].url))  # unkeyed, on the replica that assigns keys
+    assert re.fullmatch(r"l0-[0-9a-f]{32}", key)
+    record = None
+    for _ in range(100):
+        r = httpx.get(f"{fleet['r2'].url}/l0/checkpoints/{key}")
+        if r.status_code == 200 and r.json()["finished"]:
+            record = r.json()
+            break
+        asyncio.run(asyncio.sleep(0.1))
+    assert record is not None and record["output_ids"] == body.choices[0].token_ids
+    assert asyncio.run(raw(fleet["r1"].url))[0] is None  # r1 keys only keyed requests
+    assert asyncio.run(raw(fleet["r1"].url, {"l0_key": "l0-" + "ab" * 16}))[0] == "l0-" + "ab" * 16
+
+
+@pytest.mark.parametrize("prompt,action,finish", [
+    ("List the planets of the solar system.", "stop", "stop"),   # loops (tests/data/smollm2_labelled.jsonl p00)
+    ("Count from one to ten.", "none", "length")])
+def test_the_verdict_of_l0_reaches_the_client(fleet, proxies, prompt, action, finish):
+    import l0
+
+    events = []
+
+    async def go():
+        client = sdk(fleet["r1"].url)
+        try:
+            wrapped = l0.wrap(client, verdict=True, on_event=events.append)
+            stream = await wrapped.chat.completions.create(
+                model=fleet["model"], messages=[{"role": "user", "content": prompt}],
+                max_tokens=300 if action == "stop" else 24, temperature=0.0, stream=True)
+            async for _ in stream:
+                pass
+            return stream, await stream.verdict()
+        finally:
+            await client.close()
+    stream, verdict = asyncio.run(go())
+    types = [e.type for e in events]
+    assert types[-2:] == ["verdict", "complete"]
+    assert verdict["action"] == action and verdict["finished"] is True
+    assert stream.session.finish_reason == finish == verdict["finish_reason"]
+    assert verdict["key"] == events[0].l0_key
+    if action == "stop":
+        assert [i["action"] for i in verdict["interventions"]] == ["stop"]
+        assert len(stream.token_ids) < 300
+    else:
+        assert verdict["interventions"] == []
+
+
+def test_the_synchronous_client_is_hardened_too(fleet, reference, proxies):
+    import openai
+
+    import l0
+
+    proxies["r1"].inject(Cut(after_events=17))
+    events, sleeps = [], []
+
+    async def sleep(s):
+        sleeps.append(s)
+    client = openai.OpenAI(base_url=proxies["r1"].url + "/v1", api_key="test")
+    wrapped = l0.wrap(client, on_event=events.append, sleep=sleep)
+    stream = wrapped.chat.completions.create(model=fleet["model"], messages=PROMPT, max_tokens=MAX_TOKENS,
+                                             temperature=0.0, stream=True)
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert (text, stream.token_ids) == reference[:2]
+    assert [e.mode for e in events if e.type == "attempt_start"] == ["fresh", "checkpoint"]
+    assert len(sleeps) == 1
+    assert wrapped.models.list().data[0].id == fleet["model"]  # the rest is the SDK client's own
+    wrapped.close()
+    client.close()

@@ -2,7 +2,9 @@
 ``l0``, as ``l0 serve`` does):
 
 * validates ``vllm_xargs`` before vLLM sees the request, so a bad L0 option is
-  an HTTP 400 for streaming requests too. (vLLM validates streaming requests
+  an HTTP 400 for streaming requests too; names the request's checkpoint key
+  in an ``x-l0-key`` response header, and with ``checkpoint.assign_keys``
+  gives an unkeyed request one. (vLLM validates streaming requests
   after the 200 and its event-stream has begun; the error then arrives as an
   SSE event.)
 * ``GET /l0/checkpoints/{key}``: a request's checkpoint record as JSON, from
@@ -42,8 +44,9 @@ def _error_body(message: str) -> bytes:
 class XargsValidation:
     """Pure ASGI middleware: reads the JSON body of completion requests, checks
     the ``l0_*`` entries of ``vllm_xargs``, answers 400 on a bad one, and
-    replays the body unchanged otherwise. Bodies it can't parse pass through
-    (vLLM answers those itself)."""
+    replays the body otherwise (with a key added under
+    ``checkpoint.assign_keys``); the response gets ``x-l0-key``. Bodies it
+    can't parse pass through (vLLM answers those itself)."""
 
     def __init__(self, app) -> None:
         self.app = app
@@ -61,12 +64,22 @@ class XargsValidation:
             chunks.append(message.get("body", b""))
             more = message.get("more_body", False)
         body = b"".join(chunks)
+        key = None
         try:
             doc = json.loads(body)
             xargs = doc.get("vllm_xargs") if isinstance(doc, dict) else None
+            from l0.vllm.logits_processor import server_config
+            cfg = server_config()
             if isinstance(xargs, dict):
-                from l0.vllm.logits_processor import server_config
-                params_from_xargs(xargs, server_config())
+                params_from_xargs(xargs, cfg)
+                key = xargs.get("l0_key")
+            if key is None and isinstance(doc, dict) and cfg.checkpoint.enabled and cfg.checkpoint.assign_keys:
+                from l0.checkpoint.store import new_key
+                key = new_key()
+                doc["vllm_xargs"] = {**(xargs if isinstance(xargs, dict) else {}), "l0_key": key}
+                body = json.dumps(doc).encode()
+                scope = dict(scope, headers=[(k, str(len(body)).encode() if k.lower() == b"content-length" else v)
+                                             for k, v in scope.get("headers", [])])
         except OptionError as exc:
             payload = _error_body(str(exc))
             await send({"type": "http.response.start", "status": 400,
@@ -76,6 +89,15 @@ class XargsValidation:
             return
         except ValueError:
             pass
+        if isinstance(key, str) and key:
+            header = (b"x-l0-key", key.encode())
+
+            async def send_with_key(message):
+                if message["type"] == "http.response.start":
+                    message = dict(message, headers=list(message.get("headers", [])) + [header])
+                await send(message)
+            await self.app(scope, _replay([body], receive), send_with_key)
+            return
         await self.app(scope, _replay([body], receive), send)
 
 
