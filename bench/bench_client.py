@@ -5,9 +5,11 @@ One ``l0 serve`` (SmolLM2, greedy, checkpoints in SQLite), one process, the
 real ``openai`` package; everything measured side by side in one run, order
 alternated per round.
 
-(a) Overhead: raw ``AsyncOpenAI`` vs ``l0.wrap(AsyncOpenAI)`` on the same
-    server, ``max_tokens`` 256: time to first token (from ``create`` to the
-    first content chunk) and tokens/s after it. Median of rounds.
+(a) Overhead: raw ``AsyncOpenAI``, raw with an ``l0_key`` (the keyed,
+    checkpointed request the wrapper makes), and ``l0.wrap(AsyncOpenAI)`` on
+    the same server, ``max_tokens`` 256, order rotated: time to first token
+    (from ``create`` to the first content chunk) and tokens/s after it.
+    Median of rounds.
 (b) Resume gap: a loopback proxy (tests/faultproxy.py) cuts the stream after
     its 200th token; the gap is the time from the failure to the next token
     the caller gets. ``checkpoint`` (L0 resume: the token ids as prompt),
@@ -62,27 +64,37 @@ async def timed_stream(create, max_tokens):
 async def overhead(url, model, rounds, max_tokens=256):
     import l0
 
+    from l0.checkpoint.store import new_key
+
     raw = sdk(url)
     wrapped = l0.wrap(sdk(url))
-    out = {"raw": [], "wrapped": []}
+    names = ("raw", "raw+key", "wrapped")
+    out = {n: [] for n in names}
 
     def make(client, extra):
         return lambda n: client.chat.completions.create(model=model, messages=PROMPT, max_tokens=n,
-                                                        temperature=0.0, stream=True, extra_body=extra)
-    calls = {"raw": make(raw, {"return_token_ids": True}), "wrapped": make(wrapped, None)}
-    await timed_stream(calls["raw"], 16)  # warm-up (and the wrapper's probe)
-    await timed_stream(calls["wrapped"], 16)
+                                                        temperature=0.0, stream=True, extra_body=extra())
+    # raw+key: the raw SDK asking for what the wrapper asks for (a checkpointed, keyed request), so
+    # raw+key vs wrapped is the wrapper's own cost and raw vs raw+key the server's checkpointing
+    calls = {"raw": make(raw, lambda: {"return_token_ids": True}),
+             "raw+key": make(raw, lambda: {"return_token_ids": True, "vllm_xargs": {"l0_key": new_key()}}),
+             "wrapped": make(wrapped, lambda: None)}
+    for name in names:  # warm-up (and the wrapper's probe)
+        await timed_stream(calls[name], 16)
     for r in range(rounds):
-        for name in (("raw", "wrapped") if r % 2 == 0 else ("wrapped", "raw")):
+        for name in names[r % 3:] + names[:r % 3]:
             ttft, rate, _ = await timed_stream(calls[name], max_tokens)
             out[name].append({"ttft_s": ttft, "tokens_per_s": rate})
     summary = {}
     for name, rows in out.items():
         summary[name] = {"ttft_s": statistics.median(x["ttft_s"] for x in rows),
                          "tokens_per_s": statistics.median(x["tokens_per_s"] for x in rows)}
-    summary["ttft_ratio_wrapped_over_raw"] = summary["wrapped"]["ttft_s"] / summary["raw"]["ttft_s"]
-    summary["rate_ratio_wrapped_over_raw"] = summary["wrapped"]["tokens_per_s"] / summary["raw"]["tokens_per_s"]
+    for base in ("raw", "raw+key"):
+        summary[f"ttft_ratio_wrapped_over_{base}"] = summary["wrapped"]["ttft_s"] / summary[base]["ttft_s"]
+        summary[f"rate_ratio_wrapped_over_{base}"] = (summary["wrapped"]["tokens_per_s"]
+                                                      / summary[base]["tokens_per_s"])
     await raw.close()
+    await wrapped.close()
     return {"rounds": out, "summary": summary}
 
 
@@ -106,8 +118,9 @@ async def gap_resume(proxy, model, l0_resume, max_tokens):
             if failed_at and gap is None:
                 gap = time.perf_counter() - failed_at[0]
     modes = [e.mode for e in stream.session.events if e.type == "attempt_start"]
+    offset = next((e.token_offset for e in stream.session.events if e.type == "resume"), None)
     await client.close()
-    return gap, modes, stream.text
+    return gap, modes, stream.text, offset
 
 
 async def gap_scratch(url, model, max_tokens):
@@ -126,8 +139,11 @@ async def gap_scratch(url, model, max_tokens):
     return gap
 
 
-async def gaps(url, proxy, model, rounds, max_tokens=CUT_AT + 56):
+async def gaps(url, proxy, model, rounds, max_tokens=CUT_AT + 200):
+    # (the proxy counts SSE events; vLLM may put several tokens in one, so the
+    # budget leaves room and the token offset of each resume is recorded)
     out = {"checkpoint": [], "text": [], "scratch": []}
+    offsets = {"checkpoint": [], "text": []}
     texts = {}
     order = ["checkpoint", "text", "scratch"]
     for r in range(rounds):
@@ -135,15 +151,16 @@ async def gaps(url, proxy, model, rounds, max_tokens=CUT_AT + 56):
             if name == "scratch":
                 out[name].append(await gap_scratch(url, model, max_tokens))
                 continue
-            gap, modes, text = await gap_resume(proxy, model, name == "checkpoint", max_tokens)
+            gap, modes, text, offset = await gap_resume(proxy, model, name == "checkpoint", max_tokens)
             assert modes == ["fresh", name], modes
             out[name].append(gap)
+            offsets[name].append(offset)
             texts[name] = text
     summary = {k: statistics.median(v) for k, v in out.items()}
     summary["scratch_over_checkpoint"] = summary["scratch"] / summary["checkpoint"]
     summary["text_over_checkpoint"] = summary["text"] / summary["checkpoint"]
     summary["text_equals_checkpoint_text"] = texts.get("text") == texts.get("checkpoint")
-    return {"rounds": out, "summary": summary}
+    return {"rounds": out, "resume_token_offsets": offsets, "summary": summary}
 
 
 def main() -> int:
