@@ -11,6 +11,8 @@ Faults:
 
 * ``Cut(after_events=N)``: forward the answer up to the end of its N-th SSE
   event, then close: the client sees an incomplete chunked body.
+  ``Cut(after_bytes=N)``: the same after N bytes of the body (mid-event,
+  mid-UTF-8 even).
 * ``Stall(after_events=N, seconds=T)``: after N events, forward nothing for T
   seconds (then go on).
 * ``Status(code, headers)``: answer ``code`` with a JSON error body without
@@ -31,7 +33,8 @@ COMPLETION_PATHS = (b"/v1/chat/completions", b"/v1/completions")
 
 @dataclass
 class Cut:
-    after_events: int
+    after_events: int = 0
+    after_bytes: int | None = None   # instead of events: cut after this many body bytes
 
 
 @dataclass
@@ -182,6 +185,18 @@ class FaultProxy:
                     continue
                 out, pending = pending[:i + 4], pending[i + 4:]
                 headers_done = True
+            if isinstance(fault, Cut) and fault.after_bytes is not None:
+                room = fault.after_bytes - events  # (events counts body bytes here)
+                if len(pending) >= room:
+                    writer.write(out + pending[:room])
+                    await writer.drain()
+                    writer.close()
+                    return
+                events += len(pending)
+                out, pending = out + pending, b""
+                writer.write(out)
+                await writer.drain()
+                continue
             # forward event by event so the fault lands on an event boundary
             while True:
                 j = pending.find(b"\n\n")

@@ -181,6 +181,15 @@ def test_a_cut_stream_resumes_from_the_checkpoint_token_for_token(fleet, referen
     assert proxies["r1"].seen.count("POST /v1/chat/completions -> Cut") == 1
 
 
+def test_a_cut_mid_event_resumes_token_for_token(fleet, reference, proxies):
+    proxies["r1"].inject(Cut(after_bytes=3000))  # inside an SSE event, a few dozen tokens in
+    run = wrapped_run(fleet, proxies["r1"].url)
+    assert (run.text, run.ids) == reference[:2]
+    assert [e.mode for e in run.of("attempt_start")] == ["fresh", "checkpoint"]
+    assert run.of("failure")[0].category == "network"
+    assert 0 < run.of("resume")[0].token_offset < MAX_TOKENS
+
+
 def test_a_stall_is_interrupted_by_the_inter_token_timeout(fleet, reference, proxies):
     import l0
 
