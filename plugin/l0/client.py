@@ -31,7 +31,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Awaitable, Callable, Sequence
 
-from l0.checkpoint.record import CorruptRecord, Record
+from l0.checkpoint.record import Record
 from l0.checkpoint.store import new_key
 from l0.resume import ResumeError
 
@@ -152,22 +152,14 @@ class FailoverClient:
         ``start`` on (a 404 is an answer: None)."""
         import httpx
 
+        from l0.harden import fetch_record
+
         own = client is None
         client = client or httpx.AsyncClient(timeout=self.policy.connect_timeout_s, headers=self.headers)
         try:
-            for url in self.replicas[start:] + self.replicas[:start]:
-                try:
-                    r = await client.get(f"{url}/l0/checkpoints/{key}")
-                except httpx.HTTPError:
-                    continue
-                if r.status_code == 404:
-                    return None
-                if r.status_code == 200:
-                    try:
-                        return Record.from_dict(r.json())
-                    except (CorruptRecord, ValueError):
-                        continue
-            return None
+            order = self.replicas[start:] + self.replicas[:start]
+            found = await fetch_record(client, key, [(url, {}) for url in order])
+            return found[0] if found else None
         finally:
             if own:
                 await client.aclose()

@@ -297,27 +297,40 @@ class ServerEndpoint(Endpoint):
     async def _fetch_checkpoint(self, session: Session, emit: bool = True):
         import httpx
 
-        from l0.checkpoint.record import CorruptRecord, Record
-
         key = session.l0_key
+        peers = self._l0_peers()
         async with httpx.AsyncClient(timeout=PROBE_TIMEOUT_S) as http:
-            for ep in self._l0_peers():
-                try:
-                    r = await http.get(f"{ep.root}/l0/checkpoints/{key}", headers=ep.headers)
-                except httpx.HTTPError:
-                    continue
-                if r.status_code == 404:
-                    return None
-                if r.status_code == 200:
-                    try:
-                        record = Record.from_dict(r.json())
-                    except (CorruptRecord, ValueError):
-                        continue
-                    if emit:
-                        session.emit(ev.CheckpointFetched, key=key, endpoint=ep.name,
-                                     tokens=len(record.output_ids), finished=bool(record.finished))
-                    return record
-        return None
+            found = await fetch_record(http, key, [(ep.root, ep.headers) for ep in peers])
+        if found is None:
+            return None
+        record, i = found
+        if emit:
+            session.emit(ev.CheckpointFetched, key=key, endpoint=peers[i].name, tokens=len(record.output_ids),
+                         finished=bool(record.finished))
+        return record
+
+
+async def fetch_record(http: Any, key: str, targets: Sequence[tuple[str, dict]]) -> "tuple[Any, int] | None":
+    """The checkpoint record of ``key`` from the first of ``targets`` (server
+    root URL, headers) that answers, and that target's index. A 404 is an
+    answer (None); an unreachable server or a corrupt record: the next one."""
+    import httpx
+
+    from l0.checkpoint.record import CorruptRecord, Record
+
+    for i, (root, headers) in enumerate(targets):
+        try:
+            r = await http.get(f"{root}/l0/checkpoints/{key}", headers=headers)
+        except httpx.HTTPError:
+            continue
+        if r.status_code == 404:
+            return None
+        if r.status_code == 200:
+            try:
+                return Record.from_dict(r.json()), i
+            except (CorruptRecord, ValueError):
+                continue
+    return None
 
 
 class SDKEndpoint(ServerEndpoint):

@@ -28,7 +28,6 @@ stream factories.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 import unicodedata
 import uuid
@@ -411,7 +410,3 @@ def _short(exc: BaseException) -> str:
     text = str(exc) or type(exc).__name__
     text = text if len(text) <= 300 else text[:297] + "..."
     return f"{type(exc).__name__}: {text}"
-
-
-def dumps(obj: Any) -> str:
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
