@@ -274,20 +274,30 @@ class ServerEndpoint(Endpoint):
         return await self.detokenize_tail(have, list(have) + list(kept))
 
     async def detokenize_tail(self, have: list[int], full: list[int]) -> str:
-        """Text of ``full[len(have):]`` as it continues ``have`` (vLLM's
-        ``/detokenize``, on this endpoint or an L0 peer)."""
+        """Text of ``full[len(have):]`` as it continues ``have``, rendered as
+        the stream renders it: L0's ``/l0/detokenize`` (special tokens
+        skipped unless the request says ``skip_special_tokens: false``), on
+        this endpoint or an L0 peer; vLLM's ``/detokenize`` (which keeps
+        them) only on servers without it."""
         import httpx
+
+        extra = self.params.get("extra_body") or {}
+        skip = extra.get("skip_special_tokens", self.params.get("skip_special_tokens", True)) is not False
 
         async def detok(http, ids):
             if not ids:
                 return ""
             for ep in self._l0_peers():
                 try:
-                    r = await http.post(ep.root + "/detokenize", json={"model": self.model, "tokens": ids})
+                    r = await http.post(ep.root + "/l0/detokenize", json={"tokens": ids, "skip_special_tokens": skip})
+                    if r.status_code == 200:
+                        return r.json()["text"]
+                    if r.status_code in (404, 405):  # an L0 server from before the route
+                        r = await http.post(ep.root + "/detokenize", json={"model": self.model, "tokens": ids})
+                        if r.status_code == 200:
+                            return r.json()["prompt"]
                 except httpx.HTTPError:
                     continue
-                if r.status_code == 200:
-                    return r.json()["prompt"]
             raise ConnectionError("l0: no endpoint could detokenize")
 
         async with httpx.AsyncClient(timeout=PROBE_TIMEOUT_S, headers=self.headers) as http:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 
 import pytest
 
@@ -36,7 +37,8 @@ def fleet(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("fleet")
     redis = RedisProcess(tmp).start()
     env = {"L0_ACTION": "stop", "L0_CHECKPOINT_STORE": redis.url}
-    r1 = Server(model, ARGS, env=env, log_path=tmp / "r1.log", port=free_port())
+    r1 = Server(model, ARGS, env=dict(env, **_freezable(tmp / "freeze-r1")), log_path=tmp / "r1.log",
+                port=free_port())
     r2 = Server(model, ARGS, env=env, log_path=tmp / "r2.log", port=free_port())
     r1.start()
     r2.start()
@@ -46,11 +48,22 @@ def fleet(tmp_path_factory):
     redis.stop()
 
 
+def _freezable(path):
+    """The DEBUG hook that holds a victim's decode loop at a token count."""
+    return {"L0_DEBUG_FAULTS": "1", "L0_DEBUG_FREEZE_FILE": str(path)}
+
+
 def _collect(client, messages=PROMPT, kill_at=None, victim=None, **params):
     """Run one streamed chat to the end; SIGKILL ``victim`` once ``kill_at``
-    tokens have arrived. Returns (token ids, text, outcome)."""
+    tokens have arrived. The victim's engine holds at ``kill_at`` tokens until
+    the kill (its DEBUG freeze file), so the kill lands there even when the
+    client lags the engine (seen in CI: an engine already done at "one before
+    the end"). Returns (token ids, text, outcome)."""
     params.setdefault("max_tokens", MAX_TOKENS)
     params.setdefault("temperature", 0.0)
+    freeze = Path(victim.env["L0_DEBUG_FREEZE_FILE"]) if kill_at is not None else None
+    if freeze is not None:
+        freeze.write_text(str(kill_at))
 
     async def go():
         ids, text, killed = [], "", False
@@ -59,9 +72,14 @@ def _collect(client, messages=PROMPT, kill_at=None, victim=None, **params):
             text += d.text
             if kill_at is not None and len(ids) >= kill_at and not killed:
                 victim.kill()  # once: a restarted victim must live
+                freeze.unlink()
                 killed = True
         return ids, text, client.last
-    return asyncio.run(go())
+    try:
+        return asyncio.run(go())
+    finally:
+        if freeze is not None:
+            freeze.unlink(missing_ok=True)
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +114,7 @@ def test_sqlite_replica_killed_and_restarted_on_the_same_port(fleet, reference):
     from l0.server import Server
 
     db = fleet["tmp"] / "ck.sqlite3"
-    env = {"L0_ACTION": "stop", "L0_CHECKPOINT_STORE": f"sqlite://{db}"}
+    env = {"L0_ACTION": "stop", "L0_CHECKPOINT_STORE": f"sqlite://{db}", **_freezable(fleet["tmp"] / "freeze-solo")}
     solo = Server(fleet["model"], ARGS, env=env, log_path=fleet["tmp"] / "solo.log", port=free_port())
     solo.start()
     try:

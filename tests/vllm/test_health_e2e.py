@@ -119,9 +119,12 @@ def test_frozen_decode_loop_fails_health_and_the_client_resumes(pair, reference)
     freeze = tmp / "freeze-r1"
     frozen_at = []
 
+    # The DEBUG hook: r1's decode loop stops stepping once the row has 10
+    # tokens (held by the engine itself: a lagging client cannot miss it).
+    freeze.write_text("10")
+
     def on_tokens(n):
         if n >= 10 and not frozen_at:
-            freeze.touch()  # the DEBUG hook: r1's decode loop stops stepping
             frozen_at.append(time.monotonic())
             # Reported, not asserted (no timing assertions): freeze → /l0/health 503.
             latency = _wait_health(r1, 503, "failed")
@@ -147,13 +150,14 @@ def test_fatal_xid_mid_stream_drains_and_the_client_resumes_exactly(pair):
     # already done with every token sitting in the socket (seen in CI with 64).
     reference = _stream(FailoverClient([r2.url], pair["model"], policy=POLICY), max_tokens=LONG)[:2]
 
+    # r1's decode loop holds at token 20 while the Xid lands, so the stream
+    # is still running when r1 fails (else a fast engine may have sent every
+    # token before the drain could cut it: seen in CI).
+    freeze = pair["tmp"] / "freeze-r1"
+    freeze.write_text("20")
+
     def on_tokens(n):
         if n >= 20 and "xid" not in seen:
-            # Hold r1's decode loop while the Xid lands, so the stream is still
-            # running when r1 fails (else a fast engine may have sent every
-            # token before the drain could cut it: seen once in CI).
-            freeze = pair["tmp"] / "freeze-r1"
-            freeze.touch()
             script.write_text(json.dumps({"gpus": [{"index": 0, "name": "scripted GPU"}],
                                           "timeline": [{"at_s": 0, "gpu": 0, "xid": 79}]}))
             seen["xid"] = time.monotonic()
@@ -213,13 +217,10 @@ def test_on_stall_exit_kills_the_replica_and_the_client_resumes(pair, reference)
     # Same status directory: the dead engine's latched Xid verdict is not inherited.
     _wait_health(r1, 200, "healthy")
     freeze = tmp / "freeze-r1"
-
-    def on_tokens(n):
-        if n >= 10 and not freeze.exists():
-            freeze.touch()
+    freeze.write_text("10")  # the engine holds at token 10, then the watchdog ends it
 
     client = FailoverClient([r1.url, r2.url], pair["model"], policy=POLICY)
-    ids, text, out = _stream(client, on_tokens)
+    ids, text, out = _stream(client)
     assert ids == reference[0] and text == reference[1]
     assert [e.mode for e in out.events if e.kind == "attempt"] == ["fresh", "resume"]
     r1.proc.wait(timeout=60)  # the server process ends by itself

@@ -10,7 +10,9 @@ Sleeps are injected and recorded: no test waits for a backoff.
 from __future__ import annotations
 
 import asyncio
+import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 
@@ -36,7 +38,10 @@ def fleet(tmp_path_factory):
     env = {"L0_ACTION": "stop", "L0_CHECKPOINT_STORE": redis.url}
     keyed = tmp / "assign-keys.yaml"  # r2 keys every request (r1 only those that carry a key)
     keyed.write_text("l0:\n  checkpoint:\n    assign_keys: true\n")
-    servers = {"r1": Server(model, ARGS, env=env, log_path=tmp / "r1.log", port=free_port()),
+    # r1's engine can be held at a token count (DEBUG freeze file), so a kill
+    # lands at that token even when the client lags the engine.
+    freezable = {"L0_DEBUG_FAULTS": "1", "L0_DEBUG_FREEZE_FILE": str(tmp / "freeze-r1")}
+    servers = {"r1": Server(model, ARGS, env=dict(env, **freezable), log_path=tmp / "r1.log", port=free_port()),
                "r2": Server(model, ARGS + ["--l0-config", str(keyed)], env=env, log_path=tmp / "r2.log",
                             port=free_port()),
                "plain": Server(model, ARGS, log_path=tmp / "plain.log", port=free_port(), with_l0=False)}
@@ -83,15 +88,26 @@ def sdk(url):
     return AsyncOpenAI(base_url=url + "/v1", api_key="test", max_retries=0)
 
 
-def wrapped_run(fleet, url, kind="chat", kill_at=None, victim=None, fallbacks=(), **options) -> Run:
+def wrapped_run(fleet, url, kind="chat", kill_at=None, victim=None, fallbacks=(), messages=PROMPT,
+                max_tokens=MAX_TOKENS, hook=None, **options) -> Run:
+    """One wrapped stream; ``hook(event)`` runs on every event as it happens."""
     import l0
 
     run = Run()
+
+    def on_event(e):
+        run.events.append(e)
+        if hook is not None:
+            hook(e)
     options.setdefault("retry", l0.Retry(max_retries=4))
+
+    freeze = Path(victim.env["L0_DEBUG_FREEZE_FILE"]) if kill_at is not None else None
+    if freeze is not None:
+        freeze.write_text(str(kill_at))
 
     async def go():
         clients = [sdk(url)] + [sdk(f) for f in fallbacks]
-        client = l0.wrap(clients[0], fallbacks=clients[1:], sleep=run.sleep, on_event=run.events.append, **options)
+        client = l0.wrap(clients[0], fallbacks=clients[1:], sleep=run.sleep, on_event=on_event, **options)
         try:
             await consume(client)
         finally:
@@ -100,8 +116,8 @@ def wrapped_run(fleet, url, kind="chat", kill_at=None, victim=None, fallbacks=()
 
     async def consume(client):
         if kind == "chat":
-            stream = await client.chat.completions.create(model=fleet["model"], messages=PROMPT,
-                                                          max_tokens=MAX_TOKENS, temperature=0.0, stream=True)
+            stream = await client.chat.completions.create(model=fleet["model"], messages=messages,
+                                                          max_tokens=max_tokens, temperature=0.0, stream=True)
         else:
             stream = await client.completions.create(model=fleet["model"], prompt="Once upon a time,",
                                                      max_tokens=MAX_TOKENS, temperature=0.0, stream=True)
@@ -114,18 +130,23 @@ def wrapped_run(fleet, url, kind="chat", kill_at=None, victim=None, fallbacks=()
                 run.ids += getattr(c, "token_ids", None) or []
             if kill_at is not None and len(run.ids) >= kill_at and victim.proc.poll() is None:
                 victim.kill()
-    asyncio.run(asyncio.wait_for(go(), 300))
+                freeze.unlink()
+    try:
+        asyncio.run(asyncio.wait_for(go(), 300))
+    finally:
+        if freeze is not None:
+            freeze.unlink(missing_ok=True)
     return run
 
 
-def raw_run(fleet, url, kind="chat"):
+def raw_run(fleet, url, kind="chat", messages=PROMPT, max_tokens=MAX_TOKENS):
     """The plain SDK, uninterrupted: (text, token ids, chunk count)."""
     async def go():
         client = sdk(url)
         extra = {"return_token_ids": True}
         if kind == "chat":
-            stream = await client.chat.completions.create(model=fleet["model"], messages=PROMPT,
-                                                          max_tokens=MAX_TOKENS, temperature=0.0, stream=True,
+            stream = await client.chat.completions.create(model=fleet["model"], messages=messages,
+                                                          max_tokens=max_tokens, temperature=0.0, stream=True,
                                                           extra_body=extra)
         else:
             stream = await client.completions.create(model=fleet["model"], prompt="Once upon a time,",
@@ -348,6 +369,58 @@ def test_the_key_header_and_assigned_keys(fleet):
     assert record is not None and record["output_ids"] == body.choices[0].token_ids
     assert asyncio.run(raw(fleet["r1"].url))[0] is None  # r1 keys only keyed requests
     assert asyncio.run(raw(fleet["r1"].url, {"l0_key": "l0-" + "ab" * 16}))[0] == "l0-" + "ab" * 16
+
+
+LOOPING = [{"role": "user", "content": "List the planets of the solar system."}]  # L0 stops it (EOS)
+
+
+def test_a_stream_cut_before_its_stop_token_ends_without_special_text(fleet, proxies):
+    """The cut drops only the last event (L0's stop: the EOS token); the
+    record is finished by then, so the client delivers the EOS from it, with
+    the text the stream itself gives it: none (seen in CI: ``<|im_end|>``
+    rendered by vLLM's ``/detokenize``, which keeps special tokens)."""
+    import httpx
+
+    text, ids, n = raw_run(fleet, fleet["r1"].url, messages=LOOPING, max_tokens=300)
+    assert len(ids) < 300 and "<|im_end|>" not in text
+
+    def settle(e):  # let the record land finished before the retry reads it
+        if e.type == "failure":
+            key = run_key[0]
+            for _ in range(200):
+                r = httpx.get(f"{fleet['r1'].url}/l0/checkpoints/{key}", timeout=5)
+                if r.status_code == 200 and r.json()["finished"]:
+                    return
+                time.sleep(0.05)
+        elif e.type == "session_start":
+            run_key.append(e.l0_key)
+    run_key = []
+    proxies["r1"].inject(Cut(after_events=n - 1))
+    run = wrapped_run(fleet, proxies["r1"].url, messages=LOOPING, max_tokens=300, hook=settle)
+    assert (run.text, run.ids) == (text, ids)
+    fetched = run.of("checkpoint_fetched")
+    assert fetched[0].finished and run.of("complete")[0].attempts == 1
+    assert run.of("complete")[0].finish_reason == "stop"
+
+
+def test_the_detokenize_route_renders_as_a_stream_does(fleet):
+    import httpx
+
+    url = fleet["r1"].url + "/l0/detokenize"
+    eos = 2  # SmolLM2's <|im_end|>
+    ids = [1653, 260, eos]
+    plain = httpx.post(fleet["r1"].url + "/detokenize", json={"model": fleet["model"], "tokens": ids}).json()
+    assert plain["prompt"].endswith("<|im_end|>")                           # vLLM's keeps it
+    r = httpx.post(url, json={"tokens": ids})
+    assert r.status_code == 200 and r.json() == {"text": plain["prompt"][:-len("<|im_end|>")]}
+    assert httpx.post(url, json={"tokens": ids, "skip_special_tokens": False}).json()["text"] == plain["prompt"]
+    for bad, says in [(b"not json", "not valid JSON"), (b"[1, 2]", "JSON object"),
+                      (b'{"tokens": [-1]}', "token ids"), (b'{"tokens": "12"}', "token ids"),
+                      (b'{"tokens": [1.5]}', "token ids"), (b'{"tokens": [true]}', "token ids"),
+                      (b'{"tokens": [99999999]}', "vocabulary size"),
+                      (b'{"tokens": [1], "skip_special_tokens": "yes"}', "true or false")]:
+        r = httpx.post(url, content=bad, headers={"content-type": "application/json"})
+        assert r.status_code == 400 and says in r.json()["error"]["message"], (bad, r.text)
 
 
 @pytest.mark.parametrize("prompt,action,finish", [

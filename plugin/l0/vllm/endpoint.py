@@ -19,6 +19,8 @@
   frozen, device failed: see :mod:`l0.health`). ``GET /l0/status``: the
   engines' documents (per-GPU readings, watchdog, counters) and the verdict.
   ``GET /l0/metrics``: the same as Prometheus series.
+* ``POST /l0/detokenize``: token ids to text as a stream renders them
+  (special tokens skipped by default; vLLM's ``/detokenize`` keeps them).
   With ``health.replace_vllm_health`` vLLM's own ``/health`` answers the same.
 * While FAILED, new completion requests get 503 with ``Retry-After``
   (:class:`Drain`), so load balancers and the failover client go elsewhere.
@@ -181,6 +183,47 @@ async def get_checkpoint(key: str, request):
     return _json(200, record.to_dict())
 
 
+MAX_DETOKENIZE = 1 << 20  # token ids per /l0/detokenize request
+
+
+def _detokenize_args(doc) -> tuple[list[int], bool]:
+    """``{"tokens": [int, ...], "skip_special_tokens": bool = true}`` checked;
+    raises ValueError with the message for the 400."""
+    if not isinstance(doc, dict):
+        raise ValueError("l0: the body must be a JSON object with 'tokens'")
+    ids = doc.get("tokens")
+    if not isinstance(ids, list) or len(ids) > MAX_DETOKENIZE \
+            or not all(type(t) is int and 0 <= t < 1 << 31 for t in ids):
+        raise ValueError(f"l0: 'tokens' must be a list of at most {MAX_DETOKENIZE} token ids (0 <= id < 2**31)")
+    skip = doc.get("skip_special_tokens", True)
+    if not isinstance(skip, bool):
+        raise ValueError("l0: 'skip_special_tokens' must be true or false")
+    return ids, skip
+
+
+async def post_detokenize(request):
+    """``POST /l0/detokenize``: the text of token ids as a stream renders them
+    (special tokens skipped unless ``skip_special_tokens`` is false, which
+    vLLM's own ``/detokenize`` cannot do) — the failover client asks it for
+    the text of checkpointed tokens it never received."""
+    if not authorized(request.headers, getattr(request.app.state, "l0_api_tokens", [])):
+        return _json(401, {"error": "Unauthorized"})
+    try:
+        ids, skip = _detokenize_args(json.loads(await request.body()))
+    except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError is a ValueError
+        msg = str(exc) if str(exc).startswith("l0:") else "l0: the body is not valid JSON"
+        return _json(400, {"error": {"message": msg, "code": 400}})
+    tokenizer = getattr(request.app.state, "l0_tokenizer", None)
+    if tokenizer is None:
+        return _json(503, {"error": {"message": "l0: the tokenizer is not loaded yet", "code": 503}})
+    vocab = len(tokenizer)
+    if any(t >= vocab for t in ids):
+        return _json(400, {"error": {"message": f"l0: token ids must be below the vocabulary size {vocab}",
+                                     "code": 400}})
+    text = await asyncio.to_thread(tokenizer.decode, ids, skip_special_tokens=skip)
+    return _json(200, {"text": text})
+
+
 def replica_health():
     """The replica's combined health from the engines' status documents
     (None when no status directory is configured: health unknown → not L0's call)."""
@@ -307,6 +350,9 @@ class L0EndpointPlugin:
 
         app.add_api_route("/l0/checkpoints/{key}", l0_get_checkpoint, methods=["GET"])
 
+        async def l0_detokenize(request):
+            return await post_detokenize(request)
+
         async def l0_health(request):
             return await get_health(request)
 
@@ -316,8 +362,9 @@ class L0EndpointPlugin:
         async def l0_metrics(request):
             return await get_metrics(request)
 
-        for fn in (l0_health, l0_status, l0_metrics):
+        for fn in (l0_detokenize, l0_health, l0_status, l0_metrics):
             fn.__annotations__ = {"request": Request}
+        app.add_api_route("/l0/detokenize", l0_detokenize, methods=["POST"])
         app.add_api_route("/l0/health", l0_health, methods=["GET"])
         app.add_api_route("/l0/status", l0_status, methods=["GET"])
         app.add_api_route("/l0/metrics", l0_metrics, methods=["GET"])
@@ -327,3 +374,8 @@ class L0EndpointPlugin:
     async def init_state(self, engine_client, state, args) -> None:
         tokens = _api_token_hashes(args)
         state.l0_api_tokens = tokens
+        try:
+            tok = engine_client.get_tokenizer()
+            state.l0_tokenizer = await tok if asyncio.iscoroutine(tok) else tok
+        except Exception:  # no tokenizer (--skip-tokenizer-init): /l0/detokenize answers 503
+            state.l0_tokenizer = None

@@ -34,19 +34,49 @@ def server_config():
     return load_server_config()
 
 
-def _debug_freeze_hook():
+class DebugFreeze:
     """DEBUG ONLY, off by default: with ``L0_DEBUG_FAULTS=1`` and
-    ``L0_DEBUG_FREEZE_FILE=path``, every decode step waits while that file
-    exists — tests freeze a real server's decode loop with it."""
-    if os.environ.get("L0_DEBUG_FAULTS") != "1" or not os.environ.get("L0_DEBUG_FREEZE_FILE"):
-        return None
-    path = os.environ["L0_DEBUG_FREEZE_FILE"]
-    log.warning("l0: DEBUG fault hook armed: the decode loop freezes while %s exists", path)
+    ``L0_DEBUG_FREEZE_FILE=path``, a decode step waits while that file exists
+    — tests freeze a real server's decode loop with it. A file holding a
+    number ``N`` freezes only once some row has ``N`` output tokens: the
+    client then has exactly ``N`` tokens and the engine none beyond, so a
+    kill or a stall lands at that token, whatever the client's lag."""
 
-    def freeze() -> None:
-        while os.path.exists(path):
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.rows: dict[int, list[int]] = {}  # batch index -> the row's live output ids
+
+    @classmethod
+    def from_env(cls) -> "DebugFreeze | None":
+        if os.environ.get("L0_DEBUG_FAULTS") != "1" or not os.environ.get("L0_DEBUG_FREEZE_FILE"):
+            return None
+        path = os.environ["L0_DEBUG_FREEZE_FILE"]
+        log.warning("l0: DEBUG fault hook armed: the decode loop freezes while %s exists", path)
+        return cls(path)
+
+    def follow(self, bu: BatchUpdate) -> None:
+        for index in bu.removed:
+            self.rows.pop(index, None)
+        for index, _params, _prompt, out_ids in bu.added:
+            self.rows[index] = out_ids
+        for a, b, direction in bu.moved:
+            ra, rb = self.rows.pop(a, None), self.rows.pop(b, None)
+            if ra is not None:
+                self.rows[b] = ra
+            if rb is not None and direction == MoveDirectionality.SWAP:
+                self.rows[a] = rb
+
+    def __call__(self) -> None:
+        while True:
+            try:
+                with open(self.path) as f:
+                    text = f.read().strip()
+            except FileNotFoundError:
+                return
+            at = int(text) if text.isdigit() else 0
+            if at and not any(len(out) >= at for out in self.rows.values()):
+                return
             time.sleep(0.05)
-    return freeze
 
 
 def _tp_rank() -> int:
@@ -124,7 +154,7 @@ class L0LogitsProcessor(LogitsProcessor):
         self.starvation = None  # per-request token gaps, only with the health monitor
         self.kinds_seen: dict[str, int] = {}
         self._margins: dict[str, int] = {}  # schema -> close margin
-        self._freeze = _debug_freeze_hook()
+        self._freeze = DebugFreeze.from_env()
         rank0 = _tp_rank() == 0
         want_ckpt = self.cfg.checkpoint.enabled and not shadowed and rank0
         self.enabled = self.detect or want_ckpt
@@ -215,6 +245,8 @@ class L0LogitsProcessor(LogitsProcessor):
             self.heartbeat.idle()  # nothing in flight: nothing can be stuck
         if self.starvation is not None and batch_update:
             self._follow_starvation(batch_update)
+        if self._freeze is not None and batch_update:
+            self._freeze.follow(batch_update)
         if not self.enabled or not batch_update:
             return
         core = self.core
