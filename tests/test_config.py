@@ -98,7 +98,7 @@ def test_checkpoint_section(tmp_path, monkeypatch):
     monkeypatch.setenv("L0_CHECKPOINT_STORE", "off")
     assert not load_server_config(f).checkpoint.enabled
     for bad, msg in [("every: 0", "checkpoint.every=0 is out of range"), ("retention: forever", "retention"),
-                     ("assign_keys: sometimes", "assign_keys must be true or false"),
+                     ("assign_keys: sometimes", "checkpoint.assign_keys=.sometimes. must be true or false"),
                      ("colour: red", "unknown checkpoint key 'colour'")]:
         f.write_text(f"l0:\n  checkpoint:\n    {bad}\n")
         with pytest.raises(OptionError, match=msg):

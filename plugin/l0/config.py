@@ -12,6 +12,7 @@ Pure Python (``yaml`` imported lazily). Contract:
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -386,21 +387,30 @@ def load_server_config(path: str | os.PathLike | None = None) -> ServerConfig:
         return _with_env(ServerConfig()).check()
     import yaml
 
-    with open(path) as f:
-        doc = yaml.safe_load(f) or {}
+    try:
+        with open(path, encoding="utf-8") as f:
+            doc = yaml.safe_load(f) or {}
+    except OSError as exc:
+        raise OptionError(f"l0: cannot read config {path}: {exc.strerror or exc}") from None
+    except (yaml.YAMLError, UnicodeDecodeError, RecursionError) as exc:
+        raise OptionError(f"l0: config {path} is not valid YAML: {str(exc)[:300]}") from None
     if not isinstance(doc, dict):
         raise OptionError(f"l0: config {path} must be a mapping")
-    doc = dict(doc.get("l0", doc))
-    det = dict(doc.pop("detector", {}) or {})
-    json_det = dict(doc.pop("json_detector", {}) or {})
-    ckpt = _section(doc, "checkpoint", CheckpointConfig, path)
-    health = _section(doc, "health", HealthConfig, path)
+    doc = doc.get("l0", doc)
+    if not isinstance(doc, dict):
+        raise OptionError(f"l0: the l0 section of config {path} must be a mapping")
+    doc = dict(doc)
+    det = _section(doc, "detector", None, path)
+    json_det = _section(doc, "json_detector", None, path)
+    ckpt = _typed(CheckpointConfig, _section(doc, "checkpoint", CheckpointConfig, path), "checkpoint.")
+    health = _typed(HealthConfig, _section(doc, "health", HealthConfig, path), "health.")
     top_fields = {f.name for f in dataclasses.fields(ServerConfig)} - {"defaults", "checkpoint", "health",
                                                                       "json_overrides"}
-    unknown = sorted(set(doc) - top_fields)
+    unknown = sorted(set(doc) - top_fields, key=str)
     if unknown:
         raise OptionError(f"l0: unknown config key {unknown[0]!r} in {path}")
-    cap = int(doc.get("max_period_cap", ServerConfig.max_period_cap))
+    doc = _typed(ServerConfig, doc, "")
+    cap = doc.get("max_period_cap", ServerConfig.max_period_cap)
     changes = {}
     for name, value in det.items():
         if name not in _RANGES:
@@ -412,17 +422,9 @@ def load_server_config(path: str | os.PathLike | None = None) -> ServerConfig:
             raise OptionError(f"l0: unknown json_detector key {name!r} in {path}")
         json_overrides[name] = _coerce(name, value, _bounds(name, cap)[0])
     try:
-        cp = CheckpointConfig(**{k: (_coerce(f"checkpoint.{k}", v, int) if k in ("every", "ttl_s") else v)
-                                 for k, v in ckpt.items()})
+        cp = CheckpointConfig(**ckpt)
     except TypeError as exc:
         raise OptionError(f"l0: bad checkpoint section in {path}: {exc}") from None
-    for k in ("stall_floor_s", "stall_factor", "status_interval_s", "telemetry_interval_s"):
-        if k in health:
-            health[k] = _coerce(f"health.{k}", health[k], float)
-    if health.get("stall_timeout_s") is not None:
-        health["stall_timeout_s"] = _coerce("health.stall_timeout_s", health["stall_timeout_s"], float)
-    if "retry_after_s" in health:
-        health["retry_after_s"] = _coerce("health.retry_after_s", health["retry_after_s"], int)
     try:
         hc = HealthConfig(**health)
     except TypeError as exc:
@@ -431,12 +433,37 @@ def load_server_config(path: str | os.PathLike | None = None) -> ServerConfig:
                                   health=hc, **doc)).check()
 
 
-def _section(doc: dict, name: str, cls: type, path) -> dict:
-    """Pop sub-mapping ``name`` from ``doc``; unknown keys raise OptionError."""
+def _typed(cls: type, values: dict, prefix: str) -> dict:
+    """``values`` for dataclass ``cls`` with each field's declared type
+    (``str``, ``bool``, ``int``, ``float``, ``float | None``) checked or
+    coerced as request options are; raises OptionError naming the field."""
+    kinds = {f.name: str(f.type) for f in dataclasses.fields(cls)}
+    out = dict(values)
+    for k, v in values.items():
+        kind, name = kinds.get(k, ""), prefix + str(k)
+        if kind.endswith("| None") and v is None:
+            continue
+        kind = kind.replace(" | None", "")
+        if kind == "str" and not isinstance(v, str):
+            raise OptionError(ERR_TYPE.format(name=name, value=v, kind="a string"))
+        if kind == "bool":
+            out[k] = _boolean(name, v)
+        elif kind in ("int", "float"):
+            out[k] = _coerce(name, v, int if kind == "int" else float)
+            if kind == "float" and not math.isfinite(out[k]):
+                raise OptionError(ERR_TYPE.format(name=name, value=v, kind="a finite number"))
+    return out
+
+
+def _section(doc: dict, name: str, cls: type | None, path) -> dict:
+    """Pop sub-mapping ``name`` from ``doc``; unknown keys raise OptionError
+    (``cls`` None: the caller checks the keys)."""
     sec = doc.pop(name, {}) or {}
     if not isinstance(sec, dict):
         raise OptionError(f"l0: {name} in {path} must be a mapping")
-    unknown = sorted(set(sec) - {f.name for f in dataclasses.fields(cls)})
+    if cls is None:
+        return dict(sec)
+    unknown = sorted(set(sec) - {f.name for f in dataclasses.fields(cls)}, key=str)
     if unknown:
         raise OptionError(f"l0: unknown {name} key {unknown[0]!r} in {path}")
     return dict(sec)

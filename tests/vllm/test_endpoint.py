@@ -16,7 +16,7 @@ def _app():
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request):
-        return {"echo": (await request.body()).decode()}
+        return {"echo": (await request.body()).decode("utf-8", "replace")}
 
     @app.post("/other")
     async def other(request: Request):
@@ -53,6 +53,36 @@ def test_other_routes_and_unparsable_bodies_pass_through():
     assert _post("/other", b"not json").json() == {"len": 8}
     r = _post("/v1/chat/completions", b"{not json")
     assert r.status_code == 200 and r.json() == {"echo": "{not json"}  # vLLM answers it itself
+
+
+def test_any_body_is_passed_on_or_refused_with_a_message():
+    """Fuzzed bodies (hypothesis): every answer is the app's (200) or L0's
+    400 with a message; nothing raises out of the middleware."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    from l0.config import KNOWN_OPTIONS
+
+    scalars = st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70), st.floats(), st.text(max_size=30))
+    values = st.recursive(scalars, lambda inner: st.one_of(st.lists(inner, max_size=3),
+                                                           st.dictionaries(st.text(max_size=8), inner, max_size=3)),
+                          max_leaves=10)
+    xargs = st.dictionaries(st.one_of(st.sampled_from(KNOWN_OPTIONS), st.text(max_size=10)), values, max_size=4)
+    docs = st.one_of(st.fixed_dictionaries({"vllm_xargs": st.one_of(xargs, values)}, optional={"stream": values}),
+                     values)
+    bodies = st.one_of(docs.map(lambda d: json.dumps(d).encode()), st.binary(max_size=64),
+                       st.integers(1, 100_000).map(lambda n: b"[" * n + b"]" * n))
+
+    @settings(max_examples=200, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+    @given(body=bodies)
+    def check(body):
+        r = _post("/v1/chat/completions", body)
+        assert r.status_code in (200, 400), r.text
+        if r.status_code == 400:
+            assert r.json()["error"]["message"].startswith("l0: ")
+        else:
+            assert r.json() == {"echo": body.decode("utf-8", "replace")}
+    check()
 
 
 # -- GET /l0/checkpoints/{key} ------------------------------------------------

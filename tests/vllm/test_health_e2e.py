@@ -71,6 +71,18 @@ def _wait_health(srv, want_code, want_status, limit_s=30.0):
     raise AssertionError(f"{srv.url}/l0/health never became {want_code} {want_status}: {_health(srv)}")
 
 
+def _engine(srv) -> tuple[float, dict[str, float]]:
+    """From vLLM's /metrics: requests running, and requests finished by the
+    engine by reason (a request the API server aborts is not counted)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    samples = [s for f in text_string_to_metric_families(httpx.get(srv.url + "/metrics", timeout=5).text)
+               for s in f.samples]
+    running = sum(s.value for s in samples if s.name == "vllm:num_requests_running")
+    return running, {s.labels["finished_reason"]: s.value for s in samples
+                     if s.name == "vllm:request_success_total"}
+
+
 def _stream(client, on_tokens=None, max_tokens=MAX_TOKENS):
     async def go():
         ids, text = [], ""
@@ -166,11 +178,18 @@ def test_fatal_xid_mid_stream_drains_and_the_client_resumes_exactly(pair):
             freeze.unlink()
             print(f"\nXid 79 injected -> /l0/health 503 after {seen['latency']:.2f} s")
 
+    before = _engine(r1)[1]
     client = FailoverClient([r1.url, r2.url], pair["model"], policy=POLICY)
     ids, text, out = _stream(client, on_tokens, max_tokens=LONG)
     assert ids == reference[0] and text == reference[1]
     resume = next(e for e in out.events if e.kind == "resume")
     assert resume.replica == r2.url and resume.offset >= 20
+    # The cut request ended in r1's engine too (aborted), not decoded on to
+    # its end by a FAILED replica (seen in CI: it starved r2 of the cores).
+    deadline = time.monotonic() + 120
+    while (state := _engine(r1))[0] > 0 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert state == (0, before)  # idle, and the request did not run on to its end
     code, body = _health(r1)
     # The Xid is among the reasons (a drained engine that still counts the cut
     # request in flight can also read as frozen on a busy machine: seen in CI).

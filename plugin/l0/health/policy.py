@@ -8,6 +8,7 @@ value; it never returns a partial policy.
 from __future__ import annotations
 
 import enum
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,10 +57,19 @@ def default_policy_path() -> Path:
     raise FileNotFoundError("l0: configs/device_policy.yaml not found next to the package or the checkout")
 
 
+def _mapping(value: Any, what: str) -> dict:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ValueError(f"l0: {what} must be a mapping")
+    return dict(value)
+
+
 def policy_from_dict(doc: Mapping[str, Any], where: str = "device policy") -> DevicePolicy:
-    doc = dict(doc.get("device_policy", doc))
+    """Raises ValueError naming the first bad entry."""
+    doc = _mapping(_mapping(doc, where).get("device_policy", doc), where)
     known = {f for f in DevicePolicy.__dataclass_fields__}
-    unknown = sorted(set(doc) - known)
+    unknown = sorted(set(doc) - known, key=str)
     if unknown:
         raise ValueError(f"l0: {where}: unknown key {unknown[0]!r}")
     kw: dict[str, Any] = {}
@@ -67,21 +77,29 @@ def policy_from_dict(doc: Mapping[str, Any], where: str = "device policy") -> De
         if k in doc:
             kw[k] = Level.parse(doc[k], f"{where}: {k}")
     xid = {}
-    for code, level in (doc.get("xid") or {}).items():
+    for code, level in _mapping(doc.get("xid"), f"{where}: xid").items():
         try:
+            if isinstance(code, (bool, float)):
+                raise TypeError
             code = int(code)
         except (TypeError, ValueError):
             raise ValueError(f"l0: {where}: xid code {code!r} is not an integer") from None
         xid[code] = Level.parse(level, f"{where}: xid {code}")
     kw["xid"] = xid
     for k in ("recovery_action", "clock_events"):
-        kw[k] = {str(name): Level.parse(v, f"{where}: {k}.{name}") for name, v in (doc.get(k) or {}).items()}
+        kw[k] = {str(name): Level.parse(v, f"{where}: {k}.{name}")
+                 for name, v in _mapping(doc.get(k), f"{where}: {k}").items()}
     for k in ("xid_window_s", "temperature_degraded_c", "temperature_failed_c"):
         if k in doc:
+            v = doc[k]
             try:
-                kw[k] = float(doc[k])
-            except (TypeError, ValueError):
+                if isinstance(v, bool):
+                    raise TypeError
+                kw[k] = float(v)
+            except (TypeError, ValueError, OverflowError):
                 raise ValueError(f"l0: {where}: {k} must be a number") from None
+            if not math.isfinite(kw[k]):
+                raise ValueError(f"l0: {where}: {k} must be a finite number")
     return DevicePolicy(**kw)
 
 
@@ -89,8 +107,11 @@ def load_policy(path: str | os.PathLike | None = None) -> DevicePolicy:
     import yaml
 
     path = Path(path or os.environ.get("L0_DEVICE_POLICY") or default_policy_path())
-    with open(path) as f:
-        doc = yaml.safe_load(f) or {}
+    try:
+        with open(path, encoding="utf-8") as f:
+            doc = yaml.safe_load(f) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ValueError(f"l0: {path} is not valid YAML: {str(exc)[:300]}") from None
     if not isinstance(doc, dict):
         raise ValueError(f"l0: {path} must be a mapping")
     return policy_from_dict(doc, str(path))

@@ -72,6 +72,86 @@ class TelemetrySource(Protocol):
 
 
 _READING_FIELDS = set(GpuReading.__dataclass_fields__) - {"index"}
+_NUMBER, _COUNT, _FLAG, _TEXT, _TEXTS = "a number", "a whole number >= 0", "true or false", "a string", \
+    "a list of strings"
+_FIELD_KINDS = {"uuid": _TEXT, "name": _TEXT, "temperature_c": _NUMBER, "power_w": _NUMBER,
+                "memory_used_bytes": _COUNT, "memory_total_bytes": _COUNT, "ecc_uncorrected": _COUNT,
+                "retired_pages_pending": _FLAG, "row_remap_pending": _FLAG, "row_remap_failure": _FLAG,
+                "recovery_action": _TEXT, "clock_events": _TEXTS, "lost": _FLAG, "errors": _TEXTS}
+_MAX_SCRIPT_ENTRIES = 10_000
+
+
+def _is(kind: str, v: Any, nullable: bool = True) -> bool:
+    import math
+    if v is None:
+        return nullable
+    if kind == _NUMBER:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    if kind == _COUNT:
+        return isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 1 << 63
+    if kind == _FLAG:
+        return isinstance(v, bool)
+    if kind == _TEXT:
+        return isinstance(v, str) and len(v) <= 1024
+    return isinstance(v, list) and len(v) <= 64 and all(isinstance(x, str) and len(x) <= 256 for x in v)
+
+
+def check_script(doc: Any) -> dict:
+    """Check a telemetry script (see :class:`ScriptedSource`) and return it.
+    Raises ValueError naming the first bad part: a script is operator input,
+    and a bad one must be refused at start and ignored on reload, never
+    kill the health monitor."""
+    where = "l0: telemetry script"
+    if doc is None:
+        return {}
+    if not isinstance(doc, dict):
+        raise ValueError(f"{where} must be a mapping with 'gpus' and/or 'timeline'")
+    unknown = set(doc) - {"gpus", "timeline"}
+    if unknown:
+        raise ValueError(f"{where}: unknown key {sorted(map(str, unknown))[0]!r}")
+
+    def gpu_index(v, at):
+        if not (isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 1024):
+            raise ValueError(f"{where}: {at} must be a GPU index 0-1023, not {v!r}")
+
+    def fields(d, at):
+        for k, v in d.items():
+            if k not in _FIELD_KINDS:
+                raise ValueError(f"{where}: unknown field {k!r} at {at}")
+            if not _is(_FIELD_KINDS[k], v, nullable=k not in ("clock_events", "errors", "lost")):
+                raise ValueError(f"{where}: {k} at {at} must be {_FIELD_KINDS[k]}, not {v!r}"[:300])
+
+    gpus = doc.get("gpus")
+    if gpus is not None:
+        if not isinstance(gpus, list) or len(gpus) > 1024:
+            raise ValueError(f"{where}: 'gpus' must be a list of at most 1024 GPUs")
+        for i, g in enumerate(gpus):
+            if not isinstance(g, dict):
+                raise ValueError(f"{where}: gpus[{i}] must be a mapping")
+            gpu_index(g.get("index", 0), f"gpus[{i}].index")
+            fields({k: v for k, v in g.items() if k != "index"}, f"gpus[{i}]")
+    timeline = doc.get("timeline")
+    if timeline is not None:
+        if not isinstance(timeline, list) or len(timeline) > _MAX_SCRIPT_ENTRIES:
+            raise ValueError(f"{where}: 'timeline' must be a list of at most {_MAX_SCRIPT_ENTRIES} entries")
+        for i, e in enumerate(timeline):
+            at = f"timeline[{i}]"
+            if not isinstance(e, dict):
+                raise ValueError(f"{where}: {at} must be a mapping")
+            unknown = set(e) - {"at_s", "gpu", "set", "xid"}
+            if unknown:
+                raise ValueError(f"{where}: unknown key {sorted(map(str, unknown))[0]!r} at {at}")
+            if not _is(_NUMBER, e.get("at_s"), nullable=False) or not 0 <= e["at_s"] <= 1e9:
+                raise ValueError(f"{where}: {at}.at_s must be a number of seconds 0-1e9")
+            gpu_index(e.get("gpu", 0), f"{at}.gpu")
+            if "set" in e:
+                if not isinstance(e["set"], dict):
+                    raise ValueError(f"{where}: {at}.set must be a mapping")
+                fields(e["set"], at)
+            if "xid" in e and not (isinstance(e["xid"], int) and not isinstance(e["xid"], bool)
+                                   and 0 <= e["xid"] < 1 << 16):
+                raise ValueError(f"{where}: {at}.xid must be an Xid code 0-65535")
+    return doc
 
 
 class ScriptedSource:
@@ -95,24 +175,20 @@ class ScriptedSource:
         self._cv = threading.Condition()
         self._path: Path | None = None
         self._mtime = None
+        self._rejected = None  # the mtime of a version refused on reload
         self._load(doc, clock() if start is None else start)
 
     def _load(self, doc: dict, t0: float) -> None:
+        doc = check_script(doc)
         gpus = doc.get("gpus") or [{"index": 0}]
         self._gpus = {}
         for g in gpus:
-            unknown = set(g) - _READING_FIELDS - {"index"}
-            if unknown:
-                raise ValueError(f"l0: telemetry script: unknown GPU field {sorted(unknown)[0]!r}")
             g = dict(g)
-            if "clock_events" in g:
-                g["clock_events"] = tuple(g["clock_events"])
+            for k in ("clock_events", "errors"):
+                if k in g:
+                    g[k] = tuple(g[k])
             self._gpus[int(g.get("index", 0))] = GpuReading(**{"index": int(g.pop("index", 0)), **g})
         self._timeline = sorted(doc.get("timeline") or [], key=lambda e: float(e["at_s"]))
-        for e in self._timeline:
-            unknown = set(e.get("set", {})) - _READING_FIELDS
-            if unknown:
-                raise ValueError(f"l0: telemetry script: unknown field {sorted(unknown)[0]!r} at {e['at_s']} s")
         self._t0 = t0
         self._next = 0
         self._events: list[XidEvent] = []
@@ -122,7 +198,10 @@ class ScriptedSource:
         text = path.read_text()
         if str(path).endswith((".yaml", ".yml")):
             import yaml
-            return yaml.safe_load(text) or {}
+            try:
+                return yaml.safe_load(text) or {}
+            except yaml.YAMLError as exc:
+                raise ValueError(f"l0: telemetry script {path}: not YAML: {exc}") from None
         return json.loads(text) if text.strip() else {}
 
     @classmethod
@@ -139,9 +218,13 @@ class ScriptedSource:
             mtime = self._path.stat().st_mtime_ns
             if mtime == self._mtime:
                 return
-            doc = self._parse(self._path)
-        except (OSError, ValueError) as exc:  # mid-rewrite: try again next time
-            log.debug("l0: telemetry script unreadable for now: %s", exc)
+            doc = check_script(self._parse(self._path))
+        except (OSError, ValueError, RecursionError) as exc:
+            # Mid-rewrite, or bad content: keep the script in force, say so
+            # once per version of the file (checked again when it changes).
+            if not isinstance(exc, OSError) and self._rejected != mtime:
+                self._rejected = mtime
+                log.warning("l0: telemetry script %s not reloaded: %s", self._path, str(exc)[:300])
             return
         self._mtime = mtime
         self._load(doc, self._clock())

@@ -89,7 +89,7 @@ class XargsValidation:
                                     (b"content-length", str(len(payload)).encode())]})
             await send({"type": "http.response.body", "body": payload})
             return
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON, or nested past the parser: vLLM answers it
             pass
         if isinstance(key, str) and key:
             header = (b"x-l0-key", key.encode())
@@ -317,12 +317,40 @@ class Drain:
             await send({"type": "http.response.body", "body": payload})
             return
 
+        # Cutting a stream must also end its request in the engine. Raising
+        # from send leaves vLLM's response generator unclosed (it is aborted
+        # only when the garbage collector finds it), so a FAILED replica
+        # kept decoding the cut request to max_tokens — on shared cores,
+        # starving the replica the client had moved to (seen in CI). So
+        # the cut is a disconnect: the app's receive says http.disconnect,
+        # Starlette cancels the response while it awaits the generator
+        # (vLLM aborts the request), nothing more is sent, and the
+        # connection is dropped, not finished.
+        cut = asyncio.Event()
+
+        async def guarded_receive():
+            if cut.is_set():
+                return {"type": "http.disconnect"}
+            real, wake = asyncio.ensure_future(receive()), asyncio.ensure_future(cut.wait())
+            try:
+                await asyncio.wait((real, wake), return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for t in (real, wake):
+                    if not t.done():
+                        t.cancel()
+            return real.result() if real.done() and not real.cancelled() else {"type": "http.disconnect"}
+
         async def guarded_send(message):
+            if cut.is_set():
+                return
             if message["type"] == "http.response.body" and message.get("more_body") and self._failed():
-                raise ReplicaDraining("l0: replica FAILED: stream cut so the client fails over")
+                cut.set()
+                return
             await send(message)
 
-        await self.app(scope, receive, guarded_send)
+        await self.app(scope, guarded_receive, guarded_send)
+        if cut.is_set():
+            raise ReplicaDraining("l0: replica FAILED: stream cut so the client fails over")
 
 
 class L0EndpointPlugin:
