@@ -6,13 +6,19 @@
     then the same on the 40-prompt held-out set (``smollm2_holdout.jsonl``,
     never used to choose L0's defaults) unless ``--no-holdout``.
 (b) decode throughput of L0 in ``observe`` mode vs L0 off on the non-looping
-    part of the set (the prompts the model finishes by itself), alternated
-    ``--rounds`` times, ratio of tokens/s.
+    part of the set (the prompts the model finishes by itself), on ONE
+    ``l0 serve`` with the mode switched per request (``l0_action`` off /
+    observe), alternated ``--rounds`` times: the ratio of tokens/s. (Before
+    2026-11-26 (b) compared vLLM's own server with ``l0 serve`` while both
+    were up on two cores, with different configs, and reported L0 "faster"
+    (1.02-1.08): a confound, not a speed-up.) The plugin's fixed cost,
+    vanilla vs ``l0 serve`` one server at a time, is ``bench_load.py`` (b).
 
-"L0 off" is vLLM's own server; L0 is installed in this venv, so its entry point
-is loaded there too, inert under ``L0_ACTION=off`` (it returns at once). L0 runs
-are ``l0 serve``. Both servers run side by side in one run; requests go to one
-at a time. Writes ``bench/results/bench_workload.json``.
+"L0 off" in (a) is vLLM's own server; L0 is installed in this venv, so its
+entry point is loaded there too, inert under ``L0_ACTION=off`` (it returns at
+once). L0 runs are ``l0 serve``. One server is up at a time: vLLM's for (a)'s
+baselines, then ``l0 serve`` for (a)'s L0 runs and (b). Writes
+``bench/results/bench_workload.json``.
 
     .venv/bin/python bench/bench_workload.py
 """
@@ -76,14 +82,17 @@ def main() -> None:
     model = str(prepare_smollm2())
     finished = [r for r in rows if r["label"] == "finished"]
     a, a_holdout, b = [], [], []
-    with Server(model, ARGS, env={"L0_ACTION": "off"}, with_l0=False) as vanilla, \
-            Server(model, ARGS, env={"L0_ACTION": "stop"}) as l0:
+    sets = [("labelled set", rows)] + ([] if ns.no_holdout else [("held-out set", holdout)])
+    base = {}
+    if "a" in ns.parts:  # vLLM's own server first, alone
+        with Server(model, ARGS, env={"L0_ACTION": "off"}, with_l0=False) as vanilla:
+            base = {name: part_a_vanilla(vanilla, model, rs, name) for name, rs in sets}
+    with Server(model, ARGS, env={"L0_ACTION": "stop"}) as l0:  # then l0 serve, alone
         if "a" in ns.parts:
-            a = part_a(vanilla, l0, model, rows)
-            if not ns.no_holdout:
-                a_holdout = part_a(vanilla, l0, model, holdout, "held-out set")
+            done = {name: part_a_l0(l0, model, rs, name, base[name]) for name, rs in sets}
+            a, a_holdout = done["labelled set"], done.get("held-out set", [])
         if "b" in ns.parts:
-            b = part_b(vanilla, l0, model, finished, ns.rounds)
+            b = part_b(l0, model, finished, ns.rounds)
     out = Path(ns.out)
     old = json.loads(out.read_text()) if out.exists() else {}
     doc = {"meta": {"host": platform.node(), "when": time.strftime("%Y-%m-%dT%H:%M:%S"), "device": "cpu",
@@ -103,37 +112,44 @@ def main() -> None:
     print("wrote", out)
 
 
-def part_a(vanilla, l0, model, rows, name="labelled set"):
-    """L0 off / L0 stop / vLLM repetition_detection 64x3 and 512x3 on every prompt of a set."""
+def part_a_vanilla(vanilla, model, rows, name):
+    """L0 off and vLLM's repetition_detection 64x3 and 512x3 (vLLM's server)."""
     print(f"(a) SmolLM2 workload, {name}, {len(rows)} prompts, greedy, max_tokens {MAX_TOKENS}", flush=True)
     off, wall = run_set(vanilla, model, rows)
-    a = [summarize("L0 off", off, wall, rows, None)]
-    res, wall = run_set(l0, model, rows, {"l0_action": "stop"})
-    a.append(summarize("L0 stop", res, wall, rows, off))
+    out = {"off": (off, summarize("L0 off", off, wall, rows, None))}
     for size in (64, 512):
         rep = {"max_pattern_size": size, "min_count": 3}
         res, wall = run_set(vanilla, model, rows, repetition_detection=rep)
-        a.append(summarize(f"vLLM rep {size}x3", res, wall, rows, off))
+        out[size] = summarize(f"vLLM rep {size}x3", res, wall, rows, off)
+    return out
+
+
+def part_a_l0(l0, model, rows, name, base):
+    """L0 stop (l0 serve), set against the vanilla runs of ``base``."""
+    off, off_row = base["off"]
+    res, wall = run_set(l0, model, rows, {"l0_action": "stop"})
+    a = [off_row, summarize("L0 stop", res, wall, rows, off), base[64], base[512]]
     l0_stop = set(a[1]["runaway_stopped"])
     for row in a[2:]:
         row["missed_by_l0_of_these"] = sorted(set(row["runaway_stopped"]) - l0_stop)
         row["l0_extra"] = sorted(l0_stop - set(row["runaway_stopped"]))
-
     return a
 
 
-def part_b(vanilla, l0, model, finished, rounds):
-    """Paired rounds, the order alternating (off first, then observe first) so
-    drift on a shared machine cancels; the ratio per pair, then the median."""
-    print(f"(b) observe-mode throughput, {len(finished)} finishing prompts, {rounds} paired rounds", flush=True)
+def part_b(l0, model, finished, rounds):
+    """One server, the mode per request; paired rounds, the order alternating
+    (off first, then observe first) so drift on a shared machine cancels;
+    the ratio per pair, then the median."""
+    print(f"(b) observe-mode throughput, {len(finished)} finishing prompts, {rounds} paired rounds, "
+          "one l0 serve, l0_action per request", flush=True)
     b = []
     for i in range(rounds):
-        order = [("off", vanilla, None), ("observe", l0, {"l0_action": "observe"})]
+        order = [("off", {"l0_action": "off"}), ("observe", {"l0_action": "observe"})]
         if i % 2:
             order.reverse()
         tps = {}
-        for name, srv, xargs in order:
-            res, wall = run_set(srv, model, finished, xargs)
+        for name, xargs in order:
+            res, wall = run_set(l0, model, finished, xargs)
             toks = sum(len(x.token_ids) for x in res.values())
             tps[name] = toks / wall
             print(f"  round {i} {name:>8}: {toks} tokens in {wall:.1f} s = {toks / wall:.1f} tok/s", flush=True)

@@ -18,6 +18,9 @@ Faults:
 * ``Status(code, headers)``: answer ``code`` with a JSON error body without
   asking upstream (429/503 with ``Retry-After``, 401, ...).
 * ``Reset()``: reset the connection before any byte of the answer.
+
+``cut_now()`` drops every completion stream in flight at once (a chaos run's
+"connection cut").
 """
 from __future__ import annotations
 
@@ -63,6 +66,7 @@ class FaultProxy:
         self.upstream_port = upstream_port
         self.faults: list = []
         self.seen: list[str] = []          # "METHOD path -> fault" per request
+        self.live: set = set()             # writers of completion answers being piped
         self.loop = asyncio.new_event_loop()
         self.ready = threading.Event()
         self.thread = threading.Thread(target=self._serve, daemon=True)
@@ -93,6 +97,15 @@ class FaultProxy:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
         self.loop.close()
+
+    def cut_now(self) -> int:
+        """Abort every completion stream being piped now; returns how many."""
+        async def cut():
+            writers = list(self.live)
+            for w in writers:
+                w.transport.abort()
+            return len(writers)
+        return asyncio.run_coroutine_threadsafe(cut(), self.loop).result(10)
 
     def inject(self, *faults) -> None:
         self.faults.extend(faults)
@@ -154,8 +167,14 @@ class FaultProxy:
             up_r, up_w = await asyncio.open_connection("127.0.0.1", self.upstream_port)
             up_w.write(b"\r\n".join(kept) + b"\r\n\r\n" + body)
             await up_w.drain()
-            await self._pipe(up_r, writer, fault)
-            up_w.close()
+            completion = method == b"POST" and path.split(b"?")[0] in COMPLETION_PATHS
+            if completion:
+                self.live.add(writer)
+            try:
+                await self._pipe(up_r, writer, fault)
+            finally:
+                self.live.discard(writer)
+                up_w.close()
         except (ConnectionError, OSError):
             pass
         except asyncio.CancelledError:
@@ -171,7 +190,7 @@ class FaultProxy:
         pending = b""
         while True:
             data = await up.read(65536)
-            if not data:
+            if not data or writer.is_closing():  # upstream done, or the client side was cut
                 return
             if fault is None:
                 writer.write(data)

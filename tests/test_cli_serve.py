@@ -23,3 +23,29 @@ def test_bad_store_url_exits_2_without_echoing_the_password():
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "must be off or a sqlite://" in proc.stderr
     assert "hunter2" not in proc.stderr
+
+
+def test_speculative_decoding_is_refused_before_vllm_loads():
+    """vLLM runs no custom logits processor under speculative decoding: L0
+    could not work, so `l0 serve` says so at once (vLLM itself would fail
+    only after loading the model)."""
+    for flag in (["--speculative-config", '{"method": "ngram", "num_speculative_tokens": 2}'],
+                 ['--speculative-config={"method": "ngram"}']):
+        proc = subprocess.run([sys.executable, "-m", "l0.cli", "serve", "m", *flag],
+                              capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 2
+        assert "speculative decoding (--speculative-config) is not supported" in proc.stderr
+
+
+def test_config_files_that_cannot_be_read_or_parsed_exit_2(tmp_path):
+    for name, text, says in [("missing.yaml", None, "cannot read config"),
+                             ("broken.yaml", "l0: [", "is not valid YAML"),
+                             ("typed.yaml", "l0:\n  penalty: null\n", "penalty=None must be a number"),
+                             ("list.yaml", "- 1\n", "must be a mapping")]:
+        path = tmp_path / name
+        if text is not None:
+            path.write_text(text)
+        proc = subprocess.run([sys.executable, "-m", "l0.cli", "serve", "m", "--l0-config", str(path)],
+                              capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 2 and says in proc.stderr, proc.stderr
+        assert "Traceback" not in proc.stderr

@@ -53,6 +53,12 @@ def serve(argv: Sequence[str]) -> int:
         print(f"l0 serve: {exc}", file=sys.stderr)
         return 2
     args = list(rest)
+    spec = [a for a in args if a.split("=", 1)[0] in ("--speculative-config", "--speculative_config", "-sc")]
+    if spec:
+        print(f"l0 serve: speculative decoding ({spec[0].split('=', 1)[0]}) is not supported: vLLM runs no "
+              "custom logits processor when it is on (it would refuse L0 after loading the model), so L0 "
+              "could neither see nor stop a loop. Serve without it, or without L0.", file=sys.stderr)
+        return 2
     if "--host" not in args and not any(a.startswith("--host=") for a in args):
         args += ["--host", "127.0.0.1"]
     args += ["--logits-processors", FQCN]

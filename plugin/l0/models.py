@@ -85,3 +85,42 @@ def prepare_smollm2(progress: Callable[[str], None] = _say) -> Path:
 
 if __name__ == "__main__":
     print(prepare_smollm2())
+
+
+TINY_NAME = "tiny-llama-smollm2-vocab"
+_TINY_VERSION = "1"
+
+
+def prepare_tiny(progress: Callable[[str], None] = _say) -> Path:
+    """A tiny random-weight Llama (2 layers, hidden 64) with SmolLM2's
+    tokenizer and vocabulary, made once under the cache: the model step is so
+    cheap that L0's own per-step cost shows (benchmarks only; its outputs
+    are noise). Seeded, so every machine gets the same weights."""
+    target = cache_dir() / TINY_NAME
+    stamp = target / ".l0-format"
+    if stamp.is_file() and stamp.read_text().strip() == _TINY_VERSION:
+        return target
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    src = prepare_smollm2(progress)
+    progress(f"making the tiny benchmark model under {target} (once) ...")
+    tok = AutoTokenizer.from_pretrained(src)
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=2048,
+                         tie_word_embeddings=True, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                         torch_dtype=torch.float32)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config).to(torch.float32)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=TINY_NAME + ".", dir=target.parent))
+    model.save_pretrained(tmp, safe_serialization=True)
+    tok.save_pretrained(tmp)
+    for name in ("generation_config.json",):
+        if (src / name).is_file():
+            shutil.copy(src / name, tmp / name)
+    (tmp / ".l0-format").write_text(_TINY_VERSION)
+    if target.exists():
+        shutil.rmtree(target)
+    tmp.rename(target)
+    return target

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -80,14 +81,29 @@ class _Tracked:
     max_tokens: int | None
     written: int = -1           # output length at the last snapshot
     interventions: list[dict] = field(default_factory=list)
+    final: bool = False         # the finished snapshot was offered (by the finisher)
 
 
 class Checkpointer:
-    def __init__(self, cfg: CheckpointConfig, identity: ModelIdentity) -> None:
+    """``finish_poll_s``: how often a daemon thread looks for rows that have
+    finished (their live output ends in a stop token or fills max_tokens)
+    and writes their final snapshot. vLLM tells a logits processor about a
+    finished row only in the next engine step, and an engine that goes idle
+    has no next step: without this, the last requests before a pause kept
+    an unfinished record (and no stop intervention) until the next request
+    came (seen in the compatibility tests). 0 turns it off."""
+
+    def __init__(self, cfg: CheckpointConfig, identity: ModelIdentity, finish_poll_s: float = 0.2) -> None:
         self.cfg = cfg
         self.identity = identity
         self.writer = CheckpointWriter(lambda: open_store(cfg.store, cfg.ttl_s))
         self.tracked: dict[int, _Tracked] = {}  # persistent-batch row -> request
+        self._closing = threading.Event()
+        self._finisher = None
+        if finish_poll_s > 0:
+            self._finisher = threading.Thread(target=self._finish_loop, args=(finish_poll_s,),
+                                              name="l0-checkpoint-finisher", daemon=True)
+            self._finisher.start()
 
     def add(self, index: int, opts: RequestOptions, params, prompt_ids, out_ids) -> None:
         # vLLM may reuse a removed row for a new request without listing the
@@ -115,6 +131,12 @@ class Checkpointer:
         self._snapshot(self.tracked[index])  # the prompt is resumable from the first token on
 
     def move(self, a: int, b: int, swap: bool) -> None:
+        if not swap:
+            # vLLM's condense fills a finished request's slot b with the last
+            # row and does not list b as removed: b's request ended, so it
+            # gets its final snapshot here (dropping it lost the finish and
+            # the last tokens of every such request: seen in the tests).
+            self.remove(b)
         move_entry(self.tracked, a, b, swap)
 
     def remove(self, index: int) -> None:
@@ -122,11 +144,7 @@ class Checkpointer:
         if t is None:
             return
         out = self._known(t.out_ids)
-        reason = None
-        if out and out[-1] in t.stop_ids:
-            reason = "stop"
-        elif t.max_tokens is not None and len(out) >= t.max_tokens:
-            reason = "length"
+        reason = self._finished(t, out)
         # Removed without stop/length: preempted (it comes back), aborted, or
         # ended by a stop string; the final snapshot stays resumable.
         if reason is not None and self.cfg.retention == "delete":
@@ -148,6 +166,40 @@ class Checkpointer:
                 t.interventions.append(event)
                 return
 
+    @staticmethod
+    def _finished(t: _Tracked, out: list[int]) -> str | None:
+        if out and out[-1] in t.stop_ids:
+            return "stop"
+        if t.max_tokens is not None and len(out) >= t.max_tokens:
+            return "length"
+        return None
+
+    def finish_idle(self) -> int:
+        """Offer the final snapshot of every tracked row whose output shows it
+        finished; returns how many. Runs on the finisher thread: it reads a
+        copy of the row table and copies of the live output lists (atomic
+        under the GIL), and the engine thread's own final snapshot at removal
+        writes the same record again (harmless)."""
+        n = 0
+        for t in list(self.tracked.values()):
+            if t.final:
+                continue
+            out = self._known(t.out_ids)
+            reason = self._finished(t, out)
+            if reason is None or self.cfg.retention == "delete":
+                continue
+            t.final = True
+            self._snapshot(t, reason)
+            n += 1
+        return n
+
+    def _finish_loop(self, every_s: float) -> None:
+        while not self._closing.wait(every_s):
+            try:
+                self.finish_idle()
+            except Exception:  # noqa: BLE001 - a race with the engine thread: next round
+                pass
+
     def _snapshot(self, t: _Tracked, reason: str | None = None) -> None:
         out = self._known(t.out_ids)
         t.written = len(out)
@@ -163,4 +215,5 @@ class Checkpointer:
         return out
 
     def close(self) -> None:
+        self._closing.set()
         self.writer.close()

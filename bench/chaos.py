@@ -1,0 +1,481 @@
+"""Chaos over a replica fleet: ``l0 serve`` replicas on loopback sharing one
+real Redis, many concurrent greedy streams through the L0 client
+(``l0.wrap(AsyncOpenAI)``, the other replicas as fallbacks), and a seeded
+schedule of real faults:
+
+* ``kill``: SIGKILL of a replica's whole process group (then restarted);
+* ``freeze``: SIGSTOP of a replica's engine processes for a while, then
+  SIGCONT (the decode loop frozen, the HTTP server up);
+* ``xid``: a scripted Xid 79 on a replica (fatal: it drains; restarted);
+* ``redis_restart``: Redis stopped and started again at once;
+* ``redis_outage``: Redis down for ``--outage-s`` seconds;
+* ``cut``: every stream through a replica's proxy cut mid-answer.
+
+Every stream's final token ids are compared with an uninterrupted reference
+run of the same request. Prints and writes ``bench/results/chaos.json``:
+streams started / completed / identical / lost / duplicated tokens / errors
+surfaced to the caller, per fault type; p50/p99 of the gap from a fault to
+the stream's next delivered token; each replica's health timeline.
+
+    .venv/bin/python bench/chaos.py                      # 100+ faults
+    .venv/bin/python bench/chaos.py --faults 8 --concurrency 8 --out /tmp/chaos.json   # CI-sized
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import difflib
+import json
+import os
+import platform
+import random
+import signal
+import statistics
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "plugin"))
+sys.path.insert(0, str(ROOT / "tests"))
+
+FAULTS = ("kill", "freeze", "xid", "redis_restart", "redis_outage", "cut")
+ARGS = ["--dtype", "float32", "--max-model-len", "1024", "--enforce-eager", "--max-num-seqs", "32", "--seed", "0"]
+STALL_S = 3.0
+
+
+@dataclass
+class Stream:
+    n: int
+    prompt: int
+    primary: int
+    started: float = 0.0
+    ended: float = 0.0
+    ids: list = field(default_factory=list)
+    text: str = ""
+    times: list = field(default_factory=list)       # arrival time of each delivered chunk with tokens
+    failures: list = field(default_factory=list)    # (time, endpoint name)
+    resumes: list = field(default_factory=list)     # modes
+    error: str | None = None
+
+
+class Replica:
+    def __init__(self, i: int, model: str, tmp: Path, redis_url: str) -> None:
+        from faultproxy import FaultProxy
+        from l0.server import Server
+
+        self.i = i
+        self.script = tmp / f"telemetry-{i}.json"
+        self.script.write_text(json.dumps({"gpus": [{"index": 0, "name": f"scripted GPU {i}"}]}))
+        cfg = tmp / "l0.yaml"
+        cfg.write_text(f"l0:\n  action: stop\n  health:\n    stall_timeout_s: {STALL_S}\n    retry_after_s: 1\n")
+        env = {"L0_CONFIG": str(cfg), "L0_CHECKPOINT_STORE": redis_url, "L0_TELEMETRY_SCRIPT": str(self.script),
+               "L0_STATUS_DIR": str(tmp / f"status-{i}"), "VLLM_CPU_KVCACHE_SPACE": "1"}
+        self.server = Server(model, ARGS, env=env, log_path=tmp / f"replica-{i}.log", startup_timeout=600)
+        self.proxy = FaultProxy(self.server.port).start()
+        self.up = False
+        self.busy = False           # a fault or a restart in progress
+        self.lock = threading.Lock()
+
+    @property
+    def url(self) -> str:
+        return self.proxy.url
+
+    def start(self) -> None:
+        self.script.write_text(json.dumps({"gpus": [{"index": 0, "name": f"scripted GPU {self.i}"}]}))
+        self.server.start()
+        self.up = True
+
+    def engine_pids(self) -> list[int]:
+        """The replica's processes but its HTTP server (engine core, workers)."""
+        import psutil
+        try:
+            parent = psutil.Process(self.server.proc.pid)
+            return [c.pid for c in parent.children(recursive=True)]
+        except psutil.Error:
+            return []
+
+
+class Chaos:
+    def __init__(self, ns) -> None:
+        self.ns = ns
+        self.rng = random.Random(ns.seed)
+        self.t0 = time.monotonic()
+        self.faults: list[dict] = []
+        self.health: dict[int, list] = {}
+        self.stop_polling = threading.Event()
+
+    def now(self) -> float:
+        return round(time.monotonic() - self.t0, 3)
+
+    def log(self, msg: str) -> None:
+        print(f"[{self.now():8.2f}] {msg}", flush=True)
+
+    # -- setup ---------------------------------------------------------------
+    def setup(self, tmp: Path) -> None:
+        from l0.models import prepare_smollm2
+        from services import RedisProcess
+
+        self.model = str(prepare_smollm2())
+        self.redis = RedisProcess(tmp).start()
+        self.redis_up = True
+        self.replicas = [Replica(i, self.model, tmp, self.redis.url) for i in range(self.ns.replicas)]
+        threads = [threading.Thread(target=r.start) for r in self.replicas]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        prompts = json.loads((ROOT / "tests" / "data" / "prompts.json").read_text())
+        self.prompts = [p["prompt"] if isinstance(p, dict) else p for p in prompts][: self.ns.prompts]
+        self.log(f"{len(self.replicas)} replicas up, {len(self.prompts)} prompts")
+
+    def teardown(self) -> None:
+        self.stop_polling.set()
+        for r in self.replicas:
+            r.proxy.stop()
+            r.server.stop()
+        self.redis.stop()
+
+    # -- the client ------------------------------------------------------------
+    def client(self, primary: int, on_event):
+        import l0
+        from openai import AsyncOpenAI
+
+        order = [(primary + k) % len(self.replicas) for k in range(1, len(self.replicas))]
+        sdks = [AsyncOpenAI(base_url=self.replicas[primary].url + "/v1", api_key="-", max_retries=0)]
+        sdks += [AsyncOpenAI(base_url=self.replicas[j].url + "/v1", api_key="-", max_retries=0)
+                 for j in order * self.ns.rounds]
+        return sdks, l0.wrap(sdks[0], fallbacks=sdks[1:], retry=l0.Retry(max_retries=2, attempts=3,
+                                                                        wait=l0.backoff("fixed-jitter", 0.5, 1.0)),
+                             timeout=l0.Timeouts(first_token_s=60.0, inter_token_s=self.ns.inter_token_s),
+                             on_event=on_event)
+
+    async def one(self, st: Stream) -> Stream:
+        names = {}
+
+        def on_event(e):
+            if e.type == "failure":
+                st.failures.append((time.monotonic(), names.get("endpoint")))
+            elif e.type == "attempt_start":
+                names["endpoint"] = e.endpoint
+            elif e.type == "resume":
+                st.resumes.append(e.mode)
+        sdks, client = self.client(st.primary, on_event)
+        st.started = time.monotonic()
+        try:
+            stream = await client.chat.completions.create(
+                model=self.model, messages=[{"role": "user", "content": self.prompts[st.prompt]}],
+                max_tokens=self.ns.max_tokens, temperature=0.0, stream=True, extra_body={"return_token_ids": True})
+            async for chunk in stream:
+                if chunk.choices:
+                    c = chunk.choices[0]
+                    ids = getattr(c, "token_ids", None) or []
+                    if ids or c.delta.content:
+                        st.ids += ids
+                        st.text += c.delta.content or ""
+                        st.times.append(time.monotonic())
+        except Exception as exc:  # noqa: BLE001 - every error surfaced to the caller is counted
+            st.error = f"{type(exc).__name__}: {str(exc)[:300]}"
+        finally:
+            st.ended = time.monotonic()
+            for s in sdks:
+                await s.close()
+        return st
+
+    # -- faults ----------------------------------------------------------------
+    def pick(self) -> tuple[str, int | None] | None:
+        up = [r for r in self.replicas if r.up and not r.busy]
+        choices = []
+        for kind in self.ns.kinds:
+            if kind in ("kill", "xid") and len([r for r in self.replicas if r.up and not r.busy]) < 2:
+                continue  # keep one replica serving
+            if kind in ("freeze", "cut", "kill", "xid") and not up:
+                continue
+            if kind.startswith("redis") and not self.redis_up:
+                continue
+            choices.append(kind)
+        if not choices:
+            return None
+        if self.ns.cycle:  # the kinds in turn (a short run meets each one)
+            want = self.ns.kinds[len(self.faults) % len(self.ns.kinds)]
+            if want not in choices:
+                return None
+            kind = want
+        else:
+            kind = self.rng.choice(choices)
+        target = self.rng.choice(up).i if kind in ("kill", "freeze", "xid", "cut") else None
+        return kind, target
+
+    def inject(self, kind: str, target: int | None) -> None:
+        r = self.replicas[target] if target is not None else None
+        at = time.monotonic()
+        self.faults.append({"kind": kind, "replica": target, "at": at, "t": self.now()})
+        self.log(f"fault {len(self.faults):3d}: {kind}" + (f" replica {target}" if r else ""))
+        if kind == "kill":
+            r.busy, r.up = True, False
+            r.server.kill(signal.SIGKILL)
+            threading.Thread(target=self._restart, args=(r, 1.0), daemon=True).start()
+        elif kind == "freeze":
+            r.busy = True
+            pids = r.engine_pids()
+            for pid in pids:
+                os.kill(pid, signal.SIGSTOP)
+
+            def thaw():
+                time.sleep(self.ns.freeze_s)
+                for pid in pids:
+                    try:
+                        os.kill(pid, signal.SIGCONT)
+                    except ProcessLookupError:
+                        pass
+                self._wait_healthy(r)
+                r.busy = False
+            threading.Thread(target=thaw, daemon=True).start()
+        elif kind == "xid":
+            r.busy = True
+            r.script.write_text(json.dumps({"gpus": [{"index": 0, "name": f"scripted GPU {r.i}"}],
+                                            "timeline": [{"at_s": 0, "gpu": 0, "xid": 79}]}))
+
+            def replace():  # a fatal Xid latches FAILED: the replica is replaced (here: restarted)
+                time.sleep(self.ns.xid_hold_s)
+                r.up = False
+                r.server.stop()
+                self._restart(r, 0.0)
+            threading.Thread(target=replace, daemon=True).start()
+        elif kind == "redis_restart":
+            self.redis.stop()
+            self.redis.start()
+        elif kind == "redis_outage":
+            self.redis_up = False
+            self.redis.stop()
+
+            def back():
+                time.sleep(self.ns.outage_s)
+                self.redis.start()
+                self.redis_up = True
+            threading.Thread(target=back, daemon=True).start()
+        elif kind == "cut":
+            n = r.proxy.cut_now()
+            self.faults[-1]["streams_cut"] = n
+
+    def _restart(self, r: Replica, delay: float) -> None:
+        time.sleep(delay)
+        try:
+            r.start()
+        except Exception as exc:  # noqa: BLE001
+            self.log(f"replica {r.i} failed to restart: {exc}")
+            return
+        self.log(f"replica {r.i} back")
+        r.busy = False
+
+    def _wait_healthy(self, r: Replica, limit_s: float = 60.0) -> None:
+        import httpx
+        deadline = time.monotonic() + limit_s
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(r.server.url + "/l0/health", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.25)
+
+    def poll_health(self) -> None:
+        import httpx
+        last: dict[int, str] = {}
+        while not self.stop_polling.is_set():
+            for r in self.replicas:
+                try:
+                    resp = httpx.get(r.server.url + "/l0/health", timeout=1)
+                    status = resp.json().get("status", "?")
+                except Exception:  # noqa: BLE001
+                    status = "down"
+                if last.get(r.i) != status:
+                    last[r.i] = status
+                    self.health.setdefault(r.i, []).append([self.now(), status])
+            self.stop_polling.wait(0.5)
+
+    # -- the run ---------------------------------------------------------------
+    async def reference(self) -> dict[int, list[int]]:
+        """Each prompt once, no faults, at the run's concurrency, on replica 0."""
+        ref, sem = {}, asyncio.Semaphore(self.ns.concurrency)
+
+        async def go(p):
+            async with sem:
+                st = await self.one(Stream(-1, p, 0))
+                if st.error:
+                    raise RuntimeError(f"reference run failed: {st.error}")
+                ref[p] = (st.ids, st.text)
+        await asyncio.gather(*(go(p) for p in range(len(self.prompts))))
+        return ref
+
+    async def run(self) -> dict:
+        self.log("reference run (no faults) ...")
+        ref = await self.reference()
+        again = await self.reference()
+        unstable = sorted(p for p in ref if ref[p] != again[p])
+        self.log(f"reference reproducible on {len(ref) - len(unstable)}/{len(ref)} prompts")
+        threading.Thread(target=self.poll_health, daemon=True).start()
+        streams: list[Stream] = []
+        n = 0
+        active: set[asyncio.Task] = set()
+        faults_done = asyncio.Event()
+
+        async def schedule():
+            await asyncio.sleep(self.ns.warmup_s)
+            while len(self.faults) < self.ns.faults:
+                choice = self.pick()
+                if choice is not None:
+                    await asyncio.to_thread(self.inject, *choice)
+                await asyncio.sleep(self.rng.uniform(0.5, 1.5) * self.ns.interval_s)
+            faults_done.set()
+
+        sched = asyncio.create_task(schedule())
+        while not faults_done.is_set() or n < self.ns.min_streams:
+            while len(active) < self.ns.concurrency:
+                st = Stream(n, n % len(self.prompts), n % len(self.replicas))
+                n += 1
+                streams.append(st)
+                task = asyncio.create_task(self.one(st))
+                active.add(task)
+                task.add_done_callback(active.discard)
+            await asyncio.sleep(0.05)
+        await sched
+        if active:
+            await asyncio.gather(*active)
+        self.stop_polling.set()
+        return self.report(streams, ref, unstable)
+
+    # -- the figures -------------------------------------------------------------
+    def report(self, streams: list[Stream], ref: dict, unstable: list[int]) -> dict:
+        def diff(got, want):
+            lost = dup = changed = 0
+            for op, a1, a2, b1, b2 in difflib.SequenceMatcher(None, want, got, autojunk=False).get_opcodes():
+                if op == "delete":
+                    lost += a2 - a1
+                elif op == "insert":
+                    dup += b2 - b1
+                elif op == "replace":
+                    changed += max(a2 - a1, b2 - b1)
+            return lost, dup, changed
+
+        def attribute(st: Stream):
+            """The faults a stream met: each of its failures goes to the latest
+            fault before it that could have caused it."""
+            out = []
+            for t, _endpoint in st.failures:
+                cands = [f for f in self.faults if f["at"] <= t and t - f["at"] < 60]
+                if cands:
+                    out.append((cands[-1], t))
+            return out
+
+        per: dict[str, dict] = {k: {"faults": 0, "streams_hit": 0, "completed": 0, "identical": 0, "errors": 0,
+                                    "gaps_s": []} for k in FAULTS}
+        for f in self.faults:
+            per[f["kind"]]["faults"] += 1
+        total = {"streams_started": len(streams), "completed": 0, "identical": 0, "lost_streams": 0,
+                 "lost_tokens": 0, "duplicated_tokens": 0, "changed_tokens": 0, "errors_surfaced": 0,
+                 "streams_with_a_failure": 0, "resumes_by_mode": {}}
+        examples = []
+        for st in streams:
+            want_ids, want_text = ref[st.prompt]
+            ok = st.error is None
+            same = ok and st.ids == want_ids and st.text == want_text
+            lost, dup, changed = diff(st.ids, want_ids)
+            total["completed"] += ok
+            total["identical"] += same
+            total["lost_streams"] += not ok
+            total["errors_surfaced"] += not ok
+            total["lost_tokens"] += lost if ok else 0
+            total["duplicated_tokens"] += dup
+            total["changed_tokens"] += changed
+            total["streams_with_a_failure"] += bool(st.failures)
+            for m in st.resumes:
+                total["resumes_by_mode"][m] = total["resumes_by_mode"].get(m, 0) + 1
+            if (not same) and len(examples) < 10:
+                examples.append({"stream": st.n, "prompt": st.prompt, "error": st.error, "lost": lost, "dup": dup,
+                                 "changed": changed, "unstable_reference": st.prompt in unstable,
+                                 "resumes": st.resumes})
+            seen = set()
+            for f, t in attribute(st):
+                row = per[f["kind"]]
+                if id(f) not in seen:
+                    seen.add(id(f))
+                    row["streams_hit"] += 1
+                    row["completed"] += ok
+                    row["identical"] += same
+                    row["errors"] += not ok
+                after = [x for x in st.times if x > f["at"]]
+                if after:
+                    row["gaps_s"].append(after[0] - f["at"])
+        for row in per.values():
+            gaps = sorted(row.pop("gaps_s"))
+            row["gap_p50_s"] = round(statistics.median(gaps), 2) if gaps else None
+            row["gap_p99_s"] = round(gaps[min(len(gaps) - 1, int(0.99 * len(gaps)))], 2) if gaps else None
+            row["gaps_measured"] = len(gaps)
+        return {"meta": {"host": platform.node(), "when": time.strftime("%Y-%m-%dT%H:%M:%S"), "seed": self.ns.seed,
+                         "replicas": self.ns.replicas, "concurrency": self.ns.concurrency,
+                         "max_tokens": self.ns.max_tokens, "prompts": len(self.prompts), "faults": len(self.faults),
+                         "duration_s": self.now(), "model": "SmolLM2-135M-Instruct (float32, vLLM CPU build)",
+                         "reference_unstable_prompts": unstable},
+                "total": total, "per_fault": per, "faults": [{k: v for k, v in f.items() if k != "at"}
+                                                            for f in self.faults],
+                "health_timeline": {str(k): v for k, v in self.health.items()}, "not_identical": examples}
+
+
+def parse(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--replicas", type=int, default=3)
+    ap.add_argument("--concurrency", type=int, default=32)
+    ap.add_argument("--faults", type=int, default=100)
+    ap.add_argument("--kinds", default=",".join(FAULTS), help="fault types to draw from")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--max-tokens", type=int, default=96)
+    ap.add_argument("--prompts", type=int, default=48, help="distinct prompts (tests/data/prompts.json)")
+    ap.add_argument("--interval-s", type=float, default=4.0, help="mean time between faults")
+    ap.add_argument("--warmup-s", type=float, default=3.0)
+    ap.add_argument("--freeze-s", type=float, default=12.0)
+    ap.add_argument("--outage-s", type=float, default=10.0)
+    ap.add_argument("--xid-hold-s", type=float, default=3.0, help="a FAILED replica's time before its restart")
+    ap.add_argument("--inter-token-s", type=float, default=8.0, help="the client's inter-token timeout")
+    ap.add_argument("--rounds", type=int, default=3, help="times the client cycles through the other replicas")
+    ap.add_argument("--cycle", action="store_true", help="take the fault kinds in turn, not at random")
+    ap.add_argument("--min-streams", type=int, default=0)
+    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "chaos.json"))
+    ns = ap.parse_args(argv)
+    ns.kinds = [k for k in ns.kinds.split(",") if k]
+    unknown = set(ns.kinds) - set(FAULTS)
+    if unknown:
+        ap.error(f"unknown fault kinds: {sorted(unknown)}")
+    return ns
+
+
+def main(argv=None) -> dict:
+    import tempfile
+
+    ns = parse(argv)
+    chaos = Chaos(ns)
+    with tempfile.TemporaryDirectory(prefix="l0-chaos-") as tmp:
+        chaos.setup(Path(tmp))
+        try:
+            doc = asyncio.run(chaos.run())
+        finally:
+            chaos.teardown()
+    t = doc["total"]
+    print(f"\nstreams {t['streams_started']}: completed {t['completed']}, identical {t['identical']}, "
+          f"lost {t['lost_streams']}, duplicated tokens {t['duplicated_tokens']}, errors surfaced "
+          f"{t['errors_surfaced']}; {doc['meta']['faults']} faults in {doc['meta']['duration_s']:.0f} s")
+    for kind, row in doc["per_fault"].items():
+        print(f"  {kind:>14}: {row['faults']:3d} faults, {row['streams_hit']:4d} streams hit, "
+              f"{row['identical']:4d} identical, {row['errors']:3d} errors, gap p50 {row['gap_p50_s']} s "
+              f"p99 {row['gap_p99_s']} s")
+    out = Path(ns.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(doc, indent=1) + "\n")
+    print("wrote", out)
+    return doc
+
+
+if __name__ == "__main__":
+    main()
