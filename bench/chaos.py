@@ -266,6 +266,7 @@ class Chaos:
             r.start()
         except Exception as exc:  # noqa: BLE001
             self.log(f"replica {r.i} failed to restart: {exc}")
+            r.busy = False
             return
         self.log(f"replica {r.i} back")
         r.busy = False
@@ -344,6 +345,11 @@ class Chaos:
         await sched
         if active:
             await asyncio.gather(*active)
+        # The fleet recovers: wait for restarts in flight (the health timeline ends healthy).
+        deadline = time.monotonic() + 600
+        while any(r.busy for r in self.replicas) and time.monotonic() < deadline:
+            await asyncio.sleep(0.5)
+        await asyncio.sleep(1.5)  # one more health poll
         self.stop_polling.set()
         return self.report(streams, ref, unstable)
 
@@ -360,12 +366,19 @@ class Chaos:
                     changed += max(a2 - a1, b2 - b1)
             return lost, dup, changed
 
+        by_url = {r.url: r.i for r in self.replicas}
+
         def attribute(st: Stream):
             """The faults a stream met: each of its failures goes to the latest
-            fault before it that could have caused it."""
+            fault on the replica it failed on (within 60 s), else to the latest
+            Redis fault (which breaks no stream itself but may make a resume
+            regenerate), else to the latest fault."""
             out = []
-            for t, _endpoint in st.failures:
-                cands = [f for f in self.faults if f["at"] <= t and t - f["at"] < 60]
+            for t, endpoint in st.failures:
+                replica = by_url.get(str(endpoint or "").rstrip("/").removesuffix("/v1"))
+                recent = [f for f in self.faults if f["at"] <= t and t - f["at"] < 60]
+                cands = ([f for f in recent if f["replica"] == replica]
+                         or [f for f in recent if f["replica"] is None] or recent)
                 if cands:
                     out.append((cands[-1], t))
             return out

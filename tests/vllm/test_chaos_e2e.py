@@ -9,6 +9,7 @@ uninterrupted reference run, nothing lost, nothing duplicated.
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,7 @@ BENCH = Path(__file__).resolve().parents[2] / "bench" / "chaos.py"
 def _chaos():
     spec = importlib.util.spec_from_file_location("l0_bench_chaos", BENCH)
     mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # dataclasses look their module up there
     spec.loader.exec_module(mod)
     return mod
 
