@@ -43,7 +43,6 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 FAULTS = ("kill", "freeze", "xid", "redis_restart", "redis_outage", "cut")
 ARGS = ["--dtype", "float32", "--max-model-len", "1024", "--enforce-eager", "--max-num-seqs", "32", "--seed", "0"]
-STALL_S = 3.0
 
 
 @dataclass
@@ -62,7 +61,7 @@ class Stream:
 
 
 class Replica:
-    def __init__(self, i: int, model: str, tmp: Path, redis_url: str) -> None:
+    def __init__(self, i: int, model: str, tmp: Path, redis_url: str, stall_s: float) -> None:
         from faultproxy import FaultProxy
         from l0.server import Server
 
@@ -70,7 +69,7 @@ class Replica:
         self.script = tmp / f"telemetry-{i}.json"
         self.script.write_text(json.dumps({"gpus": [{"index": 0, "name": f"scripted GPU {i}"}]}))
         cfg = tmp / "l0.yaml"
-        cfg.write_text(f"l0:\n  action: stop\n  health:\n    stall_timeout_s: {STALL_S}\n    retry_after_s: 1\n")
+        cfg.write_text(f"l0:\n  action: stop\n  health:\n    stall_timeout_s: {stall_s}\n    retry_after_s: 1\n")
         env = {"L0_CONFIG": str(cfg), "L0_CHECKPOINT_STORE": redis_url, "L0_TELEMETRY_SCRIPT": str(self.script),
                "L0_STATUS_DIR": str(tmp / f"status-{i}"), "VLLM_CPU_KVCACHE_SPACE": "1"}
         self.server = Server(model, ARGS, env=env, log_path=tmp / f"replica-{i}.log", startup_timeout=600)
@@ -121,7 +120,7 @@ class Chaos:
         self.model = str(prepare_smollm2())
         self.redis = RedisProcess(tmp).start()
         self.redis_up = True
-        self.replicas = [Replica(i, self.model, tmp, self.redis.url) for i in range(self.ns.replicas)]
+        self.replicas = [Replica(i, self.model, tmp, self.redis.url, self.ns.stall_s) for i in range(self.ns.replicas)]
         threads = [threading.Thread(target=r.start) for r in self.replicas]
         for t in threads:
             t.start()
@@ -147,9 +146,9 @@ class Chaos:
         sdks = [AsyncOpenAI(base_url=self.replicas[primary].url + "/v1", api_key="-", max_retries=0)]
         sdks += [AsyncOpenAI(base_url=self.replicas[j].url + "/v1", api_key="-", max_retries=0)
                  for j in order * self.ns.rounds]
-        return sdks, l0.wrap(sdks[0], fallbacks=sdks[1:], retry=l0.Retry(max_retries=2, attempts=3,
-                                                                        wait=l0.backoff("fixed-jitter", 0.5, 1.0)),
-                             timeout=l0.Timeouts(first_token_s=60.0, inter_token_s=self.ns.inter_token_s),
+        return sdks, l0.wrap(sdks[0], fallbacks=sdks[1:], retry=l0.Retry(max_retries=3, attempts=3,
+                                                                        wait=l0.backoff("fixed-jitter", 0.5, 2.0)),
+                             timeout=l0.Timeouts(first_token_s=120.0, inter_token_s=self.ns.inter_token_s),
                              on_event=on_event)
 
     async def one(self, st: Stream) -> Stream:
@@ -448,11 +447,12 @@ def parse(argv=None):
     ap.add_argument("--prompts", type=int, default=48, help="distinct prompts (tests/data/prompts.json)")
     ap.add_argument("--interval-s", type=float, default=4.0, help="mean time between faults")
     ap.add_argument("--warmup-s", type=float, default=3.0)
-    ap.add_argument("--freeze-s", type=float, default=12.0)
+    ap.add_argument("--freeze-s", type=float, default=15.0)
+    ap.add_argument("--stall-s", type=float, default=10.0, help="the replicas' watchdog stall timeout")
     ap.add_argument("--outage-s", type=float, default=10.0)
     ap.add_argument("--xid-hold-s", type=float, default=3.0, help="a FAILED replica's time before its restart")
-    ap.add_argument("--inter-token-s", type=float, default=8.0, help="the client's inter-token timeout")
-    ap.add_argument("--rounds", type=int, default=3, help="times the client cycles through the other replicas")
+    ap.add_argument("--inter-token-s", type=float, default=20.0, help="the client's inter-token timeout")
+    ap.add_argument("--rounds", type=int, default=6, help="times the client cycles through the other replicas")
     ap.add_argument("--cycle", action="store_true", help="take the fault kinds in turn, not at random")
     ap.add_argument("--min-streams", type=int, default=0)
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "chaos.json"))

@@ -187,7 +187,7 @@ class ServerEndpoint(Endpoint):
         outputs = merge(got.token_ids, record.output_ids, session.l0_key)
         extra = outputs[len(got.token_ids):]
         if extra:  # generated and checkpointed, never delivered: deliver first
-            text = await self.detokenize_tail(got.token_ids, outputs)
+            text = await self.detokenize_tail(got.token_ids, outputs, delivered=got.text)
             p = ck.Parts(text=text, token_ids=tuple(extra))
             session.received.add(p)
             session.pending.append(session._restamp(p))
@@ -271,14 +271,19 @@ class ServerEndpoint(Endpoint):
 
     async def fix_text(self, chunk: Any, kept: list[int], session: Session) -> str:
         have = session.received.token_ids or []
-        return await self.detokenize_tail(have, list(have) + list(kept))
+        return await self.detokenize_tail(have, list(have) + list(kept), delivered=session.received.text)
 
-    async def detokenize_tail(self, have: list[int], full: list[int]) -> str:
+    async def detokenize_tail(self, have: list[int], full: list[int], delivered: str | None = None) -> str:
         """Text of ``full[len(have):]`` as it continues ``have``, rendered as
         the stream renders it: L0's ``/l0/detokenize`` (special tokens
         skipped unless the request says ``skip_special_tokens: false``), on
         this endpoint or an L0 peer; vLLM's ``/detokenize`` (which keeps
-        them) only on servers without it."""
+        them) only on servers without it. ``delivered``: the text the caller
+        already has for ``have``. A stream holds back the bytes of a
+        character split across tokens (and a space before them), so the
+        text is what the whole output decodes to past ``delivered``, less a
+        character still incomplete at the end (it comes with the next
+        token): cut there, decoding ``have`` alone lost that space."""
         import httpx
 
         extra = self.params.get("extra_body") or {}
@@ -301,7 +306,10 @@ class ServerEndpoint(Endpoint):
             raise ConnectionError("l0: no endpoint could detokenize")
 
         async with httpx.AsyncClient(timeout=PROBE_TIMEOUT_S, headers=self.headers) as http:
-            a, b = await detok(http, list(have)), await detok(http, list(full))
+            b = await detok(http, list(full))
+            if delivered is not None and b.startswith(delivered):
+                return b[len(delivered):].rstrip("\ufffd")
+            a = await detok(http, list(have))
         return b[len(a):] if b.startswith(a) else b[len(a.rstrip("\ufffd")):]
 
     async def _fetch_checkpoint(self, session: Session, emit: bool = True):

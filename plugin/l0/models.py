@@ -88,11 +88,12 @@ if __name__ == "__main__":
 
 
 TINY_NAME = "tiny-llama-smollm2-vocab"
-_TINY_VERSION = "1"
+_TINY_VERSION = "2"
 
 
 def prepare_tiny(progress: Callable[[str], None] = _say) -> Path:
-    """A tiny random-weight Llama (2 layers, hidden 64) with SmolLM2's
+    """A tiny random-weight Llama (2 layers, hidden 128, head_dim 64: the CPU
+    attention backend refuses smaller heads) with SmolLM2's
     tokenizer and vocabulary, made once under the cache: the model step is so
     cheap that L0's own per-step cost shows (benchmarks only; its outputs
     are noise). Seeded, so every machine gets the same weights."""
@@ -106,7 +107,7 @@ def prepare_tiny(progress: Callable[[str], None] = _say) -> Path:
     src = prepare_smollm2(progress)
     progress(f"making the tiny benchmark model under {target} (once) ...")
     tok = AutoTokenizer.from_pretrained(src)
-    config = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=128, intermediate_size=256, num_hidden_layers=2,
                          num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=2048,
                          tie_word_embeddings=True, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
                          torch_dtype=torch.float32)

@@ -297,6 +297,12 @@ class Session:
             it = stream.__aiter__()
             started = False
             skip = plan.skip_ids
+            # A continuation from token ids: the server renders its first
+            # tokens' text without knowing what the caller was shown (a
+            # character split across the cut comes out wrong, or with the
+            # prompt's text: seen in the chaos runs), so the text of the
+            # first chunks is recomputed from all the ids.
+            refix = 4 if plan.mode == "checkpoint" else 0
             overlap = _Overlap(self.received.text) if plan.drop_overlap else None
             while True:
                 if not started:
@@ -341,6 +347,12 @@ class Session:
                     if n_old:  # a chunk straddling the catch-up point: its text can't be split by token
                         text = await endpoint.fix_text(chunk, kept, self) if kept else ""
                         chunk = ck.with_token_ids(chunk, kept, text)
+                        p = ck.parts(chunk)
+                elif refix and p.token_ids:
+                    refix -= 1
+                    text = await endpoint.fix_text(chunk, list(p.token_ids), self)
+                    if text != (p.text or ""):
+                        chunk = ck.with_token_ids(chunk, list(p.token_ids), text)
                         p = ck.parts(chunk)
                 if overlap is not None:
                     text = overlap.feed(p.text, final=bool(p.finish_reason))
