@@ -10,7 +10,8 @@ answer is the off answer cut, plus the stop token), and no 500. Three
 servers: the main one (prefix caching on with 32-token blocks, so the 39-token chat
 prompt fills one: CPU blocks are 128 tokens by default; 256 sequences, tool parser, an API
 key, checkpoints in a password-protected Redis), one with prefix caching off,
-one sequence at a time and chunked prefill on a 32-token budget, and one with
+one sequence at a time and chunked prefill on a 32-token budget (and a LoRA
+adapter), and one with
 a KV cache of 160 tokens (preemption).
 
 Then every input fuzzed (hypothesis) against the main server: ``l0_*``
@@ -24,6 +25,7 @@ import json
 import re
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import pytest
@@ -47,6 +49,31 @@ def _server(model, tmp, name, args, env, cache_gib="1"):
     return Server(model, BASE + args, env=env, log_path=tmp / f"{name}.log", port=free_port())
 
 
+def zero_lora(model: str, path) -> str:
+    """A rank-8 LoRA adapter on q_proj/v_proj with B = 0: served like any
+    adapter, it changes no logit (no adapter for SmolLM2 can be fetched
+    offline; this one tests that L0 works on LoRA requests)."""
+    import torch
+    from safetensors.torch import save_file
+
+    cfg = json.loads((Path(model) / "config.json").read_text())
+    hidden, heads, kv = cfg["hidden_size"], cfg["num_attention_heads"], cfg["num_key_value_heads"]
+    out = {"q_proj": hidden, "v_proj": hidden // heads * kv}
+    tensors = {}
+    g = torch.Generator().manual_seed(0)
+    for layer in range(cfg["num_hidden_layers"]):
+        for name, n_out in out.items():
+            pre = f"base_model.model.model.layers.{layer}.self_attn.{name}"
+            tensors[f"{pre}.lora_A.weight"] = torch.randn(8, hidden, generator=g) * 0.01
+            tensors[f"{pre}.lora_B.weight"] = torch.zeros(n_out, 8)
+    path.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(path / "adapter_model.safetensors"))
+    (path / "adapter_config.json").write_text(json.dumps({
+        "peft_type": "LORA", "r": 8, "lora_alpha": 16, "target_modules": list(out), "lora_dropout": 0.0,
+        "bias": "none", "base_model_name_or_path": model, "task_type": "CAUSAL_LM"}))
+    return str(path)
+
+
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory):
     from l0.checkpoint.store import open_store
@@ -63,7 +90,9 @@ def fleet(tmp_path_factory):
                                              "--tool-call-parser", "hermes", "--api-key", API_KEY], store),
         "small": _server(model, tmp, "small", ["--max-model-len", "2048", "--max-num-seqs", "1",
                                                "--no-enable-prefix-caching", "--enable-chunked-prefill",
-                                               "--max-num-batched-tokens", "32"], store),
+                                               "--max-num-batched-tokens", "32", "--enable-lora",
+                                               "--max-lora-rank", "8", "--lora-modules",
+                                               f"zero={zero_lora(model, tmp / 'zero-lora')}"], store),
         "tiny_kv": _server(model, tmp, "tiny_kv", ["--max-model-len", "128", "--max-num-seqs", "4",
                                                    "--num-gpu-blocks-override", "5", "--block-size", "32"], store),
     }
@@ -296,6 +325,13 @@ def test_one_sequence_at_a_time_no_prefix_cache_chunked_prefill(fleet):
     with ThreadPoolExecutor(2) as pool:  # two requests, one slot: the second waits its turn
         off, stop = pool.map(lambda a: ids_of(chat(fleet, a, srv="small")), ("off", "stop"))
     assert len(off) == MAX and stopped_from(off, stop)
+
+
+def test_a_lora_adapter_request_is_stopped_too(fleet):
+    base_off = ids_of(chat(fleet, "off", srv="small"))
+    lora_off, lora_stop = (ids_of(chat(fleet, a, srv="small", model="zero")) for a in ("off", "stop"))
+    assert lora_off == base_off           # B = 0: the adapter changes nothing
+    assert stopped_from(lora_off, lora_stop)
 
 
 def test_preemption_on_a_tiny_kv_cache(fleet):
