@@ -178,6 +178,7 @@ def main(argv=None) -> None:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--parts", default="ab")
+    ap.add_argument("--b-models", default=None, help="models for part (b) (default: --models)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "bench_load.json"))
     ns = ap.parse_args(argv)
     from l0.models import prepare_smollm2, prepare_tiny
@@ -202,7 +203,7 @@ def main(argv=None) -> None:
                         log(f"(a) {name}, checkpoints on {store}")
                         doc["a"] += part_a(name, model, store, url, levels, ns.rounds, ns.max_tokens, prompts, tmp,
                                            log)
-                if "b" in ns.parts:
+                if "b" in ns.parts and name in (ns.b_models or ns.models).split(","):
                     log(f"(b) {name}: vanilla vLLM vs l0 serve, one at a time")
                     doc["b"] += part_b(name, model, [x for x in levels if x <= 64], ns.rounds, ns.max_tokens,
                                        prompts, tmp, log)
