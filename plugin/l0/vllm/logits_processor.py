@@ -23,6 +23,7 @@ from l0.config import load_server_config, params_from_xargs
 from l0.health.starvation import StarvationTracker
 from l0.health.watchdog import Heartbeat
 from l0.step import StepCore
+from l0.vllm.rows import move_entry
 from l0.vocab import classes_from_texts, token_texts
 
 log = logging.getLogger("l0")
@@ -60,11 +61,7 @@ class DebugFreeze:
         for index, _params, _prompt, out_ids in bu.added:
             self.rows[index] = out_ids
         for a, b, direction in bu.moved:
-            ra, rb = self.rows.pop(a, None), self.rows.pop(b, None)
-            if ra is not None:
-                self.rows[b] = ra
-            if rb is not None and direction == MoveDirectionality.SWAP:
-                self.rows[a] = rb
+            move_entry(self.rows, a, b, direction == MoveDirectionality.SWAP)
 
     def __call__(self) -> None:
         while True:
