@@ -14,7 +14,9 @@ Faults:
   ``Cut(after_bytes=N)``: the same after N bytes of the body (mid-event,
   mid-UTF-8 even).
 * ``Stall(after_events=N, seconds=T)``: after N events, forward nothing for T
-  seconds (then go on).
+  seconds (then go on); a client that hangs up during the stall makes the
+  proxy drop its upstream connection at once (the server sees the
+  disconnect, as behind a real proxy).
 * ``Status(code, headers)``: answer ``code`` with a JSON error body without
   asking upstream (429/503 with ``Retry-After``, 401, ...).
 * ``Reset()``: reset the connection before any byte of the answer.
@@ -171,7 +173,7 @@ class FaultProxy:
             if completion:
                 self.live.add(writer)
             try:
-                await self._pipe(up_r, writer, fault)
+                await self._pipe(up_r, writer, fault, reader)
             finally:
                 self.live.discard(writer)
                 up_w.close()
@@ -184,7 +186,8 @@ class FaultProxy:
             if not writer.is_closing():
                 writer.close()
 
-    async def _pipe(self, up: asyncio.StreamReader, writer: asyncio.StreamWriter, fault) -> None:
+    async def _pipe(self, up: asyncio.StreamReader, writer: asyncio.StreamWriter, fault,
+                    client: asyncio.StreamReader | None = None) -> None:
         events = 0
         headers_done = False
         pending = b""
@@ -230,7 +233,8 @@ class FaultProxy:
                     if isinstance(fault, Cut):
                         writer.close()  # FIN mid-body: an incomplete chunked read
                         return
-                    await asyncio.sleep(fault.seconds)
+                    if await _gone(client, fault.seconds):
+                        return  # the client left during the stall: drop upstream too, as a real proxy does
                     fault = None
                     writer.write(pending)
                     pending = b""
@@ -238,3 +242,22 @@ class FaultProxy:
             if out:
                 writer.write(out)
                 await writer.drain()
+
+
+async def _gone(client: asyncio.StreamReader | None, seconds: float) -> bool:
+    """Wait ``seconds``; True as soon as the client closes its side."""
+    if client is None:
+        await asyncio.sleep(seconds)
+        return False
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    while (left := deadline - loop.time()) > 0:
+        try:
+            data = await asyncio.wait_for(client.read(4096), left)
+        except asyncio.TimeoutError:
+            return False
+        except (ConnectionError, OSError):
+            return True
+        if not data:
+            return True
+    return False

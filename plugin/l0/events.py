@@ -126,6 +126,55 @@ class Verdict(Event):
 
 
 @dataclass(frozen=True)
+class GuardrailViolation(Event):
+    """A guardrail rule found a violation (``l0.guardrails``). Severity
+    ``warning``: this event only; ``error``: the attempt fails as a model
+    failure; ``fatal``: the session fails."""
+    type: ClassVar[str] = "guardrail"
+    attempt: int = 1
+    rule: str = ""
+    severity: str = "warning"
+    message: str = ""
+    start: int = 0                  # character offsets in the answer
+    end: int = 0
+    excerpt: str = ""
+    final: bool = False             # found by the end-of-stream check
+
+
+@dataclass(frozen=True)
+class Drift(Event):
+    """A drift signal: from the text (``l0.drift`` monitors, ``source:
+    "text"``) or from L0 on the server (a loop it detected, ``source:
+    "server"``, the intervention in ``detail``)."""
+    type: ClassVar[str] = "drift"
+    attempt: int = 1
+    rule: str = ""                  # drift:<kind>; from the server drift:server_<kind> (loop, near_loop, ...)
+    severity: str = "warning"
+    message: str = ""
+    start: int = 0
+    end: int = 0
+    excerpt: str = ""
+    final: bool = False
+    source: str = "text"            # text | server
+    detail: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class StructuredStep(Event):
+    """One step of ``l0.structured``: ``attempt`` (a request, ``how``: first |
+    reask), ``invalid`` (parse or validation error), ``repaired``
+    (json_repair made it valid), ``reask`` (the error goes back to the
+    model), ``valid`` (``how``: first_try | resumed | closed | repaired |
+    reasked)."""
+    type: ClassVar[str] = "structured"
+    step: str = "attempt"
+    attempt: int = 1
+    how: str = ""
+    error: str = ""
+    finish_reason: str | None = None
+
+
+@dataclass(frozen=True)
 class Complete(Event):
     type: ClassVar[str] = "complete"
     finish_reason: str | None = None
@@ -146,7 +195,7 @@ class Error(Event):
 
 EVENT_TYPES: dict[str, type[Event]] = {c.type: c for c in (
     SessionStart, AttemptStart, FirstToken, Timeout, Failure, RetryScheduled, RetryGivenUp, FallbackStart,
-    CheckpointFetched, Resume, Verdict, Complete, Error)}
+    CheckpointFetched, Resume, Verdict, GuardrailViolation, Drift, StructuredStep, Complete, Error)}
 
 
 def event_from_dict(d: dict[str, Any]) -> Event:
@@ -165,13 +214,16 @@ _CALLBACKS = {
     "on_timeout": (Timeout,),
     "on_complete": (Complete,),
     "on_error": (Error,),
+    "on_violation": (GuardrailViolation,),
+    "on_drift": (Drift,),
 }
 
 
 @dataclass
 class Callbacks:
     """``on_start``, ``on_retry``, ``on_fallback``, ``on_resume``,
-    ``on_timeout``, ``on_complete``, ``on_error`` (one event type each) and
+    ``on_timeout``, ``on_complete``, ``on_error``, ``on_violation``,
+    ``on_drift`` (one event type each) and
     ``on_event`` (all of them)."""
 
     on_start: Callable[[SessionStart], Any] | None = None
@@ -181,6 +233,8 @@ class Callbacks:
     on_timeout: Callable[[Timeout], Any] | None = None
     on_complete: Callable[[Complete], Any] | None = None
     on_error: Callable[[Error], Any] | None = None
+    on_violation: Callable[[GuardrailViolation], Any] | None = None
+    on_drift: Callable[[Drift], Any] | None = None
     on_event: Callable[[Event], Any] | None = None
     failures: int = 0               # callbacks that raised
 

@@ -30,7 +30,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Sequence
 from l0 import chunks as ck
 from l0 import events as ev
 from l0.policy import Category, Retry, RetryState, Timeouts, ZeroOutput, classify, decide, status_of
-from l0.session import Endpoint, Plan, Session, meaningful
+from l0.session import Endpoint, Plan, Session, json_output, meaningful
 
 _PROBES: dict[str, "ServerInfo"] = {}
 PROBE_TIMEOUT_S = 5.0
@@ -61,6 +61,9 @@ class Options:
     l0_resume: bool = True                  # probe for L0 servers and resume from checkpoints
     verdict: bool = False                   # L0 servers: fetch the record at the end (a Verdict event)
     verdict_wait_s: float = 2.0             # how long the record may take to show the finish
+    guardrails: Any = None                  # an l0.guardrails.Guardrails (spec; each stream runs a fresh copy)
+    drift: Any = None                       # drift monitors (a Guardrails of l0.drift rules)
+    hold: bool = False                      # streams: deliver once the answer passed its end checks
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
     clock: Callable[[], float] = time.time
 
@@ -189,7 +192,7 @@ class ServerEndpoint(Endpoint):
         if extra:  # generated and checkpointed, never delivered: deliver first
             text = await self.detokenize_tail(got.token_ids, outputs, delivered=got.text)
             p = ck.Parts(text=text, token_ids=tuple(extra))
-            session.received.add(p)
+            session.take(p)
             session.pending.append(session._restamp(p))
         left = remaining(record, outputs)
         if record.finished or (left is not None and left <= 0):
@@ -239,7 +242,7 @@ class ServerEndpoint(Endpoint):
         return out
 
     async def finished(self, session: Session) -> None:
-        if self.options.verdict and self.l0 and session.l0_key:
+        if (self.options.verdict or self.options.drift is not None) and self.l0 and session.l0_key:
             await self.verdict(session)
 
     async def verdict(self, session: Session, wait_s: float | None = None) -> dict | None:
@@ -494,7 +497,8 @@ class WrappedClient:
         params = {k: v for k, v in params.items() if k != "stream"}
         session = Session(self._endpoints(kind, params), kind=kind, retry=o.retry, timeouts=o.timeout,
                           emit=o.callbacks, log=o.log, sleep=o.sleep, clock=o.clock,
-                          check_zero_output=o.check_zero_output)
+                          check_zero_output=o.check_zero_output, guardrails=o.guardrails, drift=o.drift,
+                          hold=o.hold)
         self.last = session
         return L0Stream(session)
 
@@ -541,8 +545,9 @@ async def _non_streaming(endpoints: list[SDKEndpoint], kind: str, o: Options) ->
                     text = (getattr(getattr(choice, "message", None), "content", None) if kind == "chat"
                             else getattr(choice, "text", None)) or ""
                     tools = bool(getattr(getattr(choice, "message", None), "tool_calls", None))
-                    if o.check_zero_output and not tools and not meaningful(text):
+                    if o.check_zero_output and not tools and not meaningful(text) and not json_output(text):
                         raise ZeroOutput(f"zero output ({len(text)} chars)")
+                    _judge_whole(text, o, send, attempts)
                     usage = resp.usage.model_dump() if getattr(resp, "usage", None) is not None else None
                     send(ev.Complete, finish_reason=getattr(choice, "finish_reason", None), attempts=attempts,
                          chars=len(text), usage=usage)
@@ -575,14 +580,36 @@ async def _non_streaming(endpoints: list[SDKEndpoint], kind: str, o: Options) ->
             o.log.end_stream(sid)
 
 
+def _judge_whole(text: str, o: Options, send: Callable[..., Any], attempt: int) -> None:
+    """A whole answer through the guardrails and drift monitors (non-streaming
+    calls): events, and GuardrailFailed/GuardrailFatal for the worst."""
+    from l0.policy import GuardrailFailed, GuardrailFatal
+
+    failed = None
+    for spec in (o.guardrails, o.drift):
+        if spec is None:
+            continue
+        g = spec.fresh()
+        for v in g.feed(text) + g.finish():
+            cls = ev.Drift if v.rule.startswith("drift:") else ev.GuardrailViolation
+            send(cls, attempt=attempt, rule=v.rule, severity=v.severity, message=v.message, start=v.start,
+                 end=v.end, excerpt=v.excerpt, final=v.final)
+            if v.severity == "fatal" and (failed is None or failed.severity != "fatal"):
+                failed = v
+            elif v.severity == "error" and failed is None:
+                failed = v
+    if failed is not None:
+        raise GuardrailFatal(failed) if failed.severity == "fatal" else GuardrailFailed(failed)
+
+
 def _options(retry=None, timeout=None, fallbacks=(), log=None, log_fsync="end", callbacks=None,
              resume=True, check_zero_output=True, l0_resume=True, verdict=False, verdict_wait_s=2.0,
-             sleep=None, clock=None, **cbs) -> Options:
+             guardrails=None, drift=None, hold=False, sleep=None, clock=None, **cbs) -> Options:
     from l0.eventlog import EventLog
 
     if callbacks is None:
         unknown = set(cbs) - {"on_start", "on_retry", "on_fallback", "on_resume", "on_timeout", "on_complete",
-                              "on_error", "on_event"}
+                              "on_error", "on_violation", "on_drift", "on_event"}
         if unknown:
             raise TypeError(f"l0: unknown option(s) {sorted(unknown)}")
         callbacks = ev.Callbacks(**cbs)
@@ -596,9 +623,18 @@ def _options(retry=None, timeout=None, fallbacks=(), log=None, log_fsync="end", 
         timeout = Timeouts(inter_token_s=float(timeout))
     if log is not None and not hasattr(log, "event"):
         log = EventLog(log, fsync=log_fsync)
+    if guardrails is not None:
+        from l0.guardrails import as_guardrails
+        guardrails = as_guardrails(guardrails)
+    if drift is not None and drift is not False:
+        from l0.drift import as_monitors
+        drift = as_monitors(drift)
+    else:
+        drift = None
     return Options(retry=retry or Retry(), timeout=timeout or Timeouts(), fallbacks=tuple(fallbacks),
                    callbacks=callbacks, log=log, resume=resume, check_zero_output=check_zero_output,
                    l0_resume=l0_resume, verdict=verdict, verdict_wait_s=verdict_wait_s,
+                   guardrails=guardrails, drift=drift, hold=bool(hold),
                    sleep=sleep or asyncio.sleep, clock=clock or time.time)
 
 
@@ -610,7 +646,12 @@ def wrap(client: Any, **options: Any) -> "WrappedClient | SyncWrappedClient":
     overrides)), ``log`` (a path: the atomic event log) and ``log_fsync``,
     ``resume``, ``check_zero_output``, ``l0_resume``, ``verdict`` (fetch
     what L0 did from the record when the stream ends) and
-    ``verdict_wait_s``, callbacks ``on_start`` ... ``on_event`` (or
+    ``verdict_wait_s``, ``guardrails`` (a preset name, rules, or an
+    :class:`l0.guardrails.Guardrails`), ``drift`` (True, drift kinds, or
+    monitors; against L0 servers the server's loop verdict joins them),
+    ``hold`` (streams: deliver once the answer passed its end checks, so an
+    ``error`` violation is retried unseen), callbacks ``on_start`` ...
+    ``on_violation``, ``on_drift``, ``on_event`` (or
     ``callbacks=Callbacks(...)``), ``sleep`` and ``clock`` (injectable).
     Raises TypeError for another object or an unknown option."""
     import openai
@@ -780,7 +821,8 @@ def run(stream: Callable[..., Any], *, fallbacks: Sequence[Callable[..., Any]] =
     eps = [FactoryEndpoint(stream, "primary")] + [FactoryEndpoint(f, f"fallback-{i + 1}")
                                                   for i, f in enumerate(fallbacks)]
     session = Session(eps, kind=kind, retry=o.retry, timeouts=o.timeout, emit=o.callbacks, log=o.log,
-                      sleep=o.sleep, clock=o.clock, check_zero_output=o.check_zero_output, require_finish=False)
+                      sleep=o.sleep, clock=o.clock, check_zero_output=o.check_zero_output, require_finish=False,
+                      guardrails=o.guardrails, drift=o.drift, hold=o.hold)
     return L0Stream(session)
 
 

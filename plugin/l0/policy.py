@@ -9,7 +9,7 @@ Categories (:class:`Category`):
 * ``transient``: the server answered "not now": 408, 409, 429, 5xx, or no
   first token within ``first_token_s``. Same budget as ``network``.
 * ``model``: the stream itself was bad: zero output, stalled between tokens
-  (``inter_token_s``), a loop L0 stopped when ``retry_on_loop`` asks for it.
+  (``inter_token_s``), a guardrail of severity ``error``.
   Counts against ``attempts`` (tries of the model, the first included).
 * ``fatal``: 400, 401, 403, 404, 422 (any other 4xx too), and errors that are
   not the transport's or the server's (a bug in the caller's code). Never
@@ -66,6 +66,26 @@ class LoopStopped(ModelFailure):
     """L0 stopped the row for a loop and the policy asks to try again."""
 
     reason = "loop"
+
+
+class GuardrailFailed(ModelFailure):
+    """A guardrail of severity ``error`` found a violation: the answer is
+    tried again (a fresh attempt) while nothing was delivered."""
+
+    reason = "guardrail"
+
+    def __init__(self, violation: Any) -> None:
+        self.violation = violation
+        super().__init__(f"guardrail {violation.rule}: {violation.message}")
+
+
+class GuardrailFatal(Exception):
+    """A guardrail of severity ``fatal`` (or an ``error`` one after the
+    caller already has part of the answer): never retried."""
+
+    def __init__(self, violation: Any, note: str = "") -> None:
+        self.violation = violation
+        super().__init__(f"guardrail {violation.rule}: {violation.message}{note}")
 
 
 class FirstTokenTimeout(Exception):

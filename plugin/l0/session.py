@@ -21,6 +21,14 @@ whitespace or punctuation are held back until real content arrives: a
 stream that ends with nothing else is a zero-output failure and is retried
 without the caller having seen any of it.
 
+Guardrails and drift monitors (``l0.guardrails``, ``l0.drift``) see each
+chunk's text as it is received (O(new text) per chunk) and once more at the
+end. A violation is an event; severity ``error`` fails the attempt as a model
+failure, retried from scratch while the caller has seen nothing (``hold``
+keeps every chunk until the answer passed its end checks, so that is always
+the case); once the caller has part of the answer an ``error`` is raised like
+a ``fatal`` one: retrying would show the caller text twice.
+
 The transport is an :class:`Endpoint` (``open`` returns an async iterator of
 chunks); :mod:`l0.wrap` makes them from OpenAI SDK clients, ``l0.run`` from
 stream factories.
@@ -28,6 +36,7 @@ stream factories.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import unicodedata
 import uuid
@@ -36,8 +45,8 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Sequence
 
 from l0 import chunks as ck
 from l0 import events as ev
-from l0.policy import (Category, FirstTokenTimeout, Retry, RetryState, Stalled, StreamEnded, Timeouts, ZeroOutput,
-                       classify, decide, status_of)
+from l0.policy import (Category, FirstTokenTimeout, GuardrailFailed, GuardrailFatal, Retry, RetryState, Stalled,
+                       StreamEnded, Timeouts, ZeroOutput, classify, decide, status_of)
 
 
 @dataclass
@@ -84,6 +93,21 @@ def meaningful(text: str) -> bool:
     return any(not c.isspace() and not unicodedata.category(c).startswith("P") for c in text)
 
 
+def json_output(text: str) -> bool:
+    """A whole answer that is a JSON value made of punctuation only (``{}``,
+    ``[]``, ``""``, ``[{}]``): real output for a structured call, not zero
+    output (the original L0 counted ``{}`` as empty, so structured calls
+    had to turn the guard off)."""
+    s = text.strip()
+    if not s or s[0] not in "{[\"":
+        return False
+    try:
+        json.loads(s)
+    except ValueError:
+        return False
+    return True
+
+
 class Endpoint:
     """Where attempts run. Subclasses implement ``open`` and ``plan``."""
 
@@ -126,7 +150,8 @@ class Session:
                  log=None, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
                  clock: Callable[[], float] = time.time, check_zero_output: bool = True,
                  stream_id: str | None = None, require_finish: bool = True, l0_key: str | None = None,
-                 fallback_delay: Callable[[int], float] | None = None) -> None:
+                 fallback_delay: Callable[[int], float] | None = None, guardrails: Any = None,
+                 drift: Any = None, hold: bool = False) -> None:
         if not endpoints:
             raise ValueError("l0: a session needs at least one endpoint")
         self.endpoints = list(endpoints)
@@ -153,6 +178,12 @@ class Session:
         self.pending: list[Any] = []         # chunks to deliver before the next attempt's
         self.held: list[Any] = []            # received, not delivered: no real content yet
         self.endpoint: Endpoint | None = None
+        # guardrails and drift monitors: specs, and this answer's fresh copies
+        self.checks = [g for g in (guardrails, drift) if g is not None]
+        self.guards = [g.fresh() for g in self.checks]
+        self.hold = hold                     # deliver nothing before the answer passed its end checks
+        self.delivered = 0                   # chunks the caller has
+        self.violations: list[Any] = []
 
     # -- events ---------------------------------------------------------------
     def emit(self, cls: type[ev.Event], **fields: Any) -> ev.Event:
@@ -165,6 +196,7 @@ class Session:
         return event
 
     def _deliver(self, chunk: Any) -> Any:
+        self.delivered += 1
         if self.log is not None:
             self.log.chunk(self.stream_id, self.clock(), chunk)
         return chunk
@@ -197,7 +229,10 @@ class Session:
                         if self.pending:  # checkpointed tokens never delivered, in order after held ones
                             self.held.extend(self.pending)
                             self.pending = []
-                            if self.received.meaningful or plan is None:
+                            if plan is None:
+                                for guard in self.guards:
+                                    self._judge(guard.finish())
+                            if (self.received.meaningful and not self.hold) or plan is None:
                                 while self.held:
                                     yield self._deliver(self.held.pop(0))
                         if plan is None:
@@ -216,15 +251,19 @@ class Session:
                             self.finish_reason = "stop"
                         if self.finish_reason is None:
                             raise StreamEnded("the stream ended without a finish reason")
-                        if self.check_zero_output and not self.received.meaningful:
+                        if (self.check_zero_output and not self.received.meaningful
+                                and not json_output(self.received.text)):
                             raise ZeroOutput("zero output: the stream ended with nothing but whitespace or "
                                              f"punctuation ({len(self.received.text)} chars)")
+                        for guard in self.guards:
+                            self._judge(guard.finish())
                         while self.held:
                             yield self._deliver(self.held.pop(0))
                         try:
                             await endpoint.finished(self)
                         except Exception:  # noqa: BLE001 - the stream is complete; the verdict is extra
                             pass
+                        self._server_drift()
                         self._complete()
                         return
                     except (GeneratorExit, asyncio.CancelledError):
@@ -237,12 +276,18 @@ class Session:
                         self.emit(ev.Failure, attempt=self.attempts, category=category.value, error=_short(exc),
                                   status=status_of(exc), delivered_tokens=self.received.tokens,
                                   delivered_chars=len(self.received.text))
-                        if isinstance(exc, ZeroOutput):
+                        if isinstance(exc, GuardrailFailed) and self.delivered:
+                            category = Category.FATAL
+                            exc = GuardrailFatal(exc.violation, f" (after {len(self.received.text)} characters "
+                                                 "were delivered: not retried; hold=True checks before delivery)")
+                            last_exc = exc
+                        if isinstance(exc, (ZeroOutput, GuardrailFailed)):
                             # nothing of value reached the caller: start over, new key, held chunks dropped
                             self.received = Received()
                             self.held = []
                             self.finish_reason = None
                             self.l0_key = None
+                            self.guards = [g.fresh() for g in self.checks]
                         elif self.received.tool_calls:
                             category = Category.FATAL
                             exc = NotResumable(f"l0: the stream broke after tool-call pieces were delivered "
@@ -275,6 +320,46 @@ class Session:
         finally:
             if self.log is not None:
                 self.log.end_stream(self.stream_id)
+
+    def take(self, p: ck.Parts) -> None:
+        """Count ``p`` as received and run the guardrails on its text (raises
+        :class:`GuardrailFailed` / :class:`GuardrailFatal`)."""
+        self.received.add(p)
+        if p.text:
+            for guard in self.guards:
+                self._judge(guard.feed(p.text))
+
+    def _judge(self, violations: Sequence[Any]) -> None:
+        """Emit each violation; raise for the worst (fatal, then error)."""
+        failed = None
+        for v in violations:
+            self.violations.append(v)
+            cls = ev.Drift if v.rule.startswith("drift:") else ev.GuardrailViolation
+            self.emit(cls, attempt=self.attempts, rule=v.rule, severity=v.severity, message=v.message,
+                      start=v.start, end=v.end, excerpt=v.excerpt, final=v.final)
+            if v.severity == "fatal" and (failed is None or failed.severity != "fatal"):
+                failed = v
+            elif v.severity == "error" and failed is None:
+                failed = v
+        if failed is not None:
+            raise GuardrailFatal(failed) if failed.severity == "fatal" else GuardrailFailed(failed)
+
+    def _server_drift(self) -> None:
+        """The server's verdict as drift events: each loop L0 detected on the
+        token ids (kinds ``loop``, ``near_loop``, ``no_progress``, ``echo``;
+        rule ``drift:server_<kind>``) and acted on, once the verdict was read.
+        A budget close is not drift; the stop that ends a close (``closed``)
+        was reported with the close."""
+        if not self.checks or not self.verdict:
+            return
+        for item in self.verdict.get("interventions") or []:
+            kind = item.get("kind")
+            if kind in (None, "none", "budget") or "closed" in item:
+                continue
+            self.emit(ev.Drift, attempt=self.attempts, rule=f"drift:server_{kind}", severity="warning",
+                      message=f"L0 on the server detected {kind} (period {item.get('period')}, at token "
+                              f"{item.get('token_index')}) and acted: {item.get('action')}",
+                      source="server", detail=dict(item))
 
     def _complete(self) -> None:
         self.emit(ev.Complete, finish_reason=self.finish_reason, attempts=self.attempts,
@@ -365,8 +450,8 @@ class Session:
                     chunk = self._restamp(p)
                 if p.finish_reason:
                     self.finish_reason = p.finish_reason
-                self.received.add(p)
-                if not self.received.meaningful:
+                self.take(p)
+                if not self.received.meaningful or self.hold:
                     self.held.append(chunk)
                     continue
                 while self.held:
