@@ -30,6 +30,7 @@ _LAZY = {
     "pipe": ("l0.orchestrate", "pipe"),
     "consensus": ("l0.orchestrate", "consensus"),
     "consensus_of": ("l0.orchestrate", "consensus_of"),
+    "samples": ("l0.orchestrate", "samples"),
 }
 
 

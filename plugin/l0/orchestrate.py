@@ -921,3 +921,38 @@ def choices_of(completion: Any) -> list[str]:
         msg = c.get("message")
         out.append(((msg or {}).get("content") if msg is not None else c.get("text")) or "")
     return out
+
+
+async def samples(client: Any, n: int, *, schema: Any = None, **params: Any) -> list:
+    """``n`` answers from one chat request (``n`` choices: vLLM samples them
+    in one batch, sharing the prompt's prefill) — the cheap source of
+    samples for :func:`consensus`. ``client``: ``l0.wrap(AsyncOpenAI(...))``
+    or a plain ``AsyncOpenAI``; ``params``: ``chat.completions.create``'s
+    (``model``, ``messages``, ``temperature``, ``seed``, ...).
+
+    With ``schema`` (a Pydantic model class or a JSON-schema dict) the
+    request asks for that structured output and each answer is parsed into
+    a dict (a choice that doesn't parse is dropped, so fewer than ``n`` may
+    come back): ready for field-by-field consensus
+    (``consensus(answers, schema=Model)``). Raises ValueError for
+    ``n < 1``."""
+    if n < 1:
+        raise ValueError("l0: samples needs n >= 1")
+    if schema is not None:
+        from l0.typed import _Schema
+
+        spec = _Schema(schema, None)
+        params["response_format"] = {"type": "json_schema",
+                                     "json_schema": {"name": spec.name, "schema": spec.json_schema}}
+    out = choices_of(await client.chat.completions.create(n=n, **params))
+    if schema is None:
+        return out
+    from l0.typed import parse
+
+    parsed = []
+    for text in out:
+        try:
+            parsed.append(parse(text))
+        except ValueError:
+            continue
+    return parsed

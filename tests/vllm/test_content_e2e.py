@@ -367,3 +367,34 @@ def test_consensus_of_five_seeded_samples_in_one_request(server):
     assert [i for i, _ in result.dissent] == [4] and "Orc" in result.dissent[0][1]
     unanimous = l0.consensus(samples, strategy="unanimous")
     assert not unanimous.ok and unanimous.value == result.value
+
+
+def test_field_level_consensus_of_five_structured_samples(server):
+    """n = 5 JSON answers (temperature 0.8, seed 0) in one request, agreed
+    field by field: four of five say the Earth is round (answer 0.8, the
+    question 1.0, overall 0.9); five invented fruits agree on nothing, and
+    resolve="fail" says so."""
+    import l0
+    from l0.orchestrate import ConsensusFailed
+    from structured_cases import CASES
+
+    async def go(name):
+        client = sdk(server.url)
+        try:
+            schema, messages = CASES[name]
+            return await l0.samples(l0.wrap(client), 5, schema=schema, model=server.model, messages=messages,
+                                    temperature=0.8, seed=0, max_tokens=80)
+        finally:
+            await client.close()
+    Boolean, Fruit = CASES["boolean"][0], CASES["fruit"][0]
+    answers = run(go("boolean"))
+    assert [a["answer"] for a in answers] == [True, True, False, True, True]
+    r = l0.consensus(answers, schema=Boolean)
+    assert r.value == Boolean(question="Is the Earth round?", answer=True) and r.ok
+    assert r.fields["answer"].agreement == pytest.approx(0.8) and r.fields["question"].agreement == 1.0
+    assert r.agreement == pytest.approx(0.9) and [i for i, _ in r.dissent] == [2]
+    fruits = run(go("fruit"))
+    assert len(fruits) == 5 and len({f["name"] for f in fruits}) == 5
+    with pytest.raises(ConsensusFailed) as info:
+        l0.consensus(fruits, schema=Fruit, resolve="fail")
+    assert not info.value.result.ok and info.value.result.fields["name"].agreement == pytest.approx(0.2)
