@@ -16,7 +16,8 @@ from __future__ import annotations
 import re
 from collections import deque
 
-from .guardrails import EXCERPT_MAX, _BUILTIN_MAX, _COMPILED, Guardrails, Rule, Violation, _Patterns, _Scanner, _width
+from .guardrails import (EXCERPT_MAX, _BUILTIN_MAX, _COMPILED, Guardrails, Rule, Violation, _Patterns, _Scanner, _width,
+                         combine)
 
 DRIFT_KINDS = ("repetition", "format_collapse", "meta_commentary", "hedging", "tone_shift")
 
@@ -474,26 +475,7 @@ def as_monitors(spec: object) -> Guardrails | None:
         return None
     if spec is True:
         return monitors()
-    if isinstance(spec, Guardrails):
-        return spec
-    if isinstance(spec, (str, Rule)):
-        spec = [spec]
-    if not isinstance(spec, (list, tuple)):
-        raise ValueError(f"l0: drift must be None, True, a drift kind, a Rule, Guardrails or a list of them, "
-                         f"got {spec!r}")
-    rules: dict[str, Rule] = {}
-    for item in spec:
-        if isinstance(item, str):
-            items = monitors(item).rules
-        elif isinstance(item, Rule):
-            items = [item]
-        elif isinstance(item, Guardrails):
-            items = item.rules
-        else:
-            raise ValueError(f"l0: drift list items must be drift kinds, Rules or Guardrails, got {item!r}")
-        for rule in items:
-            rules[rule.name] = rule
-    return Guardrails(rules.values())
+    return combine(spec, monitors, "drift", "a drift kind")
 
 
 __all__ = ["DRIFT_KINDS", "as_monitors", "repetition", "format_collapse", "meta_commentary", "hedging",

@@ -31,7 +31,7 @@ import json
 import re
 import unicodedata
 from dataclasses import asdict, dataclass, replace
-from typing import Iterable, Mapping
+from typing import Callable, Iterable, Mapping
 
 SEVERITIES = ("warning", "error", "fatal")
 _RANK = {s: i for i, s in enumerate(SEVERITIES)}
@@ -1014,23 +1014,29 @@ def as_guardrails(spec: object) -> Guardrails | None:
     """
     if spec is None:
         return None
+    return combine(spec, preset, "guardrails", "a preset name")
+
+
+def combine(spec: object, expand: Callable[[str], Guardrails], what: str, names: str) -> Guardrails:
+    """``spec`` (a name, a Rule, Guardrails, or a list of them) as one
+    Guardrails: names through ``expand``, a later rule replacing an earlier
+    one of the same name in its place. Raises ValueError naming ``what``."""
     if isinstance(spec, Guardrails):
         return spec
     if isinstance(spec, (str, Rule)):
         spec = [spec]
     if not isinstance(spec, (list, tuple)):
-        raise ValueError(f"l0: guardrails must be None, a preset name, a Rule, Guardrails or a list of them, "
-                         f"got {spec!r}")
+        raise ValueError(f"l0: {what} must be {names}, a Rule, Guardrails or a list of them, got {spec!r}")
     rules: dict[str, Rule] = {}
     for item in spec:
         if isinstance(item, str):
-            items = preset(item).rules
+            items = expand(item).rules
         elif isinstance(item, Rule):
             items = [item]
         elif isinstance(item, Guardrails):
             items = item.rules
         else:
-            raise ValueError(f"l0: guardrails list items must be Rules, preset names or Guardrails, got {item!r}")
+            raise ValueError(f"l0: {what} list items must be Rules, {names}s or Guardrails, got {item!r}")
         for rule in items:
             rules[rule.name] = rule
     return Guardrails(rules.values())

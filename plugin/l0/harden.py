@@ -30,7 +30,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Sequence
 from l0 import chunks as ck
 from l0 import events as ev
 from l0.policy import Category, Retry, RetryState, Timeouts, ZeroOutput, classify, decide, status_of
-from l0.session import Endpoint, Plan, Session, json_output, meaningful
+from l0.session import Endpoint, Plan, Session, json_output, judge, meaningful
 
 _PROBES: dict[str, "ServerInfo"] = {}
 PROBE_TIMEOUT_S = 5.0
@@ -583,23 +583,12 @@ async def _non_streaming(endpoints: list[SDKEndpoint], kind: str, o: Options) ->
 def _judge_whole(text: str, o: Options, send: Callable[..., Any], attempt: int) -> None:
     """A whole answer through the guardrails and drift monitors (non-streaming
     calls): events, and GuardrailFailed/GuardrailFatal for the worst."""
-    from l0.policy import GuardrailFailed, GuardrailFatal
-
-    failed = None
+    found = []
     for spec in (o.guardrails, o.drift):
-        if spec is None:
-            continue
-        g = spec.fresh()
-        for v in g.feed(text) + g.finish():
-            cls = ev.Drift if v.rule.startswith("drift:") else ev.GuardrailViolation
-            send(cls, attempt=attempt, rule=v.rule, severity=v.severity, message=v.message, start=v.start,
-                 end=v.end, excerpt=v.excerpt, final=v.final)
-            if v.severity == "fatal" and (failed is None or failed.severity != "fatal"):
-                failed = v
-            elif v.severity == "error" and failed is None:
-                failed = v
-    if failed is not None:
-        raise GuardrailFatal(failed) if failed.severity == "fatal" else GuardrailFailed(failed)
+        if spec is not None:
+            g = spec.fresh()
+            found += g.feed(text) + g.finish()
+    judge(found, send, attempt)
 
 
 def _options(retry=None, timeout=None, fallbacks=(), log=None, log_fsync="end", callbacks=None,

@@ -108,6 +108,24 @@ def json_output(text: str) -> bool:
     return True
 
 
+def judge(violations: Sequence[Any], emit: Callable[..., Any], attempt: int) -> None:
+    """Emit each violation (``emit(event_class, **fields)``: a ``drift``
+    event for ``drift:*`` rules, else ``guardrail``); then raise for the
+    worst: :class:`GuardrailFatal` for a fatal one, else
+    :class:`GuardrailFailed` for the first error."""
+    failed = None
+    for v in violations:
+        cls = ev.Drift if v.rule.startswith("drift:") else ev.GuardrailViolation
+        emit(cls, attempt=attempt, rule=v.rule, severity=v.severity, message=v.message, start=v.start,
+             end=v.end, excerpt=v.excerpt, final=v.final)
+        if v.severity == "fatal" and (failed is None or failed.severity != "fatal"):
+            failed = v
+        elif v.severity == "error" and failed is None:
+            failed = v
+    if failed is not None:
+        raise GuardrailFatal(failed) if failed.severity == "fatal" else GuardrailFailed(failed)
+
+
 class Endpoint:
     """Where attempts run. Subclasses implement ``open`` and ``plan``."""
 
@@ -330,19 +348,8 @@ class Session:
                 self._judge(guard.feed(p.text))
 
     def _judge(self, violations: Sequence[Any]) -> None:
-        """Emit each violation; raise for the worst (fatal, then error)."""
-        failed = None
-        for v in violations:
-            self.violations.append(v)
-            cls = ev.Drift if v.rule.startswith("drift:") else ev.GuardrailViolation
-            self.emit(cls, attempt=self.attempts, rule=v.rule, severity=v.severity, message=v.message,
-                      start=v.start, end=v.end, excerpt=v.excerpt, final=v.final)
-            if v.severity == "fatal" and (failed is None or failed.severity != "fatal"):
-                failed = v
-            elif v.severity == "error" and failed is None:
-                failed = v
-        if failed is not None:
-            raise GuardrailFatal(failed) if failed.severity == "fatal" else GuardrailFailed(failed)
+        self.violations.extend(violations)
+        judge(violations, self.emit, self.attempts)
 
     def _server_drift(self) -> None:
         """The server's verdict as drift events: each loop L0 detected on the
