@@ -84,6 +84,10 @@ VIOLATIONS = {
              {"response_format": {"type": "json_object"}, "vllm_xargs": {"l0_close_at_budget": False}}, "json"),
     "repetition": (user("List the planets of the solar system."), 160, {"vllm_xargs": {"l0_action": "off"}},
                    "drift:repetition"),
+    "hedging": (user("What do you think of my poem: 'Roses are red, violets are blue'?"), 60, {},
+                "pattern:hedging"),
+    # a completion (a string prompt) whose one token is a comma: no output
+    "zero_output": ("1, 2, 3", 1, {}, "zero_output"),
 }
 
 
@@ -108,10 +112,16 @@ def violations(server):
     async def one(client, case):
         messages, max_tokens, extra, _ = VIOLATIONS[case]
         events = []
-        c = l0.wrap(client, guardrails=all_rules(), on_event=events.append)
-        stream = await c.chat.completions.create(model=server.model, messages=messages, max_tokens=max_tokens,
-                                                 temperature=0.0, stream=True, extra_body=extra)
-        text = "".join([ch.choices[0].delta.content or "" async for ch in stream if ch.choices])
+        # the session's own zero-output guard off: it would retry; the rule reports
+        c = l0.wrap(client, guardrails=all_rules(), on_event=events.append, check_zero_output=False)
+        if isinstance(messages, str):
+            stream = await c.completions.create(model=server.model, prompt=messages, max_tokens=max_tokens,
+                                                temperature=0.0, stream=True, extra_body=extra)
+            text = "".join([ch.choices[0].text or "" async for ch in stream if ch.choices])
+        else:
+            stream = await c.chat.completions.create(model=server.model, messages=messages, max_tokens=max_tokens,
+                                                     temperature=0.0, stream=True, extra_body=extra)
+            text = "".join([ch.choices[0].delta.content or "" async for ch in stream if ch.choices])
         fired = {e.rule for e in events if e.type in ("guardrail", "drift")}
         return case, (text, fired, events)
 
@@ -130,7 +140,7 @@ def test_each_rule_fires_on_real_output_that_violates_it(violations, case):
     rule = VIOLATIONS[case][3]
     assert rule in fired, f"{rule} did not fire on {text!r} (fired: {sorted(fired)})"
     hit = next(e for e in events if e.type in ("guardrail", "drift") and e.rule == rule)
-    assert hit.severity == "warning" and 0 <= hit.start < hit.end <= len(text) and hit.excerpt
+    assert hit.severity == "warning" and 0 <= hit.start <= hit.end <= len(text)
 
 
 def test_the_server_verdict_joins_the_drift_events(server):
