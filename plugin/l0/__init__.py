@@ -21,6 +21,7 @@ _LAZY = {
     "Callbacks": ("l0.events", "Callbacks"),
     "backoff": ("l0.policy", "backoff"),
     "structured": ("l0.typed", "structured"),
+    "structured_sync": ("l0.typed", "structured_sync"),
     "StructuredResult": ("l0.typed", "StructuredResult"),
     "StructuredFailed": ("l0.typed", "StructuredFailed"),
     "guardrails": ("l0.guardrails", None),

@@ -233,6 +233,24 @@ async def structured(client: Any, schema: Any, *, messages: list | None = None, 
     raise StructuredFailed(errors, text)
 
 
+def structured_sync(client: Any, schema: Any, **kw: Any) -> Any:
+    """:func:`structured` for synchronous code: ``client`` is
+    ``l0.wrap(openai.OpenAI(...))`` (its loop thread runs the call) or a
+    plain ``openai.OpenAI`` (wrapped for this call, then closed)."""
+    from l0.harden import SyncWrappedClient, wrap
+
+    owned = not isinstance(client, SyncWrappedClient)
+    wrapped = wrap(client) if owned else client
+    if not isinstance(wrapped, SyncWrappedClient):
+        raise TypeError("l0.structured_sync takes an openai.OpenAI client or l0.wrap(openai.OpenAI(...)); "
+                        "use `await l0.structured(...)` with an AsyncOpenAI")
+    try:
+        return wrapped._loop.run(structured(wrapped._inner, schema, **kw))
+    finally:
+        if owned:
+            wrapped.close()
+
+
 def reask_messages(messages: list, error: str) -> list:
     """``messages`` with the validation error added to the last user
     message (a new user message when the last is not a plain-text user
@@ -255,4 +273,4 @@ def _result(detail: bool, value: Any, text: str, how: str, requests: int, repair
                             finish_reason=finish, verdict=seen, events=events)
 
 
-__all__ = ["structured", "StructuredResult", "StructuredFailed", "parse", "repair"]
+__all__ = ["structured", "structured_sync", "StructuredResult", "StructuredFailed", "parse", "repair"]

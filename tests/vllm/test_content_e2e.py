@@ -243,6 +243,18 @@ def test_structured_resumes_a_cut_stream(server):
                                                               "POST /v1/chat/completions -> pass"]
 
 
+def test_structured_sync_with_the_synchronous_sdk(server):
+    import l0
+    from openai import OpenAI
+    from structured_cases import CASES
+
+    schema, messages = CASES["person"]
+    with l0.wrap(OpenAI(base_url=server.url + "/v1", api_key="test", max_retries=0)) as client:
+        person = l0.structured_sync(client, schema, messages=messages, model=server.model, temperature=0.0,
+                                    max_tokens=200)
+    assert person == schema(name="Ava", age=20)
+
+
 def test_a_budget_cut_is_closed_by_l0_or_repaired_by_the_client(server):
     """A tight budget: L0 closes the JSON on the server (close at budget);
     with that off per request the answer is cut mid-JSON and json_repair
