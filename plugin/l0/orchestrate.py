@@ -941,9 +941,7 @@ async def samples(client: Any, n: int, *, schema: Any = None, **params: Any) -> 
     if schema is not None:
         from l0.typed import _Schema
 
-        spec = _Schema(schema, None)
-        params["response_format"] = {"type": "json_schema",
-                                     "json_schema": {"name": spec.name, "schema": spec.json_schema}}
+        params["response_format"] = _Schema(schema, None).response_format()
     out = choices_of(await client.chat.completions.create(n=n, **params))
     if schema is None:
         return out

@@ -201,7 +201,6 @@ class Session:
         self.guards = [g.fresh() for g in self.checks]
         self.hold = hold                     # deliver nothing before the answer passed its end checks
         self.delivered = 0                   # chunks the caller has
-        self.violations: list[Any] = []
 
     # -- events ---------------------------------------------------------------
     def emit(self, cls: type[ev.Event], **fields: Any) -> ev.Event:
@@ -348,7 +347,6 @@ class Session:
                 self._judge(guard.feed(p.text))
 
     def _judge(self, violations: Sequence[Any]) -> None:
-        self.violations.extend(violations)
         judge(violations, self.emit, self.attempts)
 
     def _server_drift(self) -> None:

@@ -106,6 +106,14 @@ class _Schema:
             raise ValueError(f"at {where}: {exc.message}") from None
         return obj
 
+    def response_format(self, strict: bool | None = None) -> dict:
+        """The request's ``response_format`` (``json_schema``); ``strict``
+        only when given."""
+        spec = {"name": self.name, "schema": self.json_schema}
+        if strict is not None:
+            spec["strict"] = strict
+        return {"type": "json_schema", "json_schema": spec}
+
     def repair_target(self) -> Any:
         return self.model if self.model is not None else self.json_schema
 
@@ -179,8 +187,7 @@ async def structured(client: Any, schema: Any, *, messages: list | None = None, 
             opts.log.event(e)
         opts.callbacks(e)
 
-    response_format = {"type": "json_schema",
-                       "json_schema": {"name": spec.name, "schema": spec.json_schema, "strict": True}}
+    response_format = spec.response_format(strict=True)
     convo = list(messages)
     errors: list[str] = []
     text = ""
