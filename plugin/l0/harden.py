@@ -30,7 +30,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Sequence
 from l0 import chunks as ck
 from l0 import events as ev
 from l0.policy import Category, Retry, RetryState, Timeouts, ZeroOutput, classify, decide, status_of
-from l0.session import Endpoint, Plan, Session, json_output, judge, meaningful
+from l0.session import Endpoint, Plan, Session, end_checks, json_output, judge, meaningful
 
 _PROBES: dict[str, "ServerInfo"] = {}
 PROBE_TIMEOUT_S = 5.0
@@ -547,7 +547,7 @@ async def _non_streaming(endpoints: list[SDKEndpoint], kind: str, o: Options) ->
                     tools = bool(getattr(getattr(choice, "message", None), "tool_calls", None))
                     if o.check_zero_output and not tools and not meaningful(text) and not json_output(text):
                         raise ZeroOutput(f"zero output ({len(text)} chars)")
-                    _judge_whole(text, o, send, attempts)
+                    _judge_whole(text, o, send, attempts, tools)
                     usage = resp.usage.model_dump() if getattr(resp, "usage", None) is not None else None
                     send(ev.Complete, finish_reason=getattr(choice, "finish_reason", None), attempts=attempts,
                          chars=len(text), usage=usage)
@@ -580,14 +580,14 @@ async def _non_streaming(endpoints: list[SDKEndpoint], kind: str, o: Options) ->
             o.log.end_stream(sid)
 
 
-def _judge_whole(text: str, o: Options, send: Callable[..., Any], attempt: int) -> None:
+def _judge_whole(text: str, o: Options, send: Callable[..., Any], attempt: int, tools: bool = False) -> None:
     """A whole answer through the guardrails and drift monitors (non-streaming
     calls): events, and GuardrailFailed/GuardrailFatal for the worst."""
     found = []
     for spec in (o.guardrails, o.drift):
         if spec is not None:
             g = spec.fresh()
-            found += g.feed(text) + g.finish()
+            found += g.feed(text) + end_checks(g, tools)
     judge(found, send, attempt)
 
 

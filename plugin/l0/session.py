@@ -108,6 +108,14 @@ def json_output(text: str) -> bool:
     return True
 
 
+def end_checks(guard: Any, tool_calls: bool) -> list:
+    """``guard.finish()``; an answer made of tool calls has no text by
+    design, so ``zero_output`` does not apply to it (as the session's own
+    zero-output guard counts tool calls as output)."""
+    found = guard.finish()
+    return [v for v in found if v.rule != "zero_output"] if tool_calls else found
+
+
 def judge(violations: Sequence[Any], emit: Callable[..., Any], attempt: int) -> None:
     """Emit each violation (``emit(event_class, **fields)``: a ``drift``
     event for ``drift:*`` rules, else ``guardrail``); then raise for the
@@ -248,7 +256,7 @@ class Session:
                             self.pending = []
                             if plan is None:
                                 for guard in self.guards:
-                                    self._judge(guard.finish())
+                                    self._judge(end_checks(guard, self.received.tool_calls))
                             if (self.received.meaningful and not self.hold) or plan is None:
                                 while self.held:
                                     yield self._deliver(self.held.pop(0))
@@ -273,7 +281,7 @@ class Session:
                             raise ZeroOutput("zero output: the stream ended with nothing but whitespace or "
                                              f"punctuation ({len(self.received.text)} chars)")
                         for guard in self.guards:
-                            self._judge(guard.finish())
+                            self._judge(end_checks(guard, self.received.tool_calls))
                         while self.held:
                             yield self._deliver(self.held.pop(0))
                         try:

@@ -179,3 +179,27 @@ def test_presets_and_specs_are_accepted_and_bad_ones_refused():
         l0.run(pieces("x")[0], guardrails="lenient")
     with pytest.raises(ValueError):
         l0.run(pieces("x")[0], drift=["nonsense"])
+
+
+def test_a_tool_call_answer_is_not_zero_output_for_the_guardrails():
+    """Found trying guardrails with tool calls: the answer has no text by
+    design, and zero_output (error in every preset) made it a retry."""
+    events, calls = [], []
+    call = {"index": 0, "id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+
+    def factory():
+        calls.append(1)
+
+        async def gen():
+            yield {"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"tool_calls": [call]}}]}
+            yield {"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {},
+                                                                   "finish_reason": "tool_calls"}]}
+        return gen()
+    out = collect(l0.run(factory, guardrails="strict", **opts(events)))
+    assert len(out) == 2 and len(calls) == 1
+    assert not [e for e in events if e.type in ("guardrail", "failure")]
+    # a text answer with nothing in it still fails the rule
+    factory2, calls2 = pieces("...")
+    with pytest.raises(GuardrailFailed):
+        collect(l0.run(factory2, guardrails="strict", check_zero_output=False,
+                       **opts([], retry=Retry(attempts=1))))
