@@ -215,12 +215,17 @@ def test_a_stall_is_interrupted_by_the_inter_token_timeout(fleet, reference, pro
     import l0
 
     proxies["r1"].inject(Stall(after_events=10, seconds=600))
-    run = wrapped_run(fleet, proxies["r1"].url, timeout=l0.Timeouts(first_token_s=120, inter_token_s=1.0))
+    # 4 s, not 1 s: on two shared cores a healthy resumed stream can pause over a second (CI saw it)
+    run = wrapped_run(fleet, proxies["r1"].url, timeout=l0.Timeouts(first_token_s=120, inter_token_s=4.0))
     assert (run.text, run.ids) == reference[:2]
-    assert [(t.which, t.after_s) for t in run.of("timeout")] == [("inter_token", 1.0)]
+    assert [(t.which, t.after_s) for t in run.of("timeout")] == [("inter_token", 4.0)]
     failure = run.of("failure")[0]
     assert failure.category == "model" and failure.error.startswith("Stalled")
-    assert [e.mode for e in run.of("attempt_start")] == ["fresh", "checkpoint"]
+    fetched = run.of("checkpoint_fetched")
+    if run.of("complete")[0].attempts == 2:
+        assert [e.mode for e in run.of("attempt_start")] == ["fresh", "checkpoint"]
+    else:  # the engine finished behind the stalled proxy: the answer came from the checkpoint
+        assert [e.mode for e in run.of("attempt_start")] == ["fresh"] and fetched[0].finished
 
 
 def test_429_and_503_retry_after_honoured_and_capped(fleet, reference, proxies):
