@@ -29,9 +29,10 @@ from __future__ import annotations
 import copy
 import json
 import re
-import unicodedata
 from dataclasses import asdict, dataclass, replace
 from typing import Callable, Iterable, Mapping
+
+from l0.content import ContentScan
 
 SEVERITIES = ("warning", "error", "fatal")
 _RANK = {s: i for i, s in enumerate(SEVERITIES)}
@@ -919,48 +920,29 @@ def custom(regex: str | re.Pattern, name: str, severity: str = "error", max_len:
 
 # ---------------------------------------------------------------- zero output
 
-_JSON_EMPTY = {"{}", "[]", '""'}
-
-
-def _is_content(c: str) -> bool:
-    """Letters, digits and other symbols (emoji) are content; punctuation,
-    whitespace and math/currency/modifier symbols on their own are not."""
-    if c.isalnum():
-        return True
-    return c > "\x7f" and unicodedata.category(c) == "So"
-
-
 class _ZeroOutput(Rule):
     def __init__(self, severity: str) -> None:
         super().__init__("zero_output", severity)
 
     def _reset(self) -> None:
-        self._content = False
-        self._last = ""   # last non-blank char, to spot {}, [] and "" split by blanks or chunks
+        self._scan = ContentScan()
 
     def _feed(self, text: str, start: int, out: list[Violation]) -> None:
-        if self._content:
-            return
-        for c in text:   # runs only until the first content: a few chars of a real answer
-            if c.isspace():
-                continue
-            if _is_content(c) or self._last + c in _JSON_EMPTY:
-                self._content = True
-                return
-            self._last = c
+        self._scan.feed(text)   # stops at the first content char: a few chars of a real answer
 
     def _finish(self, total: str, out: list[Violation]) -> None:
-        if not self._content:
+        if not self._scan.found:
             what = "empty" if not total else f"{len(total)} chars of whitespace/punctuation only"
             self._emit(out, "empty", f"zero_output: the answer has no content ({what})", 0, len(total), total)
 
 
 def zero_output(severity: str = "error") -> Rule:
     """At finish, rule ``zero_output``: the answer has no real content, i.e.
-    nothing but whitespace and punctuation. Letters, digits and emoji are
-    content, and so are the empty JSON values ``{}``, ``[]`` and ``""``
-    (also with blanks inside): ``0``, ``null``, ``false`` are letters and
-    digits. Incremental: a flag, set by the first content char."""
+    nothing but whitespace and punctuation. Content is defined once, in
+    :mod:`l0.content` (the session's own zero-output guard uses it too):
+    letters, digits and emoji, and the empty JSON values ``{}``, ``[]`` and
+    ``""`` (also with blanks inside); ``0``, ``null``, ``false`` are letters
+    and digits. Incremental: a flag, set by the first content char."""
     return _ZeroOutput(severity)
 
 

@@ -30,7 +30,8 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Sequence
 from l0 import chunks as ck
 from l0 import events as ev
 from l0.policy import Category, Retry, RetryState, Timeouts, ZeroOutput, classify, decide, status_of
-from l0.session import Endpoint, Plan, Session, end_checks, json_output, judge, meaningful
+from l0.content import has_content
+from l0.session import Endpoint, Plan, Session, end_checks, judge
 
 _PROBES: dict[str, "ServerInfo"] = {}
 PROBE_TIMEOUT_S = 5.0
@@ -545,7 +546,7 @@ async def _non_streaming(endpoints: list[SDKEndpoint], kind: str, o: Options) ->
                     text = (getattr(getattr(choice, "message", None), "content", None) if kind == "chat"
                             else getattr(choice, "text", None)) or ""
                     tools = bool(getattr(getattr(choice, "message", None), "tool_calls", None))
-                    if o.check_zero_output and not tools and not meaningful(text) and not json_output(text):
+                    if o.check_zero_output and not tools and not has_content(text):
                         raise ZeroOutput(f"zero output ({len(text)} chars)")
                     _judge_whole(text, o, send, attempts, tools)
                     usage = resp.usage.model_dump() if getattr(resp, "usage", None) is not None else None

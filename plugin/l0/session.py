@@ -36,15 +36,14 @@ stream factories.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
-import unicodedata
 import uuid
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Awaitable, Callable, Sequence
 
 from l0 import chunks as ck
 from l0 import events as ev
+from l0.content import ContentScan
 from l0.policy import (Category, FirstTokenTimeout, GuardrailFailed, GuardrailFatal, Retry, RetryState, Stalled,
                        StreamEnded, Timeouts, ZeroOutput, classify, decide, status_of)
 
@@ -65,7 +64,12 @@ class Received:
     token_ids: list[int] | None = field(default_factory=list)  # None once a chunk came without ids
     chunks: int = 0                 # content chunks (a token count where ids are missing)
     tool_calls: bool = False
-    meaningful: bool = False        # some content beyond whitespace/punctuation
+    scan: ContentScan = field(default_factory=ContentScan)
+
+    @property
+    def meaningful(self) -> bool:
+        """Real content so far (:mod:`l0.content`), or a tool call."""
+        return self.tool_calls or self.scan.found
 
     def add(self, p: ck.Parts) -> None:
         self.text += p.text
@@ -77,7 +81,7 @@ class Received:
         if p.text or p.token_ids:
             self.chunks += 1
         self.tool_calls = self.tool_calls or p.tool_calls
-        self.meaningful = self.meaningful or p.tool_calls or meaningful(p.text)
+        self.scan.feed(p.text)
 
     @property
     def empty(self) -> bool:
@@ -86,26 +90,6 @@ class Received:
     @property
     def tokens(self) -> int:
         return len(self.token_ids) if self.token_ids is not None else self.chunks
-
-
-def meaningful(text: str) -> bool:
-    """Anything but whitespace and punctuation."""
-    return any(not c.isspace() and not unicodedata.category(c).startswith("P") for c in text)
-
-
-def json_output(text: str) -> bool:
-    """A whole answer that is a JSON value made of punctuation only (``{}``,
-    ``[]``, ``""``, ``[{}]``): real output for a structured call, not zero
-    output (the original L0 counted ``{}`` as empty, so structured calls
-    had to turn the guard off)."""
-    s = text.strip()
-    if not s or s[0] not in "{[\"":
-        return False
-    try:
-        json.loads(s)
-    except ValueError:
-        return False
-    return True
 
 
 def end_checks(guard: Any, tool_calls: bool) -> list:
@@ -276,8 +260,7 @@ class Session:
                             self.finish_reason = "stop"
                         if self.finish_reason is None:
                             raise StreamEnded("the stream ended without a finish reason")
-                        if (self.check_zero_output and not self.received.meaningful
-                                and not json_output(self.received.text)):
+                        if self.check_zero_output and not self.received.meaningful:
                             raise ZeroOutput("zero output: the stream ended with nothing but whitespace or "
                                              f"punctuation ({len(self.received.text)} chars)")
                         for guard in self.guards:

@@ -2,7 +2,7 @@
 start of a continuation is dropped, nothing else is."""
 from __future__ import annotations
 
-from l0.session import _Overlap, meaningful
+from l0.session import _Overlap
 
 
 def feed(delivered, pieces, **kw):
@@ -34,11 +34,3 @@ def test_short_coincidences_are_kept():
 
 def test_a_stream_shorter_than_the_window_is_decided_at_its_end():
     assert feed("one two three four", ["three four", " five"]) == " five"
-
-
-def test_meaningful():
-    assert not meaningful("  \n\t ... !?")
-    assert not meaningful("")
-    assert meaningful(" a")
-    assert meaningful("42")
-    assert meaningful("日本")
