@@ -193,9 +193,61 @@ class Error(Event):
     delivered_chars: int = 0
 
 
+@dataclass(frozen=True)
+class RaceStart(Event):
+    """``l0.race`` started op ``index``; ``reason``: initial | hedge |
+    failover (an earlier op failed)."""
+    type: ClassVar[str] = "race_start"
+    index: int = 0
+    reason: str = "initial"
+
+
+@dataclass(frozen=True)
+class RaceError(Event):
+    """Op ``index`` of a race failed (``error``: type and message)."""
+    type: ClassVar[str] = "race_error"
+    index: int = 0
+    error: str = ""
+
+
+@dataclass(frozen=True)
+class RaceCancel(Event):
+    """Op ``index`` lost the race: cancelled, its stream closed."""
+    type: ClassVar[str] = "race_cancel"
+    index: int = 0
+
+
+@dataclass(frozen=True)
+class RaceWinner(Event):
+    type: ClassVar[str] = "race_winner"
+    index: int = 0
+
+
+@dataclass(frozen=True)
+class PipeStep(Event):
+    """``l0.pipe`` is about to run step ``index``."""
+    type: ClassVar[str] = "pipe_step"
+    index: int = 0
+
+
+@dataclass(frozen=True)
+class PipeStepDone(Event):
+    type: ClassVar[str] = "pipe_step_done"
+    index: int = 0
+
+
+@dataclass(frozen=True)
+class PipeError(Event):
+    """Step ``index`` of a pipe raised (``error``: type and message)."""
+    type: ClassVar[str] = "pipe_error"
+    index: int = 0
+    error: str = ""
+
+
 EVENT_TYPES: dict[str, type[Event]] = {c.type: c for c in (
     SessionStart, AttemptStart, FirstToken, Timeout, Failure, RetryScheduled, RetryGivenUp, FallbackStart,
-    CheckpointFetched, Resume, Verdict, GuardrailViolation, Drift, StructuredStep, Complete, Error)}
+    CheckpointFetched, Resume, Verdict, GuardrailViolation, Drift, StructuredStep, Complete, Error,
+    RaceStart, RaceError, RaceCancel, RaceWinner, PipeStep, PipeStepDone, PipeError)}
 
 
 def event_from_dict(d: dict[str, Any]) -> Event:

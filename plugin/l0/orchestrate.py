@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
 
 from l0 import chunks as ck
+from l0 import events as ev
 
 CLOSE_TIMEOUT_S = 2.0
 WINS = ("first_token", "complete")
@@ -46,13 +47,13 @@ MISSING = "<missing>"    # the vote of an answer without a field; never a canoni
 
 # --------------------------------------------------------------------------- helpers
 
-def _emit(on_event: Callable[[dict], Any] | None, kind: str, **data: Any) -> None:
-    """Calls ``on_event`` with ``{"type": kind, ..., "ts": time.time()}``.
-    A failing callback is ignored: observers must never change the outcome."""
+def _emit(on_event: Callable[[ev.Event], Any] | None, event: type[ev.Event], **data: Any) -> None:
+    """Calls ``on_event`` with a typed event (:mod:`l0.events`). A failing
+    callback is ignored: observers must never change the outcome."""
     if on_event is None:
         return
     try:
-        on_event({"type": kind, **data, "ts": time.time()})
+        on_event(event(**data))
     except Exception:
         pass
 
@@ -244,7 +245,7 @@ class _Entry:
 
 class _Racer:
     def __init__(self, ops: list, hedge_s: float | None, win: str, accept: Callable[[Any], bool] | None,
-                 on_event: Callable[[dict], Any] | None) -> None:
+                 on_event: Callable[[ev.Event], Any] | None) -> None:
         self.ops, self.hedge_s, self.win, self.accept, self.on_event = ops, hedge_s, win, accept, on_event
         self.entries: dict[int, _Entry] = {}
         self.reports: list[tuple[int, BaseException | None]] = []   # in the order ops finished
@@ -254,7 +255,7 @@ class _Racer:
     def start(self, i: int, reason: str) -> None:
         e = self.entries[i] = _Entry()
         e.task = asyncio.ensure_future(self.run(i, e))
-        _emit(self.on_event, "race_start", index=i, reason=reason)
+        _emit(self.on_event, ev.RaceStart, index=i, reason=reason)
 
     def report(self, i: int, exc: BaseException | None) -> None:
         self.reports.append((i, exc))
@@ -327,7 +328,7 @@ class _Racer:
                         winner = i
                         break
                     errors[i] = exc
-                    _emit(self.on_event, "race_error", index=i, error=f"{type(exc).__name__}: {exc}")
+                    _emit(self.on_event, ev.RaceError, index=i, error=f"{type(exc).__name__}: {exc}")
                     if not isinstance(exc, Exception):
                         raise exc
                     if next_i < n:                 # fail over at once, hedging or not
@@ -357,9 +358,9 @@ class _Racer:
         for i, exc in self.reports[seen:]:
             if exc is not None:
                 errors[i] = exc
-                _emit(self.on_event, "race_error", index=i, error=f"{type(exc).__name__}: {exc}")
+                _emit(self.on_event, ev.RaceError, index=i, error=f"{type(exc).__name__}: {exc}")
         cancelled = await self.cleanup(keep=winner, errors=errors)
-        _emit(self.on_event, "race_winner", index=winner)
+        _emit(self.on_event, ev.RaceWinner, index=winner)
         w = self.entries[winner]
         return Race(winner, value=w.value, stream=w.stream, it=w.it, buffered=w.buffered,
                     exhausted=w.exhausted, started=sorted(self.entries), cancelled=cancelled, errors=errors)
@@ -376,13 +377,13 @@ class _Racer:
         await asyncio.gather(*(_close(self.entries[i].stream) for i in losers
                                if self.entries[i].stream is not None))
         for i in losers:
-            _emit(self.on_event, "race_cancel", index=i)
+            _emit(self.on_event, ev.RaceCancel, index=i)
         return losers
 
 
 async def race(ops: Sequence[Callable[[], Any]], *, hedge_s: float | None = None, win: str = "first_token",
                accept: Callable[[Any], bool] | None = None,
-               on_event: Callable[[dict], Any] | None = None) -> Race:
+               on_event: Callable[[ev.Event], Any] | None = None) -> Race:
     """Runs ``ops`` against each other and returns the winner as a :class:`Race`.
 
     Starting: without ``hedge_s`` every op starts at once. With ``hedge_s``
@@ -407,10 +408,11 @@ async def race(ops: Sequence[Callable[[], Any]], *, hedge_s: float | None = None
     returns; ops not started never start. An op that fails has its stream
     closed too. If ``race`` itself is cancelled, every op is.
 
-    ``on_event`` gets dicts with ``type`` ``race_start`` (``index``,
-    ``reason``: initial/hedge/failover), ``race_error`` (``index``,
-    ``error``), ``race_cancel`` (``index``) and ``race_winner`` (``index``),
-    each with ``ts`` (``time.time()``); its exceptions are ignored.
+    ``on_event`` gets typed events (:mod:`l0.events`, loggable like a
+    stream's): ``race_start`` (``index``, ``reason``:
+    initial/hedge/failover), ``race_error`` (``index``, ``error``),
+    ``race_cancel`` (``index``) and ``race_winner`` (``index``), each with
+    ``ts``; its exceptions are ignored.
 
     Raises :class:`RaceFailed` (with every error) when all ops fail, and
     ValueError for no ops, an unknown ``win`` or a negative ``hedge_s``.
@@ -493,19 +495,19 @@ async def _settle(out: Any) -> Any:
 
 
 async def pipe(steps: Sequence[Callable[[Any], Any]], value: Any = None, *,
-               on_event: Callable[[dict], Any] | None = None) -> Any:
+               on_event: Callable[[ev.Event], Any] | None = None) -> Any:
     """Feeds ``value`` through ``steps`` in order: each step gets the previous
     output (sync or async; an async-iterator output is read to the end and
     becomes its text when it yields chunks, else the list of its items).
     Returns the last output (``value`` itself when there are no steps).
 
     A step's exception is re-raised with ``exc.l0_step = i`` and a note
-    naming the step. ``on_event`` gets ``pipe_step`` (``index``, before the
-    step), ``pipe_step_done`` (``index``) and ``pipe_error`` (``index``,
-    ``error``) dicts with ``ts``.
+    naming the step. ``on_event`` gets typed events ``pipe_step``
+    (``index``, before the step), ``pipe_step_done`` (``index``) and
+    ``pipe_error`` (``index``, ``error``), each with ``ts``.
     """
     for i, step in enumerate(steps):
-        _emit(on_event, "pipe_step", index=i)
+        _emit(on_event, ev.PipeStep, index=i)
         try:
             out = step(value)
             if inspect.isawaitable(out):
@@ -519,9 +521,9 @@ async def pipe(steps: Sequence[Callable[[Any], Any]], value: Any = None, *,
             if hasattr(exc, "add_note"):
                 name = getattr(step, "__qualname__", None) or type(step).__name__
                 exc.add_note(f"l0: in pipe step {i} ({name})")
-            _emit(on_event, "pipe_error", index=i, error=f"{type(exc).__name__}: {exc}")
+            _emit(on_event, ev.PipeError, index=i, error=f"{type(exc).__name__}: {exc}")
             raise
-        _emit(on_event, "pipe_step_done", index=i)
+        _emit(on_event, ev.PipeStepDone, index=i)
     return value
 
 

@@ -9,6 +9,7 @@ import json
 
 import pytest
 
+from l0 import events as ev
 from l0 import orchestrate as orc
 from l0.orchestrate import (Consensus, ConsensusFailed, EmptyStream, RaceFailed, Rejected, choices_of, consensus,
                             consensus_of, normalize_text, parallel, pipe, race)
@@ -73,7 +74,7 @@ class Op:
 
 
 def types(events):
-    return [(e["type"], e.get("index")) for e in events]
+    return [(e.type, e.index) for e in events]
 
 
 # --------------------------------------------------------------------------- race
@@ -93,8 +94,8 @@ def test_race_without_hedge_the_first_token_wins_and_losers_are_closed():
     assert s0.cancelled and s2.cancelled
     assert types(events) == [("race_start", 0), ("race_start", 1), ("race_start", 2),
                              ("race_cancel", 0), ("race_cancel", 2), ("race_winner", 1)]
-    assert all(isinstance(e["ts"], float) for e in events)
-    assert [e["reason"] for e in events if e["type"] == "race_start"] == ["initial"] * 3
+    assert all(isinstance(e.ts, float) and isinstance(e, ev.Event) for e in events)
+    assert [e.reason for e in events if e.type == "race_start"] == ["initial"] * 3
 
 
 def test_role_only_chunks_do_not_win_and_iteration_yields_every_chunk_once_in_order():
@@ -141,7 +142,7 @@ def test_hedge_starts_the_next_op_when_the_first_stalls():
     r = run(race([Op(s0), second, third], hedge_s=0.05, on_event=events.append))
     assert r.index == 1 and r.started == [0, 1] and r.cancelled == [0]
     assert s0.closed and third.calls == 0
-    assert [(e["index"], e["reason"]) for e in events if e["type"] == "race_start"] == [(0, "initial"), (1, "hedge")]
+    assert [(e.index, e.reason) for e in events if e.type == "race_start"] == [(0, "initial"), (1, "hedge")]
 
 
 def test_hedge_a_failure_starts_the_next_op_at_once():
@@ -151,7 +152,9 @@ def test_hedge_a_failure_starts_the_next_op_at_once():
     r = run(race([Op(exc=boom), Op(Stream(["b"], first=0.01))], hedge_s=60, on_event=events.append), limit=5)
     assert r.index == 1 and r.started == [0, 1] and r.cancelled == [] and r.errors == {0: boom}
     assert types(events) == [("race_start", 0), ("race_error", 0), ("race_start", 1), ("race_winner", 1)]
-    assert events[2]["reason"] == "failover" and "refused" in events[1]["error"]
+    assert events[2].reason == "failover" and "refused" in events[1].error
+    # typed like a stream's events: they go through the event log and back unchanged
+    assert [ev.event_from_dict(e.to_dict()) for e in events] == events
 
 
 def test_a_stream_failing_before_content_is_closed_and_the_race_goes_on():
