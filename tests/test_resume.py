@@ -36,5 +36,7 @@ def test_model_check_and_guided():
     check_model(rec(), "smollm2")
     with pytest.raises(ResumeError, match="written by model 'smollm2', not 'llama'"):
         check_model(rec(), "llama", [1])
-    assert not needs_regeneration(rec())
+    assert not needs_regeneration(rec(sampling={"temperature": 0.0, "stop_token_ids": [2]}))
     assert needs_regeneration(rec(sampling={"structured_outputs": {"json": {}}}))
+    assert needs_regeneration(rec(sampling={"stop": ["\n\n"]}))    # straddles a cut: see the e2e test
+    assert not needs_regeneration(rec(sampling={"stop": []})) and not needs_regeneration(rec(sampling={"stop": None}))

@@ -184,8 +184,8 @@ class ServerEndpoint(Endpoint):
             if got.empty:
                 return Plan("fresh", self._fresh_request(session))
             if greedy:
-                plan = Plan("regenerate", self._fresh_request(session), skip_ids=len(got.token_ids), convert=True)
-                return plan
+                return Plan("regenerate", self._fresh_request(session), skip_ids=len(got.token_ids),
+                            skip_chars=len(got.text), convert=True)
             return self._plan_text(session)
         check_model(record, self.model, got.token_ids)
         outputs = merge(got.token_ids, record.output_ids, session.l0_key)

@@ -13,9 +13,10 @@ What is exact (see README): greedy decoding — token-identical to an
 uninterrupted run. Seeded sampling — the prefix is exact, the continuation is
 a valid sample from the same distribution but not the uninterrupted run's
 (vLLM's per-request generator restarts from its seed). Guided decoding —
-vLLM's grammar cannot be advanced through a prefix from the API, so such
-requests are *regenerated* from the start and the already-delivered tokens
-are checked and skipped (:func:`needs_regeneration`); exact under greedy.
+vLLM's grammar cannot be advanced through a prefix from the API — and stop
+strings — checked by vLLM in a request's own output only — make a request
+*regenerated* from the start, the already-delivered tokens and text checked
+and skipped (:func:`needs_regeneration`); exact under greedy.
 """
 from __future__ import annotations
 
@@ -58,8 +59,14 @@ def check_model(record: Record, model: str, received: Sequence[int] = ()) -> Non
 
 
 def needs_regeneration(record: Record) -> bool:
-    """Guided decoding cannot continue mid-grammar through the API."""
-    return "structured_outputs" in record.sampling
+    """Guided decoding cannot continue mid-grammar through the API. Stop
+    strings can't either: vLLM looks for them in a request's own output
+    only, so a continuation from token ids misses one that straddles the
+    cut, and a stream's text lags its ids (vLLM holds back what could start
+    a stop string), so the ids received say nothing of the text shown.
+    Regenerating the same request is exact (greedy)."""
+    stop = record.sampling.get("stop")
+    return "structured_outputs" in record.sampling or bool(stop)
 
 
 # Sampling fields copied verbatim into a continuation request.

@@ -53,6 +53,8 @@ class Plan:
     mode: str                       # fresh | checkpoint | regenerate | text
     request: Any = None             # what Endpoint.open needs (endpoint-specific)
     skip_ids: int = 0               # regenerate: tokens to check and drop
+    skip_chars: int = 0             # regenerate: text to check and drop (counted apart from the ids:
+                                    # a stream with stop strings sends text later than its ids)
     convert: bool = False           # restamp chunks into the caller's kind and identity
     drop_overlap: bool = False      # text mode without server support: the model may repeat itself
 
@@ -377,7 +379,7 @@ class Session:
                 raise FirstTokenTimeout(f"no response within {first_s:g} s") from None
             it = stream.__aiter__()
             started = False
-            skip = plan.skip_ids
+            skip, skip_chars = plan.skip_ids, plan.skip_chars
             # A continuation from token ids: the server renders its first
             # tokens' text without knowing what the caller was shown (a
             # character split across the cut comes out wrong, or with the
@@ -412,8 +414,13 @@ class Session:
                     self.emit(ev.FirstToken, attempt=self.attempts, latency_s=time.monotonic() - t0)
                 if plan.mode != "fresh" and p.role_only and not p.usage:
                     continue  # the caller already has the role
-                if skip and p.token_ids is not None:
-                    ids = list(p.token_ids)
+                if skip or skip_chars:
+                    # The regenerated stream is the first one again (greedy, same request): its ids
+                    # and its text are checked against what was delivered and dropped, each by its
+                    # own count: the text may lag the ids (vLLM holds back text that could start a
+                    # stop string, and the bytes of a split character), so a chunk's text need not
+                    # belong to the chunk's ids.
+                    ids = list(p.token_ids or ())
                     have = self.received.token_ids or []
                     base = plan.skip_ids - skip      # regenerated tokens checked so far
                     n_old = min(len(ids), skip)
@@ -422,12 +429,18 @@ class Session:
                             raise NotResumable(f"l0: regenerated token {base + i} differs from the one delivered "
                                                "(sampling is not greedy?): refusing to continue")
                     skip -= n_old
-                    kept = ids[n_old:]
-                    if not kept and not p.finish_reason:
-                        continue
-                    if n_old:  # a chunk straddling the catch-up point: its text can't be split by token
-                        text = await endpoint.fix_text(chunk, kept, self) if kept else ""
-                        chunk = ck.with_token_ids(chunk, kept, text)
+                    text = p.text or ""
+                    at = plan.skip_chars - skip_chars
+                    c_old = min(len(text), skip_chars)
+                    if text[:c_old] != self.received.text[at:at + c_old]:
+                        raise NotResumable(f"l0: regenerated text at char {at} differs from the text delivered: "
+                                           "refusing to continue")
+                    skip_chars -= c_old
+                    if n_old or c_old:
+                        kept, rest = ids[n_old:], text[c_old:]
+                        if not kept and not rest and not p.finish_reason and not p.usage:
+                            continue
+                        chunk = ck.with_token_ids(chunk, kept, rest)
                         p = ck.parts(chunk)
                 elif refix and p.token_ids:
                     refix -= 1

@@ -89,8 +89,9 @@ def sdk(url):
 
 
 def wrapped_run(fleet, url, kind="chat", kill_at=None, victim=None, fallbacks=(), messages=PROMPT,
-                max_tokens=MAX_TOKENS, hook=None, **options) -> Run:
-    """One wrapped stream; ``hook(event)`` runs on every event as it happens."""
+                max_tokens=MAX_TOKENS, hook=None, request=None, **options) -> Run:
+    """One wrapped stream; ``hook(event)`` runs on every event as it happens;
+    ``request`` adds fields to the create call (e.g. ``stop``)."""
     import l0
 
     run = Run()
@@ -117,7 +118,8 @@ def wrapped_run(fleet, url, kind="chat", kill_at=None, victim=None, fallbacks=()
     async def consume(client):
         if kind == "chat":
             stream = await client.chat.completions.create(model=fleet["model"], messages=messages,
-                                                          max_tokens=max_tokens, temperature=0.0, stream=True)
+                                                          max_tokens=max_tokens, temperature=0.0, stream=True,
+                                                          **(request or {}))
         else:
             stream = await client.completions.create(model=fleet["model"], prompt="Once upon a time,",
                                                      max_tokens=MAX_TOKENS, temperature=0.0, stream=True)
@@ -424,6 +426,29 @@ def test_a_cut_inside_a_split_character_resumes_its_text_exactly(fleet, proxies)
         run = wrapped_run(fleet, proxies["r1"].url, messages=messages, max_tokens=40)
         assert (run.text, run.ids) == (ref.text, ref.ids), k
         assert [e.mode for e in run.of("attempt_start")] == ["fresh", "checkpoint"]
+
+
+def test_a_stop_string_across_the_cut_still_stops_the_answer(fleet, reference, proxies):
+    """vLLM holds back the start of a possible stop string and checks stop
+    strings only in a request's own output: a continuation that starts
+    inside a stop string must still stop there, whatever the cut."""
+    stop = " journey of self"   # three tokens in the reference answer
+    assert stop in reference[0]
+    ref = wrapped_run(fleet, fleet["r1"].url, request={"stop": [stop]})
+    assert ref.text == reference[0][:reference[0].index(stop)] and ref.of("complete")[0].finish_reason == "stop"
+    held = [k for k, c in enumerate(ref.chunks, 1)
+            if c.choices and getattr(c.choices[0], "token_ids", None) and not c.choices[0].delta.content]
+    assert held  # chunks whose text vLLM held back: the text lags the ids
+    n = len(ref.chunks)
+    bad = []
+    for k in sorted({1, held[0], *range(max(1, n - 5), n + 1)}):   # the start, and every cut around the stop
+        proxies["r1"].clear()
+        proxies["r1"].inject(Cut(after_events=k))
+        run = wrapped_run(fleet, proxies["r1"].url, request={"stop": [stop]})
+        if (run.text, run.ids, run.of("complete")[0].finish_reason) != (ref.text, ref.ids, "stop"):
+            bad.append((k, run.text, run.ids))
+        assert [e.mode for e in run.of("attempt_start")][1:] in ([], ["fresh"], ["regenerate"]), k  # fresh: nothing came
+    assert bad == [], (ref.text, ref.ids, bad)
 
 
 def test_the_detokenize_route_renders_as_a_stream_does(fleet):
