@@ -57,29 +57,41 @@ def parts(chunk: Any, index: int = 0) -> Parts:
 
 
 def chat_chunk(meta: dict, text: str, token_ids: list[int] | None, finish_reason: str | None,
-               sdk: bool = True) -> Any:
+               sdk: bool = True, usage: dict | None = None, usage_only: bool = False) -> Any:
     """A ``chat.completion.chunk`` carrying ``text`` under the stream's
     identity (``meta``: id, created, model, system_fingerprint of its first
     chunk). An SDK ``ChatCompletionChunk`` when ``sdk`` and openai is
-    installed, else the dict."""
-    choice: dict[str, Any] = {"index": 0, "delta": {"content": text} if text or not finish_reason else {},
-                              "finish_reason": finish_reason, "logprobs": None}
-    if token_ids is not None:
-        choice["token_ids"] = list(token_ids)
+    installed, else the dict. ``usage`` rides along; ``usage_only``: the
+    ``stream_options.include_usage`` chunk (``choices: []``)."""
+    choices: list[dict[str, Any]] = []
+    if not usage_only:
+        choice: dict[str, Any] = {"index": 0, "delta": {"content": text} if text or not finish_reason else {},
+                                  "finish_reason": finish_reason, "logprobs": None}
+        if token_ids is not None:
+            choice["token_ids"] = list(token_ids)
+        choices.append(choice)
     d = {"id": meta.get("id", ""), "object": "chat.completion.chunk", "created": meta.get("created", 0),
-         "model": meta.get("model", ""), "choices": [choice]}
+         "model": meta.get("model", ""), "choices": choices}
     if meta.get("system_fingerprint") is not None:
         d["system_fingerprint"] = meta["system_fingerprint"]
+    if usage is not None:
+        d["usage"] = usage
     return rebuild(d) if sdk else d
 
 
 def completion_chunk(meta: dict, text: str, token_ids: list[int] | None, finish_reason: str | None,
-                     sdk: bool = True) -> Any:
-    choice: dict[str, Any] = {"index": 0, "text": text, "finish_reason": finish_reason, "logprobs": None}
-    if token_ids is not None:
-        choice["token_ids"] = list(token_ids)
+                     sdk: bool = True, usage: dict | None = None, usage_only: bool = False) -> Any:
+    """The ``text_completion`` twin of :func:`chat_chunk`."""
+    choices: list[dict[str, Any]] = []
+    if not usage_only:
+        choice: dict[str, Any] = {"index": 0, "text": text, "finish_reason": finish_reason, "logprobs": None}
+        if token_ids is not None:
+            choice["token_ids"] = list(token_ids)
+        choices.append(choice)
     d = {"id": meta.get("id", ""), "object": "text_completion", "created": meta.get("created", 0),
-         "model": meta.get("model", ""), "choices": [choice]}
+         "model": meta.get("model", ""), "choices": choices}
+    if usage is not None:
+        d["usage"] = usage
     return rebuild(d) if sdk else d
 
 

@@ -201,7 +201,10 @@ class ServerEndpoint(Endpoint):
             session.pending.append(session._restamp(ck.Parts(finish_reason=session.finish_reason)))
             return None
         body = continuation_body(record, outputs, self.model)
-        return Plan("checkpoint", {"call": "completion", "params": _split(body)}, convert=True)
+        if self.params.get("stream_options") is not None:   # e.g. include_usage: the caller wants the usage chunk
+            body["stream_options"] = self.params["stream_options"]
+        return Plan("checkpoint", {"call": "completion", "params": _split(body)}, convert=True,
+                    resume_from=len(outputs))
 
     def _plan_text(self, session: Session) -> Plan:
         got = session.received

@@ -36,6 +36,7 @@ stream factories.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -56,6 +57,7 @@ class Plan:
     skip_chars: int = 0             # regenerate: text to check and drop (counted apart from the ids:
                                     # a stream with stop strings sends text later than its ids)
     convert: bool = False           # restamp chunks into the caller's kind and identity
+    resume_from: int = 0            # checkpoint: output tokens sent as prompt (moved back in usage)
     drop_overlap: bool = False      # text mode without server support: the model may repeat itself
 
 
@@ -404,6 +406,11 @@ class Session:
                         raise Stalled(f"stalled: no token for {after:g} s") from None
                     raise FirstTokenTimeout(f"no first token within {after:g} s") from None
                 p = ck.parts(chunk)
+                if p.usage and plan.resume_from:
+                    # A continuation's prompt holds the answer's first tokens: give the caller the
+                    # usage of the request it made (same total).
+                    p = dataclasses.replace(p, usage=_shift_usage(p.usage, plan.resume_from))
+                    chunk = self._restamp(p)
                 if p.usage:
                     self.usage = p.usage
                 if not self.meta:
@@ -480,11 +487,23 @@ class Session:
         kind = self.kind
         if kind == "run":  # l0.run: answer in the type the stream itself used
             kind = {"chat.completion.chunk": "chat", "text_completion": "completion"}.get(self.meta.get("object"), kind)
+        usage_only = p.role_only and p.usage is not None
         if kind == "chat":
-            return ck.chat_chunk(self.meta, p.text, ids, p.finish_reason)
+            return ck.chat_chunk(self.meta, p.text, ids, p.finish_reason, usage=p.usage, usage_only=usage_only)
         if kind == "completion":
-            return ck.completion_chunk(self.meta, p.text, ids, p.finish_reason)
+            return ck.completion_chunk(self.meta, p.text, ids, p.finish_reason, usage=p.usage,
+                                       usage_only=usage_only)
         return p.text
+
+
+def _shift_usage(usage: dict, n: int) -> dict:
+    """``usage`` with ``n`` tokens moved from the prompt to the completion."""
+    u = dict(usage)
+    if u.get("prompt_tokens") is not None:
+        u["prompt_tokens"] = u["prompt_tokens"] - n
+    if u.get("completion_tokens") is not None:
+        u["completion_tokens"] = u["completion_tokens"] + n
+    return u
 
 
 class _Overlap:

@@ -451,6 +451,27 @@ def test_a_stop_string_across_the_cut_still_stops_the_answer(fleet, reference, p
     assert bad == [], (ref.text, ref.ids, bad)
 
 
+@pytest.mark.parametrize("stop", [None, [" journey of self"]], ids=["checkpoint", "regenerate"])
+def test_usage_after_a_resume_is_the_requests(fleet, proxies, stop):
+    """``stream_options.include_usage``: the caller's last chunk is the usage
+    of the request it made, resumed or not (a continuation's prompt holds the
+    answer's first tokens: moved back to the completion)."""
+    request = {"stream_options": {"include_usage": True}, **({"stop": stop} if stop else {})}
+    ref = wrapped_run(fleet, fleet["r1"].url, request=request)
+    want = ref.chunks[-1].usage
+    assert ref.chunks[-1].choices == [] and want.completion_tokens == len(ref.ids) and want.prompt_tokens > 0
+    proxies["r1"].inject(Cut(after_events=6))
+    run = wrapped_run(fleet, proxies["r1"].url, request=request)
+    assert (run.text, run.ids) == (ref.text, ref.ids)
+    assert [e.mode for e in run.of("attempt_start")] == ["fresh", "regenerate" if stop else "checkpoint"]
+    last = run.chunks[-1]
+    assert last.choices == [] and last.id == run.chunks[0].id   # one stream, one identity
+    got = {k: getattr(last.usage, k) for k in ("prompt_tokens", "completion_tokens", "total_tokens")}
+    assert got == {k: getattr(want, k) for k in ("prompt_tokens", "completion_tokens", "total_tokens")}
+    assert {k: run.of("complete")[0].usage[k] for k in got} == got
+    assert sum(1 for c in run.chunks if c.usage is not None) == 1
+
+
 def test_the_detokenize_route_renders_as_a_stream_does(fleet):
     import httpx
 
