@@ -6,7 +6,7 @@ rebuild SDK objects, and only when it is installed.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 
 @dataclass(frozen=True)
@@ -17,6 +17,7 @@ class Parts:
     tool_calls: bool = False                   # the delta carries tool-call pieces
     role_only: bool = False                    # nothing but the role (a chat stream's first chunk)
     usage: dict | None = None
+    logprobs: tuple[dict, ...] | None = None   # one entry per token, chat form (see logprob_entries)
 
 
 def as_dict(chunk: Any) -> dict | str:
@@ -43,6 +44,7 @@ def parts(chunk: Any, index: int = 0) -> Parts:
     if choice is None:
         return Parts(usage=usage, role_only=True)
     ids = choice.get("token_ids")
+    lp = logprob_entries(choice.get("logprobs"))
     delta = choice.get("delta")
     if delta is not None:  # chat
         text = delta.get("content") or ""
@@ -53,20 +55,65 @@ def parts(chunk: Any, index: int = 0) -> Parts:
         tools, role_only = False, False
     return Parts(text=text, token_ids=tuple(ids) if ids is not None else None,
                  finish_reason=choice.get("finish_reason"), tool_calls=tools, role_only=role_only,
-                 usage=usage)
+                 usage=usage, logprobs=lp)
+
+
+def _entry(token: str, logprob: float) -> dict:
+    return {"token": token, "logprob": logprob, "bytes": list(token.encode("utf-8"))}
+
+
+def logprob_entries(logprobs: Any) -> tuple[dict, ...] | None:
+    """A choice's ``logprobs`` in the chat form, one entry per token
+    (``{"token", "logprob", "bytes", "top_logprobs": [{"token", "logprob",
+    "bytes"}]}``), from either API: chat's ``{"content": [...]}`` as it is,
+    completions' parallel lists (``tokens``, ``token_logprobs``,
+    ``top_logprobs`` as ``{token: logprob}``) converted. None when absent.
+    A checkpoint continuation is a completions request: this is how its
+    logprobs reach a chat caller."""
+    if not isinstance(logprobs, dict):
+        return None
+    if "content" in logprobs:
+        content = logprobs.get("content")
+        return tuple(dict(e) for e in content) if content is not None else None
+    tokens = logprobs.get("tokens")
+    if tokens is None:
+        return None
+    values = logprobs.get("token_logprobs") or [None] * len(tokens)
+    tops = logprobs.get("top_logprobs") or [None] * len(tokens)
+    out = []
+    for tok, lp, top in zip(tokens, values, tops):
+        e = _entry(tok, lp)
+        e["top_logprobs"] = [_entry(t, v) for t, v in (top or {}).items()]
+        out.append(e)
+    return tuple(out)
+
+
+def completion_logprobs(entries: Sequence[dict], offset: int) -> dict:
+    """Chat-form ``entries`` as a completions ``logprobs`` object, the
+    first token's text at char ``offset`` of the answer."""
+    text_offset, at = [], offset
+    for e in entries:
+        text_offset.append(at)
+        at += len(e["token"])
+    return {"text_offset": text_offset, "token_logprobs": [e["logprob"] for e in entries],
+            "tokens": [e["token"] for e in entries],
+            "top_logprobs": [{t["token"]: t["logprob"] for t in e.get("top_logprobs") or ()} for e in entries]}
 
 
 def chat_chunk(meta: dict, text: str, token_ids: list[int] | None, finish_reason: str | None,
-               sdk: bool = True, usage: dict | None = None, usage_only: bool = False) -> Any:
+               sdk: bool = True, usage: dict | None = None, usage_only: bool = False,
+               logprobs: Sequence[dict] | None = None) -> Any:
     """A ``chat.completion.chunk`` carrying ``text`` under the stream's
     identity (``meta``: id, created, model, system_fingerprint of its first
     chunk). An SDK ``ChatCompletionChunk`` when ``sdk`` and openai is
     installed, else the dict. ``usage`` rides along; ``usage_only``: the
-    ``stream_options.include_usage`` chunk (``choices: []``)."""
+    ``stream_options.include_usage`` chunk (``choices: []``); ``logprobs``:
+    chat-form entries (:func:`logprob_entries`)."""
     choices: list[dict[str, Any]] = []
     if not usage_only:
         choice: dict[str, Any] = {"index": 0, "delta": {"content": text} if text or not finish_reason else {},
-                                  "finish_reason": finish_reason, "logprobs": None}
+                                  "finish_reason": finish_reason,
+                                  "logprobs": {"content": list(logprobs)} if logprobs is not None else None}
         if token_ids is not None:
             choice["token_ids"] = list(token_ids)
         choices.append(choice)
@@ -80,11 +127,15 @@ def chat_chunk(meta: dict, text: str, token_ids: list[int] | None, finish_reason
 
 
 def completion_chunk(meta: dict, text: str, token_ids: list[int] | None, finish_reason: str | None,
-                     sdk: bool = True, usage: dict | None = None, usage_only: bool = False) -> Any:
-    """The ``text_completion`` twin of :func:`chat_chunk`."""
+                     sdk: bool = True, usage: dict | None = None, usage_only: bool = False,
+                     logprobs: Sequence[dict] | None = None, text_offset: int = 0) -> Any:
+    """The ``text_completion`` twin of :func:`chat_chunk` (``text_offset``:
+    where this chunk's text starts in the answer, for its logprobs)."""
     choices: list[dict[str, Any]] = []
     if not usage_only:
-        choice: dict[str, Any] = {"index": 0, "text": text, "finish_reason": finish_reason, "logprobs": None}
+        choice: dict[str, Any] = {"index": 0, "text": text, "finish_reason": finish_reason,
+                                  "logprobs": completion_logprobs(logprobs, text_offset)
+                                  if logprobs is not None else None}
         if token_ids is not None:
             choice["token_ids"] = list(token_ids)
         choices.append(choice)
@@ -129,6 +180,15 @@ def with_token_ids(chunk: Any, kept: list[int], text: str) -> Any:
     choices = [dict(c) for c in d.get("choices") or ()]
     for c in choices:
         if c.get("index", 0) == 0:
+            entries = logprob_entries(c.get("logprobs"))
+            if entries is not None:  # one per token: the kept ids are the last ones
+                first = len(entries) - len(kept)
+                kept_entries = list(entries[first:]) if kept else []
+                if "delta" in c:
+                    c["logprobs"] = {"content": kept_entries}
+                else:
+                    offsets = c["logprobs"].get("text_offset") or []
+                    c["logprobs"] = completion_logprobs(kept_entries, offsets[first] if first < len(offsets) else 0)
             c["token_ids"] = list(kept)
             if "delta" in c:
                 c["delta"] = {**(c.get("delta") or {}), "content": text}

@@ -73,7 +73,7 @@ def needs_regeneration(record: Record) -> bool:
 _COPY = ("temperature", "top_p", "top_k", "min_p", "seed", "stop", "stop_token_ids", "ignore_eos",
          "presence_penalty", "frequency_penalty", "repetition_penalty", "skip_special_tokens",
          "spaces_between_special_tokens", "include_stop_str_in_output", "bad_words", "allowed_token_ids",
-         "logit_bias")
+         "logit_bias", "logprobs")
 
 
 def continuation_body(record: Record, output_ids: Sequence[int], model: str,

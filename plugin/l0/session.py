@@ -489,10 +489,12 @@ class Session:
             kind = {"chat.completion.chunk": "chat", "text_completion": "completion"}.get(self.meta.get("object"), kind)
         usage_only = p.role_only and p.usage is not None
         if kind == "chat":
-            return ck.chat_chunk(self.meta, p.text, ids, p.finish_reason, usage=p.usage, usage_only=usage_only)
-        if kind == "completion":
+            return ck.chat_chunk(self.meta, p.text, ids, p.finish_reason, usage=p.usage, usage_only=usage_only,
+                                 logprobs=p.logprobs)
+        if kind == "completion":   # (called before the chunk is taken: the text so far is where it starts)
             return ck.completion_chunk(self.meta, p.text, ids, p.finish_reason, usage=p.usage,
-                                       usage_only=usage_only)
+                                       usage_only=usage_only, logprobs=p.logprobs,
+                                       text_offset=len(self.received.text))
         return p.text
 
 

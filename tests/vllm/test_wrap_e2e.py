@@ -122,7 +122,8 @@ def wrapped_run(fleet, url, kind="chat", kill_at=None, victim=None, fallbacks=()
                                                           **(request or {}))
         else:
             stream = await client.completions.create(model=fleet["model"], prompt="Once upon a time,",
-                                                     max_tokens=MAX_TOKENS, temperature=0.0, stream=True)
+                                                     max_tokens=MAX_TOKENS, temperature=0.0, stream=True,
+                                                     **(request or {}))
         run.stream = stream
         async for chunk in stream:
             run.chunks.append(chunk)
@@ -470,6 +471,56 @@ def test_usage_after_a_resume_is_the_requests(fleet, proxies, stop):
     assert got == {k: getattr(want, k) for k in ("prompt_tokens", "completion_tokens", "total_tokens")}
     assert {k: run.of("complete")[0].usage[k] for k in got} == got
     assert sum(1 for c in run.chunks if c.usage is not None) == 1
+
+
+def _logprobs_by_token(run):
+    """One entry per token id (None where the chunk had no logprobs)."""
+    out = []
+    for c in run.chunks:
+        if not c.choices or not getattr(c.choices[0], "token_ids", None):
+            continue
+        n = len(c.choices[0].token_ids)
+        lp = c.choices[0].logprobs
+        entries = (lp.content if run.kind == "chat" else None) if lp is not None else None
+        if lp is not None and run.kind != "chat":
+            entries = [{"token": t, "logprob": v, "top": list(top)} for t, v, top in
+                       zip(lp.tokens, lp.token_logprobs, lp.top_logprobs)]
+        elif entries is not None:
+            entries = [{"token": e.token, "logprob": e.logprob, "top": [t.token for t in e.top_logprobs]}
+                       for e in entries]
+        assert entries is None or len(entries) == n
+        out += entries if entries is not None else [None] * n
+    return out
+
+
+@pytest.mark.parametrize("kind,stop", [("chat", None), ("completion", None), ("chat", [" tapestry"])],
+                         ids=["chat", "completion", "chat-regenerate"])
+def test_logprobs_survive_a_resume(fleet, proxies, kind, stop):
+    """A checkpoint continuation is a completions request: its logprobs
+    reach a chat caller in the chat form, every generated token keeps its
+    entry (equal to the uninterrupted run's, to float noise: the
+    continuation prefills what was decoded); tokens delivered from the
+    checkpoint have none. A regenerated stream keeps the kept tokens'."""
+    request = {"logprobs": True, "top_logprobs": 2} if kind == "chat" else {"logprobs": 2}
+    if stop:
+        request["stop"] = stop
+    ref = wrapped_run(fleet, fleet["r1"].url, kind=kind, request=request)
+    proxies["r1"].inject(Cut(after_events=12))
+    run = wrapped_run(fleet, proxies["r1"].url, kind=kind, request=request)
+    ref.kind = run.kind = kind
+    assert (run.text, run.ids) == (ref.text, ref.ids)
+    assert [e.mode for e in run.of("attempt_start")] == ["fresh", "regenerate" if stop else "checkpoint"]
+    want, got = _logprobs_by_token(ref), _logprobs_by_token(run)
+    assert len(got) == len(want) == len(ref.ids) and None not in want
+    from_checkpoint = run.of("resume")[0].token_offset - run.of("failure")[0].delivered_tokens
+    assert sum(g is None for g in got) == from_checkpoint
+    for g, w in zip(got, want):
+        if g is not None:
+            assert (g["token"], g["top"]) == (w["token"], w["top"])
+            assert g["logprob"] == pytest.approx(w["logprob"], abs=1e-3)
+    if kind == "completion":   # offsets run on across the resume
+        offsets = [o for c in run.chunks if c.choices and c.choices[0].logprobs for o in c.choices[0].logprobs.text_offset]
+        assert offsets == sorted(offsets)
 
 
 def test_the_detokenize_route_renders_as_a_stream_does(fleet):
