@@ -18,6 +18,7 @@ class Parts:
     role_only: bool = False                    # nothing but the role (a chat stream's first chunk)
     usage: dict | None = None
     logprobs: tuple[dict, ...] | None = None   # one entry per token, chat form (see logprob_entries)
+    delta_extra: dict | None = None            # the chat delta's other fields (tool_calls, reasoning_content, ...)
 
 
 def as_dict(chunk: Any) -> dict | str:
@@ -46,16 +47,18 @@ def parts(chunk: Any, index: int = 0) -> Parts:
     ids = choice.get("token_ids")
     lp = logprob_entries(choice.get("logprobs"))
     delta = choice.get("delta")
+    extra = None
     if delta is not None:  # chat
         text = delta.get("content") or ""
         tools = bool(delta.get("tool_calls") or delta.get("function_call"))
-        role_only = not text and not tools and not choice.get("finish_reason") and ids is None
+        extra = {k: v for k, v in delta.items() if k not in ("content", "role") and v not in (None, [])} or None
+        role_only = not text and not extra and not choice.get("finish_reason") and ids is None
     else:
         text = choice.get("text") or ""
         tools, role_only = False, False
     return Parts(text=text, token_ids=tuple(ids) if ids is not None else None,
                  finish_reason=choice.get("finish_reason"), tool_calls=tools, role_only=role_only,
-                 usage=usage, logprobs=lp)
+                 usage=usage, logprobs=lp, delta_extra=extra)
 
 
 def _entry(token: str, logprob: float) -> dict:
@@ -102,16 +105,20 @@ def completion_logprobs(entries: Sequence[dict], offset: int) -> dict:
 
 def chat_chunk(meta: dict, text: str, token_ids: list[int] | None, finish_reason: str | None,
                sdk: bool = True, usage: dict | None = None, usage_only: bool = False,
-               logprobs: Sequence[dict] | None = None) -> Any:
+               logprobs: Sequence[dict] | None = None, delta_extra: dict | None = None) -> Any:
     """A ``chat.completion.chunk`` carrying ``text`` under the stream's
     identity (``meta``: id, created, model, system_fingerprint of its first
     chunk). An SDK ``ChatCompletionChunk`` when ``sdk`` and openai is
     installed, else the dict. ``usage`` rides along; ``usage_only``: the
     ``stream_options.include_usage`` chunk (``choices: []``); ``logprobs``:
-    chat-form entries (:func:`logprob_entries`)."""
+    chat-form entries (:func:`logprob_entries`); ``delta_extra``: delta
+    fields besides the text (tool-call pieces, reasoning), kept as they came."""
     choices: list[dict[str, Any]] = []
     if not usage_only:
-        choice: dict[str, Any] = {"index": 0, "delta": {"content": text} if text or not finish_reason else {},
+        delta = {"content": text} if text or not (finish_reason or delta_extra) else {}
+        if delta_extra:
+            delta.update(delta_extra)
+        choice: dict[str, Any] = {"index": 0, "delta": delta,
                                   "finish_reason": finish_reason,
                                   "logprobs": {"content": list(logprobs)} if logprobs is not None else None}
         if token_ids is not None:

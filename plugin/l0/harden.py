@@ -180,7 +180,10 @@ class ServerEndpoint(Endpoint):
         got = session.received
         record = await self._fetch_checkpoint(session)
         greedy = self.params.get("temperature") == 0 or (self.params.get("extra_body") or {}).get("temperature") == 0
-        if record is None or needs_regeneration(record):
+        # A chat request with tools: the server's tool parser reads the chat stream; a continuation
+        # on /v1/completions would hand a later tool call to the caller as raw text.
+        tools = self.kind == "chat" and bool(self.params.get("tools") or self.params.get("functions"))
+        if record is None or needs_regeneration(record) or tools:
             if got.empty:
                 return Plan("fresh", self._fresh_request(session))
             if greedy:

@@ -445,7 +445,7 @@ class Session:
                     skip_chars -= c_old
                     if n_old or c_old:
                         kept, rest = ids[n_old:], text[c_old:]
-                        if not kept and not rest and not p.finish_reason and not p.usage:
+                        if not kept and not rest and not p.finish_reason and not p.usage and not p.delta_extra:
                             continue
                         chunk = ck.with_token_ids(chunk, kept, rest)
                         p = ck.parts(chunk)
@@ -490,7 +490,7 @@ class Session:
         usage_only = p.role_only and p.usage is not None
         if kind == "chat":
             return ck.chat_chunk(self.meta, p.text, ids, p.finish_reason, usage=p.usage, usage_only=usage_only,
-                                 logprobs=p.logprobs)
+                                 logprobs=p.logprobs, delta_extra=p.delta_extra)
         if kind == "completion":   # (called before the chunk is taken: the text so far is where it starts)
             return ck.completion_chunk(self.meta, p.text, ids, p.finish_reason, usage=p.usage,
                                        usage_only=usage_only, logprobs=p.logprobs,

@@ -55,3 +55,18 @@ def test_a_usage_chunk_is_restamped_with_no_choices():
     d = ck.chat_chunk({"id": "x"}, "", None, None, sdk=False, usage=u, usage_only=True)
     assert d["choices"] == [] and d["usage"] == u
     assert ck.parts(d).usage == u and ck.parts(d).role_only
+
+
+def test_tool_call_pieces_and_reasoning_survive_a_restamp():
+    call = [{"index": 0, "id": "call-1", "type": "function", "function": {"name": "get_weather"}}]
+    d = {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m",
+         "choices": [{"index": 0, "delta": {"content": None, "tool_calls": call}, "token_ids": [5],
+                      "finish_reason": None}]}
+    p = ck.parts(d)
+    assert p.tool_calls and p.delta_extra == {"tool_calls": call} and not p.role_only
+    again = ck.chat_chunk({"id": "x"}, p.text, list(p.token_ids), None, sdk=False, delta_extra=p.delta_extra)
+    assert again["choices"][0]["delta"] == {"tool_calls": call}
+    thinking = {"choices": [{"index": 0, "delta": {"reasoning_content": "hmm"}, "finish_reason": None}]}
+    p = ck.parts(thinking)
+    assert not p.role_only and p.delta_extra == {"reasoning_content": "hmm"}   # no ids: still not a role chunk
+    assert ck.parts({"choices": [{"index": 0, "delta": {"role": "assistant", "tool_calls": []}}]}).role_only

@@ -10,6 +10,7 @@ Sleeps are injected and recorded: no test waits for a backoff.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -22,7 +23,8 @@ from services import RedisProcess, free_port
 pytestmark = [pytest.mark.vllm, pytest.mark.redis]
 
 ARGS = ["--dtype", "float32", "--gpu-memory-utilization", "0.2", "--max-model-len", "2048",
-        "--enforce-eager", "--max-num-seqs", "16", "--seed", "0"]
+        "--enforce-eager", "--max-num-seqs", "16", "--seed", "0",
+        "--enable-auto-tool-choice", "--tool-call-parser", "hermes"]   # tool calls through a resume
 PROMPT = [{"role": "user", "content": "Write a short story about a robot who learns to paint."}]
 MAX_TOKENS = 64
 
@@ -521,6 +523,41 @@ def test_logprobs_survive_a_resume(fleet, proxies, kind, stop):
     if kind == "completion":   # offsets run on across the resume
         offsets = [o for c in run.chunks if c.choices and c.choices[0].logprobs for o in c.choices[0].logprobs.text_offset]
         assert offsets == sorted(offsets)
+
+
+TOOLS = [{"type": "function", "function": {"name": "get_weather", "description": "Get the weather for a city",
+          "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]
+
+
+def _tool_calls(run):
+    """The tool calls the caller's chunks add up to: [(id, name, arguments)]."""
+    calls = {}
+    for c in run.chunks:
+        for tc in (c.choices[0].delta.tool_calls or []) if c.choices else []:
+            call = calls.setdefault(tc.index, {"id": "", "name": "", "arguments": ""})
+            call["id"] = tc.id or call["id"]
+            if tc.function is not None:
+                call["name"] += tc.function.name or ""
+                call["arguments"] += tc.function.arguments or ""
+    return [(c["id"], c["name"], c["arguments"]) for _, c in sorted(calls.items())]
+
+
+def test_a_tool_call_stream_cut_before_its_first_piece_is_regenerated_whole(fleet, proxies):
+    """``tool_choice: required`` streams ids with empty deltas while the
+    parser reads the call's JSON: a cut there has delivered nothing the
+    caller can see, and the regenerated stream's tool-call pieces reach the
+    caller (restamped chunks carried text only, and lost them)."""
+    request = {"tools": TOOLS, "tool_choice": "required"}
+    weather = [{"role": "user", "content": "What is the weather in Paris? Use the tool."}]
+    ref = wrapped_run(fleet, fleet["r1"].url, request=request, messages=weather, max_tokens=96)
+    want = _tool_calls(ref)
+    assert [name for _, name, _ in want] == ["get_weather"] and want[0][2]   # (vLLM streams the arguments)
+    proxies["r1"].inject(Cut(after_events=5))   # the role chunk, then ids with empty deltas
+    run = wrapped_run(fleet, proxies["r1"].url, request=request, messages=weather, max_tokens=96)
+    assert [e.mode for e in run.of("attempt_start")] == ["fresh", "regenerate"]
+    assert [(n, a) for _, n, a in _tool_calls(run)] == [(n, a) for _, n, a in want] and run.ids == ref.ids
+    assert run.of("complete")[0].finish_reason == ref.of("complete")[0].finish_reason
+    assert len({c.id for c in run.chunks}) == 1
 
 
 def test_the_detokenize_route_renders_as_a_stream_does(fleet):
