@@ -35,6 +35,7 @@ from l0.session import Endpoint, Plan, Session, end_checks, judge
 
 _PROBES: dict[str, "ServerInfo"] = {}
 PROBE_TIMEOUT_S = 5.0
+RECORD_LAG_S = 2.0   # how long a record known to exist is asked for before regenerating instead
 
 # Request fields the SDK's create() does not know as keywords: sent through extra_body.
 _COMPLETION_KEYS = {"model", "prompt", "stream", "max_tokens", "temperature", "top_p", "seed", "stop",
@@ -178,7 +179,8 @@ class ServerEndpoint(Endpoint):
         from l0.resume import check_model, continuation_body, merge, needs_regeneration, remaining
 
         got = session.received
-        record = await self._fetch_checkpoint(session)
+        # Tokens came for the key: its record exists, perhaps not yet readable.
+        record = await self._fetch_checkpoint(session, wait_s=RECORD_LAG_S if got.token_ids else 0.0)
         greedy = self.params.get("temperature") == 0 or (self.params.get("extra_body") or {}).get("temperature") == 0
         # A chat request with tools: the server's tool parser reads the chat stream; a continuation
         # on /v1/completions would hand a later tool call to the caller as raw text.
@@ -322,13 +324,13 @@ class ServerEndpoint(Endpoint):
             a = await detok(http, list(have))
         return b[len(a):] if b.startswith(a) else b[len(a.rstrip("\ufffd")):]
 
-    async def _fetch_checkpoint(self, session: Session, emit: bool = True):
+    async def _fetch_checkpoint(self, session: Session, emit: bool = True, wait_s: float = 0.0):
         import httpx
 
         key = session.l0_key
         peers = self._l0_peers()
         async with httpx.AsyncClient(timeout=PROBE_TIMEOUT_S) as http:
-            found = await fetch_record(http, key, [(ep.root, ep.headers) for ep in peers])
+            found = await fetch_record(http, key, [(ep.root, ep.headers) for ep in peers], wait_s)
         if found is None:
             return None
         record, i = found
@@ -338,27 +340,50 @@ class ServerEndpoint(Endpoint):
         return record
 
 
-async def fetch_record(http: Any, key: str, targets: Sequence[tuple[str, dict]]) -> "tuple[Any, int] | None":
+async def fetch_record(http: Any, key: str, targets: Sequence[tuple[str, dict]],
+                       wait_s: float = 0.0) -> "tuple[Any, int] | None":
     """The checkpoint record of ``key`` from the first of ``targets`` (server
     root URL, headers) that answers, and that target's index. A 404 is an
-    answer (None); an unreachable server or a corrupt record: the next one."""
+    answer (None); an unreachable server or a corrupt record: the next one.
+
+    ``wait_s`` > 0: the caller knows the record exists (a server streamed
+    tokens for the key, and a keyed request is snapshotted when admitted),
+    so finding none is a lag, not an answer: every target is asked again
+    every 0.1 s for up to ``wait_s`` seconds. The engine writes records from
+    a background thread and a store can be briefly slow, and a miss here
+    turns an exact resume into a whole regeneration."""
     import httpx
 
     from l0.checkpoint.record import CorruptRecord, Record
 
-    for i, (root, headers) in enumerate(targets):
-        try:
-            r = await http.get(f"{root}/l0/checkpoints/{key}", headers=headers)
-        except httpx.HTTPError:
-            continue
-        if r.status_code == 404:
-            return None
-        if r.status_code == 200:
+    deadline = time.monotonic() + wait_s
+    live = list(enumerate(targets))
+    while live:
+        for i, (root, headers) in list(live):
             try:
-                return Record.from_dict(r.json()), i
-            except (CorruptRecord, ValueError):
+                r = await http.get(f"{root}/l0/checkpoints/{key}", headers=headers)
+            except httpx.HTTPError:
                 continue
+            if r.status_code == 404:
+                break
+            if r.status_code == 200:
+                try:
+                    return Record.from_dict(r.json()), i
+                except (CorruptRecord, ValueError):
+                    continue
+            if _checkpoints_off(r):
+                live.remove((i, (root, headers)))   # will never have it: not asked again
+        if time.monotonic() >= deadline:
+            return None
+        await asyncio.sleep(0.1)
     return None
+
+
+def _checkpoints_off(r: Any) -> bool:
+    try:
+        return r.status_code == 503 and r.json()["error"]["type"] == "checkpoints_off"
+    except (ValueError, KeyError, TypeError):
+        return False
 
 
 class SDKEndpoint(ServerEndpoint):

@@ -156,3 +156,45 @@ def test_checkpoint_route_without_a_store_is_503(ck_app, monkeypatch):
     endpoint._checkpoint_store.cache_clear()
     r = _get(app, "/l0/checkpoints/abc-1")
     assert r.status_code == 503 and "off" in r.json()["error"]["message"]
+    assert r.json()["error"]["type"] == "checkpoints_off"   # what the client reads: never ask again
+
+
+def _fetch(app, key, wait_s, during=None):
+    """``fetch_record`` through the real route; ``during()`` runs after the
+    first request (a record landing late). Returns (found, requests made)."""
+    import httpx
+
+    from l0.harden import fetch_record
+
+    asked = []
+
+    async def go():
+        async def seen(request):
+            asked.append(request.url.path)
+            if len(asked) == 2 and during is not None:
+                during()
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test",
+                                     event_hooks={"request": [seen]}) as c:
+            return await fetch_record(c, key, [("http://test", {})], wait_s=wait_s)
+    return asyncio.run(go()), len(asked)
+
+
+def test_a_record_known_to_exist_is_waited_for(ck_app):
+    """The engine writes a record from a background thread: a resume that
+    asks right after a cut may find none yet. With ``wait_s`` the client
+    asks again until it lands (here after the first 404)."""
+    app, _ = ck_app
+    found, asked = _fetch(app, "late-1", wait_s=0.0)
+    assert found is None and asked == 1                     # no wait: a 404 is the answer
+    found, asked = _fetch(app, "late-1", wait_s=30.0, during=lambda: _put(_rec("late-1")))
+    assert found is not None and found[0].output_ids == (3,) and (found[1], asked) == (0, 2)
+
+
+def test_a_server_without_checkpoints_is_not_waited_for(ck_app, monkeypatch):
+    from l0.vllm import endpoint, logits_processor
+    app, _ = ck_app
+    monkeypatch.setenv("L0_CHECKPOINT_STORE", "off")
+    logits_processor.server_config.cache_clear()
+    endpoint._checkpoint_store.cache_clear()
+    assert _fetch(app, "late-2", wait_s=30.0) == (None, 1)

@@ -13,7 +13,7 @@
   ``VLLM_API_KEY`` and the bearer token is missing or wrong: checkpoints hold
   prompts and outputs, so they get the same protection as vLLM's own
   ``/v1`` routes), 404 (no such record), 500 (corrupt record), 503 (store
-  unreachable, or checkpoints off).
+  unreachable, or checkpoints off: ``error.type`` is ``checkpoints_off``).
 * ``GET /l0/health``: 200 with details while the replica is HEALTHY or
   DEGRADED, 503 with the reasons when FAILED (decode loop stalled, engine
   frozen, device failed: see :mod:`l0.health`). ``GET /l0/status``: the
@@ -172,7 +172,8 @@ async def get_checkpoint(key: str, request):
     try:
         store = _checkpoint_store()
         if store is None:
-            return _json(503, {"error": {"message": "l0: checkpoints are off on this server", "code": 503}})
+            return _json(503, {"error": {"message": "l0: checkpoints are off on this server", "code": 503,
+                                        "type": "checkpoints_off"}})
         record = await asyncio.to_thread(store.get, key)
     except StoreUnavailable as exc:
         return _json(503, {"error": {"message": str(exc), "code": 503}})
