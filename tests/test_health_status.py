@@ -39,6 +39,14 @@ def test_stalled_stale_and_missing_engines_fail(tmp_path):
     doc = {"pid": 2, "in_flight": 3, "published": 100.0}
     assert combine([doc], now=111.0).level == Level.FAILED           # frozen: not refreshed
     assert combine([dict(doc, in_flight=0)], now=111.0).level == Level.HEALTHY  # idle: fine
+    # Not frozen before the engine's own stall timeout (its status thread can be starved
+    # on a busy host while the decode loop moves), frozen after it.
+    slow = dict(doc, stall_timeout_s=30.0)
+    assert combine([slow], now=129.0).level == Level.HEALTHY
+    h = combine([slow], now=131.0)
+    assert h.level == Level.FAILED and h.reasons == ("engine 2: status not refreshed for 31.0 s with requests "
+                                                     "in flight (frozen)",)
+    assert combine([dict(doc, stall_timeout_s="?")], now=111.0).level == Level.FAILED   # unreadable: the floor
     assert combine([]).reasons == ("no engine has published its status",)
 
 

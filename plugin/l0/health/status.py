@@ -81,10 +81,20 @@ class ReplicaHealth:
         return {"status": self.level.name.lower(), "reasons": list(self.reasons), "engines": list(self.engines)}
 
 
+def _number(x: Any) -> float:
+    try:
+        return float(x)
+    except (TypeError, ValueError):
+        return 0.0
+
+
 def combine(docs: list[dict[str, Any]], now: float | None = None, stale_after_s: float = 10.0,
             require_engine: bool = True) -> ReplicaHealth:
     """One health for the replica. Each doc may carry ``device`` ({level,
-    reasons}), ``stalled`` (bool), ``in_flight`` (int) and ``published``."""
+    reasons}), ``stalled`` (bool), ``in_flight`` (int), ``published`` and
+    ``stall_timeout_s``. An engine with requests in flight whose document is
+    older than both ``stale_after_s`` and its own ``stall_timeout_s`` is
+    frozen."""
     now = time.time() if now is None else now
     level, reasons = Level.HEALTHY, []
     if not docs and require_engine:
@@ -95,7 +105,11 @@ def combine(docs: list[dict[str, Any]], now: float | None = None, stale_after_s:
         if d.get("stalled"):
             level = Level.FAILED
             reasons.append(f"{who}: decode loop stalled ({d.get('heartbeat_age_s', 0):.1f} s without a step)")
-        elif age > stale_after_s and d.get("in_flight", 0) > 0:
+        # Frozen: the document stopped refreshing for longer than the engine's own stall
+        # timeout. Not sooner: the status thread shares the engine's cores, and on a busy
+        # host (a neighbour loading a model, seen in CI) it can miss 10 s of ticks while
+        # the decode loop is still moving; the watchdog would not call that a stall either.
+        elif age > max(stale_after_s, _number(d.get("stall_timeout_s"))) and d.get("in_flight", 0) > 0:
             level = Level.FAILED
             reasons.append(f"{who}: status not refreshed for {age:.1f} s with requests in flight (frozen)")
         dev = d.get("device") or {}
