@@ -124,13 +124,7 @@ def chat_chunk(meta: dict, text: str, token_ids: list[int] | None, finish_reason
         if token_ids is not None:
             choice["token_ids"] = list(token_ids)
         choices.append(choice)
-    d = {"id": meta.get("id", ""), "object": "chat.completion.chunk", "created": meta.get("created", 0),
-         "model": meta.get("model", ""), "choices": choices}
-    if meta.get("system_fingerprint") is not None:
-        d["system_fingerprint"] = meta["system_fingerprint"]
-    if usage is not None:
-        d["usage"] = usage
-    return rebuild(d) if sdk else d
+    return _envelope(meta, "chat.completion.chunk", choices, usage, sdk)
 
 
 def completion_chunk(meta: dict, text: str, token_ids: list[int] | None, finish_reason: str | None,
@@ -146,8 +140,15 @@ def completion_chunk(meta: dict, text: str, token_ids: list[int] | None, finish_
         if token_ids is not None:
             choice["token_ids"] = list(token_ids)
         choices.append(choice)
-    d = {"id": meta.get("id", ""), "object": "text_completion", "created": meta.get("created", 0),
+    return _envelope(meta, "text_completion", choices, usage, sdk)
+
+
+def _envelope(meta: dict, obj: str, choices: list[dict], usage: dict | None, sdk: bool) -> Any:
+    """A chunk of kind ``obj`` around ``choices``, under the stream's identity."""
+    d = {"id": meta.get("id", ""), "object": obj, "created": meta.get("created", 0),
          "model": meta.get("model", ""), "choices": choices}
+    if meta.get("system_fingerprint") is not None:
+        d["system_fingerprint"] = meta["system_fingerprint"]
     if usage is not None:
         d["usage"] = usage
     return rebuild(d) if sdk else d

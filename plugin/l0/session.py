@@ -408,9 +408,9 @@ class Session:
                 p = ck.parts(chunk)
                 if p.usage and plan.resume_from:
                     # A continuation's prompt holds the answer's first tokens: give the caller the
-                    # usage of the request it made (same total).
+                    # usage of the request it made (same total). A checkpoint plan converts, so the
+                    # chunk delivered is restamped from ``p`` below.
                     p = dataclasses.replace(p, usage=_shift_usage(p.usage, plan.resume_from))
-                    chunk = self._restamp(p)
                 if p.usage:
                     self.usage = p.usage
                 if not self.meta:
@@ -454,7 +454,7 @@ class Session:
                     text = await endpoint.fix_text(chunk, list(p.token_ids), self)
                     if text != (p.text or ""):
                         chunk = ck.with_token_ids(chunk, list(p.token_ids), text)
-                        p = ck.parts(chunk)
+                        p = dataclasses.replace(ck.parts(chunk), usage=p.usage)   # (the shifted usage)
                 if overlap is not None:
                     text = overlap.feed(p.text, final=bool(p.finish_reason))
                     if text is None:

@@ -107,7 +107,7 @@ def combine(docs: list[dict[str, Any]], now: float | None = None, stale_after_s:
             reasons.append(f"{who}: decode loop stalled ({d.get('heartbeat_age_s', 0):.1f} s without a step)")
         # Frozen: the document stopped refreshing for longer than the engine's own stall
         # timeout. Not sooner: the status thread shares the engine's cores, and on a busy
-        # host (a neighbour loading a model, seen in CI) it can miss 10 s of ticks while
+        # host (a neighbour loading a model: seen in the wrap tests) it can miss 10 s of ticks while
         # the decode loop is still moving; the watchdog would not call that a stall either.
         elif age > max(stale_after_s, _number(d.get("stall_timeout_s"))) and d.get("in_flight", 0) > 0:
             level = Level.FAILED
