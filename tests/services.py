@@ -14,6 +14,21 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def settled_record(read, key, ready=lambda rec: rec.finished, timeout_s: float = 30.0):
+    """The checkpoint record ``read(key)`` once ``ready(record)`` holds; when
+    ``timeout_s`` runs out, the last one read (``None`` if none) so that the
+    caller's assertion shows it. The engine writes records from a background
+    thread, never in the decode loop, so a record can trail the stream the
+    client already has (CI saw a finished stream whose record was not yet
+    marked finished); a test reads it through this, not once."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        rec = read(key)
+        if (rec is not None and ready(rec)) or time.monotonic() > deadline:
+            return rec
+        time.sleep(0.1)
+
+
 def make_tls_files(workdir: Path) -> dict[str, Path]:
     """A throw-away CA and a server certificate for 127.0.0.1 (openssl CLI)."""
     d = Path(workdir)

@@ -23,14 +23,13 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 import pytest
 
-from services import RedisProcess, free_port
+from services import RedisProcess, free_port, settled_record
 
 pytestmark = [pytest.mark.vllm, pytest.mark.redis]
 
@@ -165,12 +164,7 @@ def matrix(fleet):
 
 
 def record(fleet, key, finished=True):
-    deadline = time.monotonic() + 30
-    while True:
-        rec = fleet["store"].get(key)
-        if (rec is not None and (rec.finished or not finished)) or time.monotonic() > deadline:
-            return rec
-        time.sleep(0.1)
+    return settled_record(fleet["store"].get, key, ready=lambda rec: rec.finished or not finished)
 
 
 def test_a_plain_loop_is_stopped_and_nothing_else_changes(fleet, matrix):
@@ -462,6 +456,7 @@ def test_oversized_inputs_are_refused_and_nothing_is_recorded(fleet):
 
 def test_checkpoints_cannot_be_read_without_the_api_key(fleet, matrix):
     url = fleet["main"].url + "/l0/checkpoints/mx-plain-stop"
+    assert record(fleet, "mx-plain-stop").finished  # written behind the stream
     assert httpx.get(url, timeout=10).status_code == 401
     assert httpx.get(url, headers={"Authorization": "Bearer wrong"}, timeout=10).status_code == 401
     r = httpx.get(url, headers=AUTH, timeout=10)

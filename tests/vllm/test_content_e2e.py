@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from faultproxy import Cut, FaultProxy, Stall
+from services import settled_record
 
 pytestmark = pytest.mark.vllm
 
@@ -360,7 +361,7 @@ def test_race_with_a_stalled_replica_returns_the_other_and_aborts_the_stalled_re
         time.sleep(0.2)
     assert state == (0, finished_before)
     store = open_store(server.store)
-    stalled = store.get(keys["a"].l0_key)
+    stalled = settled_record(store.get, keys["a"].l0_key, ready=lambda rec: len(rec.output_ids) > 0)
     assert stalled is not None and not stalled.finished and 0 < len(stalled.output_ids) < 400
 
 

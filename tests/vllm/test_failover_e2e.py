@@ -7,7 +7,6 @@ after any number of kills equal an uninterrupted run.
 from __future__ import annotations
 
 import asyncio
-import time
 from pathlib import Path
 
 import pytest
@@ -16,7 +15,7 @@ from l0.checkpoint.record import ModelIdentity, Record
 from l0.checkpoint.store import open_store
 from l0.client import FailoverClient, RetryPolicy
 from l0.resume import ResumeError
-from services import RedisProcess, free_port
+from services import RedisProcess, free_port, settled_record
 
 pytestmark = [pytest.mark.vllm, pytest.mark.redis]
 
@@ -106,7 +105,7 @@ def test_sigkill_mid_stream_resumes_exactly_on_the_other_replica(fleet, referenc
     resume = next(e for e in events if e.kind == "resume")
     assert resume.replica == r2.url and resume.offset >= kill_at
     # The record is one record across both replicas, finished by replica 2.
-    rec = open_store(fleet["redis"].url).get(out.key)
+    rec = settled_record(open_store(fleet["redis"].url).get, out.key)
     assert rec.output_ids == tuple(reference[0]) and rec.finished and rec.finish_reason == "length"
 
 
@@ -126,7 +125,8 @@ def test_sqlite_replica_killed_and_restarted_on_the_same_port(fleet, reference):
         ids, text, out = _collect(client, kill_at=40, victim=solo)
         assert ids == reference[0] and text == reference[1]
         assert [e.mode for e in out.events if e.kind == "attempt"] == ["fresh", "resume"]
-        assert open_store(f"sqlite://{db}").get(out.key).finished
+        rec = settled_record(open_store(f"sqlite://{db}").get, out.key)
+        assert rec.finished and rec.output_ids == tuple(reference[0])
     finally:
         solo.stop()
 
@@ -150,14 +150,7 @@ def test_store_outage_generation_continues_and_writes_resume(fleet, reference):
     ids = asyncio.run(go())
     assert stopped and ids == reference[0]  # serving went on without the store
     redis.start()
-    store = open_store(redis.url)
-    deadline = time.monotonic() + 60
-    rec = None
-    while time.monotonic() < deadline:
-        rec = store.get(client.last.key)
-        if rec is not None and rec.finished:
-            break
-        time.sleep(0.5)
+    rec = settled_record(open_store(redis.url).get, client.last.key, timeout_s=60)
     assert rec is not None and rec.finished and rec.output_ids == tuple(reference[0])
 
 

@@ -106,10 +106,16 @@ def test_healthy_replica_reports_its_engine_and_gpu(pair, reference):
     r = httpx.post(pair["r1"].url + "/v1/completions", json={"model": pair["model"], "prompt": "Hello",
                                                              "max_tokens": 4, "temperature": 0.0}, timeout=120)
     assert r.status_code == 200
-    time.sleep(0.5)  # one status tick
     code, body = _health(pair["r1"])
     assert code == 200 and body["status"] == "healthy"
-    st = httpx.get(pair["r1"].url + "/l0/status", timeout=5).json()
+    # The status document is refreshed by the engine's status thread, on its
+    # own tick: wait for one that has seen the steps (a busy host delays it).
+    deadline = time.monotonic() + 30
+    while True:
+        st = httpx.get(pair["r1"].url + "/l0/status", timeout=5).json()
+        if st["engines"] and st["engines"][0]["steps"] > 0 or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
     eng = st["engines"][0]
     assert eng["telemetry"] == "scripted" and eng["gpus"][0]["name"] == "scripted GPU"
     assert eng["steps"] > 0 and not eng["stalled"]

@@ -11,13 +11,13 @@ from __future__ import annotations
 import json
 import math
 import re
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
 from l0.stream import stream_chat
+from services import settled_record
 
 pytestmark = pytest.mark.vllm
 
@@ -119,11 +119,8 @@ def test_planets_loop_ends_in_valid_closed_json(server):
     assert lines[0]["kind"] == "near_loop" and lines[0]["depth"] == 3 and lines[1]["token_index"] == n - 1
     # The checkpoint record says so too: closed on a loop, at which token
     # (written off the decode path: wait for the writer to land it).
-    store = open_store(server.store)
-    deadline = time.monotonic() + 30
-    while not (rec := store.get("planets-1")).interventions and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert rec.interventions[0] == lines[0]
+    rec = settled_record(open_store(server.store).get, "planets-1", ready=lambda rec: bool(rec.interventions))
+    assert rec is not None and rec.interventions[0] == lines[0]
     # Everything before close mode began is what L0 off wrote.
     assert on.token_ids[:lines[0]["token_index"]] == off.token_ids[:lines[0]["token_index"]]
 

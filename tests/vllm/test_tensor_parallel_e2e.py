@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from l0.stream import stream_chat
+from services import settled_record
 
 pytestmark = pytest.mark.vllm
 
@@ -68,7 +69,9 @@ def test_ranks_agree_and_only_rank0_logs(server):
     assert events[0]["action"] == "stop" and events[0]["token_index"] == n - 1
 
     # The finished request's checkpoint (written by rank 0 alone) holds the stream.
-    r = httpx.get(f"{server.url}/l0/checkpoints/tp-pluto", timeout=10)
-    assert r.status_code == 200
-    rec = r.json()
+    def read(key):
+        r = httpx.get(f"{server.url}/l0/checkpoints/{key}", timeout=10)
+        return r.json() if r.status_code == 200 else None
+    rec = settled_record(read, "tp-pluto", ready=lambda rec: rec["finished"])
+    assert rec is not None
     assert rec["output_ids"] == on.token_ids and rec["finished"] is True
