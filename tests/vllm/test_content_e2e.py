@@ -27,6 +27,12 @@ pytestmark = pytest.mark.vllm
 DATA = Path(__file__).resolve().parents[1] / "data"
 sys.path.insert(0, str(DATA))
 
+# The server's verdict is read from the request's checkpoint record, whose
+# final snapshot trails the stream (written off the decode loop). The
+# client's default wait (2 s) is a latency choice; on 2 busy CPU cores with
+# a dozen requests finishing together the writer can take longer, and a
+# verdict read too early would mislabel "closed" as "first_try".
+VERDICT_WAIT_S = 30.0
 ARGS = ["--dtype", "float32", "--gpu-memory-utilization", "0.25", "--max-model-len", "2048",
         "--enforce-eager", "--max-num-seqs", "32", "--seed", "0"]
 
@@ -154,7 +160,7 @@ def test_the_server_verdict_joins_the_drift_events(server):
     async def go():
         client = sdk(server.url)
         try:
-            c = l0.wrap(client, drift=True, on_event=events.append)
+            c = l0.wrap(client, drift=True, on_event=events.append, verdict_wait_s=VERDICT_WAIT_S)
             stream = await c.chat.completions.create(
                 model=server.model, max_tokens=160, temperature=0.0, stream=True,
                 messages=user("Do you have personal opinions? Tell me your favourite movie."))
@@ -186,7 +192,7 @@ def typed(server):
     async def go():
         client = sdk(server.url)
         try:
-            return dict(await asyncio.gather(*[one(l0.wrap(client), n) for n in CASES]))
+            return dict(await asyncio.gather(*[one(l0.wrap(client, verdict_wait_s=VERDICT_WAIT_S), n) for n in CASES]))
         finally:
             await client.close()
     return run(go())
@@ -268,8 +274,8 @@ def test_a_budget_cut_is_closed_by_l0_or_repaired_by_the_client(server):
     async def go(close):
         client = sdk(server.url)
         try:
-            return await l0.structured(l0.wrap(client), schema, messages=messages, model=server.model,
-                                       temperature=0.0, max_tokens=30, detail=True,
+            return await l0.structured(l0.wrap(client, verdict_wait_s=VERDICT_WAIT_S), schema, messages=messages,
+                                       model=server.model, temperature=0.0, max_tokens=30, detail=True,
                                        extra_body={"vllm_xargs": {"l0_close_at_budget": close}})
         finally:
             await client.close()
@@ -298,7 +304,7 @@ def test_an_empty_object_is_an_answer_not_zero_output(server):
     async def go():
         client = sdk(server.url)
         try:
-            c = l0.wrap(client, guardrails="strict", on_event=events.append)
+            c = l0.wrap(client, guardrails="strict", on_event=events.append, verdict_wait_s=VERDICT_WAIT_S)
             return await l0.structured(c, Nothing, messages=user("Answer with an empty JSON object."),
                                        model=server.model, temperature=0.0, max_tokens=20, detail=True)
         finally:

@@ -592,7 +592,8 @@ def test_the_verdict_of_l0_reaches_the_client(fleet, proxies, prompt, action, fi
     async def go():
         client = sdk(fleet["r1"].url)
         try:
-            wrapped = l0.wrap(client, verdict=True, on_event=events.append)
+            # the record trails the stream; a busy host may take past the 2 s default
+            wrapped = l0.wrap(client, verdict=True, on_event=events.append, verdict_wait_s=30.0)
             stream = await wrapped.chat.completions.create(
                 model=fleet["model"], messages=[{"role": "user", "content": prompt}],
                 max_tokens=300 if action == "stop" else 24, temperature=0.0, stream=True)
