@@ -263,13 +263,8 @@ class ServerEndpoint(Endpoint):
         a later engine step). Emits :class:`~l0.events.Verdict`. None when
         no record can be read."""
         wait = self.options.verdict_wait_s if wait_s is None else wait_s
-        deadline = time.monotonic() + wait
-        record = None
-        while True:
-            record = await self._fetch_checkpoint(session, emit=False) or record
-            if (record is not None and record.finished) or time.monotonic() >= deadline:
-                break
-            await asyncio.sleep(0.05)
+        record = await self._fetch_checkpoint(session, emit=False, wait_s=wait, ready=lambda r: r.finished,
+                                              every_s=0.05)
         if record is None:
             return None
         items = [dict(i) for i in record.interventions]
@@ -324,13 +319,14 @@ class ServerEndpoint(Endpoint):
             a = await detok(http, list(have))
         return b[len(a):] if b.startswith(a) else b[len(a.rstrip("\ufffd")):]
 
-    async def _fetch_checkpoint(self, session: Session, emit: bool = True, wait_s: float = 0.0):
+    async def _fetch_checkpoint(self, session: Session, emit: bool = True, wait_s: float = 0.0,
+                                ready: "Callable[[Any], bool] | None" = None, every_s: float = 0.1):
         import httpx
 
         key = session.l0_key
         peers = self._l0_peers()
         async with httpx.AsyncClient(timeout=PROBE_TIMEOUT_S) as http:
-            found = await fetch_record(http, key, [(ep.root, ep.headers) for ep in peers], wait_s)
+            found = await fetch_record(http, key, [(ep.root, ep.headers) for ep in peers], wait_s, ready, every_s)
         if found is None:
             return None
         record, i = found
@@ -340,8 +336,9 @@ class ServerEndpoint(Endpoint):
         return record
 
 
-async def fetch_record(http: Any, key: str, targets: Sequence[tuple[str, dict]],
-                       wait_s: float = 0.0) -> "tuple[Any, int] | None":
+async def fetch_record(http: Any, key: str, targets: Sequence[tuple[str, dict]], wait_s: float = 0.0,
+                       ready: "Callable[[Any], bool] | None" = None,
+                       every_s: float = 0.1) -> "tuple[Any, int] | None":
     """The checkpoint record of ``key`` from the first of ``targets`` (server
     root URL, headers) that answers, and that target's index. A 404 is an
     answer (None); an unreachable server or a corrupt record: the next one.
@@ -349,15 +346,18 @@ async def fetch_record(http: Any, key: str, targets: Sequence[tuple[str, dict]],
     ``wait_s`` > 0: the caller knows the record exists (a server streamed
     tokens for the key, and a keyed request is snapshotted when admitted),
     so finding none is a lag, not an answer: every target is asked again
-    every 0.1 s for up to ``wait_s`` seconds. The engine writes records from
-    a background thread and a store can be briefly slow, and a miss here
-    turns an exact resume into a whole regeneration."""
+    every ``every_s`` seconds for up to ``wait_s`` seconds. The engine writes
+    records from a background thread and a store can be briefly slow, and a
+    miss here turns an exact resume into a whole regeneration. ``ready``: a
+    record found that fails it (not finished yet, for a verdict) is asked
+    for again the same way; at the deadline the last one found is returned."""
     import httpx
 
     from l0.checkpoint.record import CorruptRecord, Record
 
     deadline = time.monotonic() + wait_s
     live = list(enumerate(targets))
+    found = None
     while live:
         for i, (root, headers) in list(live):
             try:
@@ -368,15 +368,18 @@ async def fetch_record(http: Any, key: str, targets: Sequence[tuple[str, dict]],
                 break
             if r.status_code == 200:
                 try:
-                    return Record.from_dict(r.json()), i
+                    found = Record.from_dict(r.json()), i
                 except (CorruptRecord, ValueError):
                     continue
+                if ready is None or ready(found[0]):
+                    return found
+                break
             if _checkpoints_off(r):
                 live.remove((i, (root, headers)))   # will never have it: not asked again
         if time.monotonic() >= deadline:
-            return None
-        await asyncio.sleep(0.1)
-    return None
+            return found
+        await asyncio.sleep(every_s)
+    return found
 
 
 def _checkpoints_off(r: Any) -> bool:

@@ -159,7 +159,7 @@ def test_checkpoint_route_without_a_store_is_503(ck_app, monkeypatch):
     assert r.json()["error"]["type"] == "checkpoints_off"   # what the client reads: never ask again
 
 
-def _fetch(app, key, wait_s, during=None):
+def _fetch(app, key, wait_s, during=None, ready=None):
     """``fetch_record`` through the real route; ``during()`` runs after the
     first request (a record landing late). Returns (found, requests made)."""
     import httpx
@@ -176,7 +176,7 @@ def _fetch(app, key, wait_s, during=None):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://test",
                                      event_hooks={"request": [seen]}) as c:
-            return await fetch_record(c, key, [("http://test", {})], wait_s=wait_s)
+            return await fetch_record(c, key, [("http://test", {})], wait_s=wait_s, ready=ready)
     return asyncio.run(go()), len(asked)
 
 
@@ -189,6 +189,20 @@ def test_a_record_known_to_exist_is_waited_for(ck_app):
     assert found is None and asked == 1                     # no wait: a 404 is the answer
     found, asked = _fetch(app, "late-1", wait_s=30.0, during=lambda: _put(_rec("late-1")))
     assert found is not None and found[0].output_ids == (3,) and (found[1], asked) == (0, 2)
+
+
+def test_a_record_that_is_not_ready_is_asked_for_again(ck_app):
+    """The verdict's wait: a record found unfinished is asked for again
+    until it is finished; at the deadline the last one found is the answer."""
+    import dataclasses
+    app, _ = ck_app
+    done = lambda rec: rec.finished  # noqa: E731
+    _put(_rec("late-3"))
+    found, asked = _fetch(app, "late-3", wait_s=0.0, ready=done)
+    assert found is not None and not found[0].finished and asked == 1
+    finish = dataclasses.replace(_rec("late-3"), output_ids=(3, 4), finished=True, finish_reason="stop")
+    found, asked = _fetch(app, "late-3", wait_s=30.0, ready=done, during=lambda: _put(finish))
+    assert found[0].finished and found[0].output_ids == (3, 4) and asked == 2
 
 
 def test_a_server_without_checkpoints_is_not_waited_for(ck_app, monkeypatch):
