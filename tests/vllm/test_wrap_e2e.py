@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
 from faultproxy import Cut, FaultProxy, Reset, Stall, Status
-from services import RedisProcess, free_port
+from services import RedisProcess, free_port, settled_record
 
 pytestmark = [pytest.mark.vllm, pytest.mark.redis]
 
@@ -83,6 +82,13 @@ class Run:
 
     def of(self, kind):
         return [e for e in self.events if e.type == kind]
+
+
+def _record_json(server, key):
+    """The checkpoint record of ``key`` as ``server`` serves it; None while it has none."""
+    import httpx
+    r = httpx.get(f"{server.url}/l0/checkpoints/{key}", timeout=5)
+    return r.json() if r.status_code == 200 else None
 
 
 def sdk(url):
@@ -356,8 +362,6 @@ def test_non_streaming_retries_by_category(fleet, proxies):
 def test_the_key_header_and_assigned_keys(fleet):
     import re
 
-    import httpx
-
     async def raw(url, xargs=None):
         client = sdk(url)
         try:
@@ -369,14 +373,9 @@ def test_the_key_header_and_assigned_keys(fleet):
             await client.close()
     key, body = asyncio.run(raw(fleet["r2"].url))  # unkeyed, on the replica that assigns keys
     assert re.fullmatch(r"l0-[0-9a-f]{32}", key)
-    record = None
-    for _ in range(100):
-        r = httpx.get(f"{fleet['r2'].url}/l0/checkpoints/{key}")
-        if r.status_code == 200 and r.json()["finished"]:
-            record = r.json()
-            break
-        asyncio.run(asyncio.sleep(0.1))
-    assert record is not None and record["output_ids"] == body.choices[0].token_ids
+    record = settled_record(lambda k: _record_json(fleet["r2"], k), key, ready=lambda rec: rec["finished"],
+                            timeout_s=10.0)
+    assert record is not None and record["finished"] and record["output_ids"] == body.choices[0].token_ids
     assert asyncio.run(raw(fleet["r1"].url))[0] is None  # r1 keys only keyed requests
     assert asyncio.run(raw(fleet["r1"].url, {"l0_key": "l0-" + "ab" * 16}))[0] == "l0-" + "ab" * 16
 
@@ -389,19 +388,13 @@ def test_a_stream_cut_before_its_stop_token_ends_without_special_text(fleet, pro
     record is finished by then, so the client delivers the EOS from it, with
     the text the stream itself gives it: none (seen in CI: ``<|im_end|>``
     rendered by vLLM's ``/detokenize``, which keeps special tokens)."""
-    import httpx
-
     text, ids, n = raw_run(fleet, fleet["r1"].url, messages=LOOPING, max_tokens=300)
     assert len(ids) < 300 and "<|im_end|>" not in text
 
     def settle(e):  # let the record land finished before the retry reads it
         if e.type == "failure":
-            key = run_key[0]
-            for _ in range(200):
-                r = httpx.get(f"{fleet['r1'].url}/l0/checkpoints/{key}", timeout=5)
-                if r.status_code == 200 and r.json()["finished"]:
-                    return
-                time.sleep(0.05)
+            settled_record(lambda k: _record_json(fleet["r1"], k), run_key[0], ready=lambda rec: rec["finished"],
+                           timeout_s=10.0)
         elif e.type == "session_start":
             run_key.append(e.l0_key)
     run_key = []
