@@ -61,7 +61,7 @@ class Row:
     """Host view of one tracked request."""
 
     opts: RequestOptions
-    out_ids: list[int]        # the host's live output list for the request
+    out_ids: list[int] | None  # the host's live output list (None: the host feeds tokens on the device)
     constrained: bool = False  # structured output (a grammar masks this row's logits)
     json: bool = False        # a JSON structured output (its state is tracked; close mode)
     seen: int = 0             # tokens of out_ids already fed to the detector
@@ -118,6 +118,10 @@ class StepCore:
         self.decode = decode
         self.on_event = on_event
         self._pending: list = []  # (event, host copies, row snapshot) awaiting readout
+        # step_rows only: row-ordered slot state and the readout in slot order.
+        self._rows: SlotState | None = None
+        self._act_cuda_rows: ActCuda | None = None
+        self._readout_slots = torch.zeros(S, 8, dtype=torch.int64, **dev)
 
     @property
     def backend(self) -> str:
@@ -131,9 +135,10 @@ class StepCore:
     # Device state changes only through fill_/copy_ on views: ``t[i] = 3`` on a
     # CUDA tensor copies a host scalar and synchronises (seen on an H100 under
     # sync debug mode); fill_ passes the value as a kernel argument.
-    def add(self, slot: int, opts: RequestOptions, out_ids: list[int], *, prompt_ids: Sequence[int] = (),
-            stop_token: int = -1, min_tokens: int = 0, constrained: bool = False, json: bool = False,
-            max_tokens: int = -1, close_margin: int | None = None) -> None:
+    def add(self, slot: int, opts: RequestOptions, out_ids: list[int] | None, *, prompt_ids: Sequence[int] = (),
+            prefix: torch.Tensor | None = None, stop_token: int = -1, min_tokens: int = 0,
+            constrained: bool = False, json: bool = False, max_tokens: int = -1,
+            close_margin: int | None = None) -> None:
         """Start tracking a request in ``slot`` (replacing whatever was there).
 
         ``out_ids`` is the host's live output list (it may already hold tokens:
@@ -149,17 +154,23 @@ class StepCore:
         With ``opts.resume_from = n`` the prompt's last n tokens are output
         generated before (on another replica): the detector is primed with
         them and ``min_tokens``/``max_tokens`` count them.
+
+        ``out_ids=None``: the host has no output list and feeds tokens itself
+        (:meth:`step_rows`); the prompt may then be unknown on the host
+        (``prompt_ids=()``): ``prefix`` carries the resumed output tokens (an
+        int tensor, on the device: primed without a host copy) and
+        :meth:`set_prompt` sets the item count once the prompt is read.
         """
         self.remove(slot)
         if opts.action == "off":
             return
         prompt = list(prompt_ids)
-        n = opts.resume_from if 0 < opts.resume_from <= len(prompt) else 0
-        prefix, prompt = prompt[len(prompt) - n:], prompt[: len(prompt) - n]
-        expected = 0
-        if self.decode is not None and prompt and (opts.params.near_min_repeats or opts.params.echo_ngram):
-            # The tail of the prompt carries the user's request ("... 25 records").
-            expected = expected_items(self.decode(prompt[-512:]))
+        if prefix is None:
+            n = opts.resume_from if 0 < opts.resume_from <= len(prompt) else 0
+            prefix, prompt = prompt[len(prompt) - n:], prompt[: len(prompt) - n]
+        else:
+            n = int(prefix.shape[0])
+        expected = self._expected(opts, prompt)
         json = json and self.json is not None
         self.det.configure(slot, opts.params, expected, json=json)
         self.action[slot].fill_(ACTION_CODE[opts.action])
@@ -175,9 +186,26 @@ class StepCore:
         self.close_cfg[slot].fill_(cfg)
         self.margin[slot].fill_(self.close_margin if close_margin is None else max(close_margin, 0))
         self.rows[slot] = Row(opts, out_ids, constrained, json)
-        if prefix:
+        if n:
             # Same detector state as if this replica had generated the prefix.
-            self._feed(slot, prefix)
+            self.feed(slot, prefix)
+
+    def _expected(self, opts: RequestOptions, prompt: Sequence[int]) -> int:
+        """Items the prompt asks for (near-loop/echo thresholds), 0 when unknown."""
+        if self.decode is not None and prompt and (opts.params.near_min_repeats or opts.params.echo_ngram):
+            # The tail of the prompt carries the user's request ("... 25 records").
+            return expected_items(self.decode(list(prompt[-512:])))
+        return 0
+
+    def set_prompt(self, slot: int, prompt_ids: Sequence[int]) -> None:
+        """The prompt of a request added without one (its output prefix
+        excluded): sets the item count it asks for, keeping the history."""
+        row = self.rows.get(slot)
+        if row is None:
+            return
+        expected = self._expected(row.opts, prompt_ids)
+        if expected:
+            self.det.set_expected(slot, row.opts.params, expected)
 
     def remove(self, slot: int) -> None:
         if self.rows.pop(slot, None) is not None:
@@ -219,7 +247,7 @@ class StepCore:
         toks = [-1] * B
         backlog = []
         for index, row in self.rows.items():
-            if index >= B:
+            if index >= B or row.out_ids is None:
                 continue
             n = len(row.out_ids)
             if n == row.seen + 1:
@@ -234,21 +262,91 @@ class StepCore:
             pending = [t for t in row.out_ids[row.seen:] if t >= 0]
             row.seen = len(row.out_ids)
             if pending:
-                self._feed(index, pending[:-1])
+                self.feed(index, pending[:-1])
                 toks[index] = pending[-1]
         res = self.det.step(upload(toks, torch.int64, self.device, self.pin))
         return self._act(logits, res, B)
 
-    def _feed(self, slot: int, tokens: Sequence[int]) -> None:
-        """Feed several tokens to one slot, one detector step each, uploaded in
-        one copy (priming a resumed request, replaying a preempted one)."""
-        if not tokens:
+    def feed(self, slot: int, tokens: Sequence[int] | torch.Tensor) -> None:
+        """Feed several tokens to one slot, one detector step each (priming a
+        resumed request, replaying a preempted one): a host list is uploaded
+        in one copy; a tensor on the core's device is used where it is."""
+        k = len(tokens)
+        if not k:
             return
-        mat = torch.full((len(tokens), slot + 1), -1, dtype=torch.int64)
-        mat[:, slot] = torch.tensor(tokens, dtype=torch.int64)
-        mat = upload(mat, torch.int64, self.device, self.pin)
-        for t in range(len(tokens)):
+        if isinstance(tokens, torch.Tensor) and tokens.device == self.device:
+            mat = torch.full((k, slot + 1), -1, dtype=torch.int64, device=self.device)
+            mat[:, slot].copy_(tokens)
+        else:
+            mat = torch.full((k, slot + 1), -1, dtype=torch.int64)
+            mat[:, slot] = torch.as_tensor(tokens, dtype=torch.int64)
+            mat = upload(mat, torch.int64, self.device, self.pin)
+        for t in range(k):
             self._latch(self.det.step(mat[t]), slot + 1)
+
+    def step_rows(self, logits: torch.Tensor, tokens: torch.Tensor, row_slot: torch.Tensor,
+                  present: Sequence[int]) -> torch.Tensor:
+        """A step for a host whose logits rows are not its slots (vLLM's V2
+        runner reorders rows every step) and whose tokens are on the device.
+
+        ``tokens``: int64 ``[K, n]`` on the core's device, ``n <= num_slots``
+        (slot ``s`` in column ``s``): K detector steps, the new tokens of each
+        slot in order, ``-1`` where a slot has no more (several under
+        speculative decoding, when more than one token was accepted).
+        ``row_slot``: int64 ``[B]`` on the device, the slot each logits row
+        belongs to; a row that L0 must leave alone names a slot that is never
+        tracked (the host keeps one spare). ``present``: the slots of this
+        step's batch, on the host (their interventions are reported).
+        Modifies ``logits`` ``[B, V]`` in place and returns it; never reads
+        the device from the host.
+        """
+        self._readout()
+        if not self.rows:
+            return logits
+        K = tokens.shape[0]
+        for j in range(K - 1):
+            self._latch(self.det.step(tokens[j]), tokens.shape[1])
+        res = self.det.step(tokens[K - 1])
+        return self._act_rows(logits, res, row_slot, present)
+
+    def _act_rows(self, logits: torch.Tensor, res, row_slot: torch.Tensor, present: Sequence[int]) -> torch.Tensor:
+        """The act op over rows in any order: each row's slot state is gathered
+        into row order, acted on, and what the op writes (latch, closing) is
+        scattered back. Rows naming the same slot must be rows L0 leaves alone."""
+        B = logits.shape[0]
+        idx = row_slot
+        rows = self._row_state(B)
+        for dst, src in zip(rows.tensors()[:-1], self.slots.tensors()[:-1]):
+            torch.index_select(src, 0, idx, out=dst[:B])
+        det = self.det
+        take = lambda t: t.index_select(0, idx)  # noqa: E731
+        res_rows = type(res)(take(res.kind), take(res.period), take(res.next_token))
+        pos, jstate, jdepth = take(det.pos), take(det.jstate), take(det.jdepth)
+        want = self.on_event is not None
+        if self._act_cuda_rows is not None and self._act_cuda_rows.supports(logits):
+            packed = self._act_cuda_rows(logits, res_rows, pos, jstate, jdepth, want)
+        else:
+            packed = act_torch(logits, res_rows, pos, jstate, jdepth, rows, want)
+        self.latch.index_copy_(0, idx, rows.latch[:B])
+        self.closing.index_copy_(0, idx, rows.closing[:B])
+        if want:
+            # Back to slot order, so the readout is read like the V1 one.
+            by_slot = self._readout_slots
+            by_slot.zero_()
+            by_slot.index_copy_(0, idx, packed)
+            self._queue_readout(by_slot, self.num_slots, slots=present)
+        return logits
+
+    def _row_state(self, B: int) -> SlotState:
+        """Row-ordered copies of the slot tensors, at least ``B`` rows, kept
+        across steps (their pointers stay valid for the CUDA act kernel)."""
+        if self._rows is None or self._rows.latch.shape[0] < B:
+            cap = max(B, self.num_slots)
+            dev = dict(device=self.device)
+            self._rows = SlotState(*(torch.zeros(cap, dtype=t.dtype, **dev) for t in self.slots.tensors()[:-1]),
+                                   self.slots.close_bias).check()
+            self._act_cuda_rows = ActCuda(self._rows) if self._act_cuda is not None else None
+        return self._rows
 
     def _latch(self, res, B: int) -> torch.Tensor:
         latch = self.latch[:B]
@@ -268,9 +366,13 @@ class StepCore:
         return logits
 
     # -- deferred, non-blocking readout ----------------------------------------
-    def _queue_readout(self, packed: torch.Tensor, B: int) -> None:
-        """``packed``: the act op's ``[B, 6]`` int64 readout on the device."""
-        snap = {i: r for i, r in self.rows.items() if i < B}
+    def _queue_readout(self, packed: torch.Tensor, B: int, slots: Sequence[int] | None = None) -> None:
+        """``packed``: the act op's ``[B, 8]`` int64 readout on the device, row
+        ``i`` for slot ``i``; ``slots``: report only these (default: all < B)."""
+        if slots is None:
+            snap = {i: r for i, r in self.rows.items() if i < B}
+        else:
+            snap = {i: self.rows[i] for i in slots if i in self.rows}
         if self.is_cpu:
             self._report(packed.t().tolist(), snap)
             return

@@ -251,11 +251,12 @@ def test_tensor_parallel_ranks_decide_alike_only_rank0_logs_and_checkpoints(monk
     monkeypatch.setenv("L0_ACTION", "stop")
     monkeypatch.setenv("L0_CHECKPOINT_STORE", f"sqlite://{tmp_path}/ck.db")
     monkeypatch.delenv("L0_CONFIG", raising=False)
+    from l0.vllm import host
     from l0.vllm import logits_processor as mod
     procs = []
     for rank in (0, 1):
         mod.server_config.cache_clear()
-        monkeypatch.setattr(mod, "_tp_rank", lambda rank=rank: rank)
+        monkeypatch.setattr(host, "tp_rank", lambda rank=rank: rank)
         procs.append(mod.L0LogitsProcessor(fake_vllm_config(), torch.device("cpu"), False))
     mod.server_config.cache_clear()
     r0, r1 = procs

@@ -33,21 +33,32 @@ class Heartbeat:
         self.clock = clock
         self.last = clock()
         self.in_flight = 0
+        self._busy = 0  # in_flight at the last beat (step intervals are counted between busy beats)
         self.steps = 0
         self.intervals: deque[float] = deque(maxlen=window)
 
     def beat(self, in_flight: int) -> None:
         now = self.clock()
-        if self.in_flight > 0 and in_flight > 0:
+        if self._busy > 0 and in_flight > 0:
             self.intervals.append(now - self.last)
         self.last = now
-        self.in_flight = in_flight
+        self.in_flight = self._busy = in_flight
         self.steps += 1
 
     def idle(self) -> None:
         """No request in flight (the batch emptied): nothing can be stuck."""
-        self.in_flight = 0
+        self.in_flight = self._busy = 0
         self.last = self.clock()
+
+    def between_steps(self) -> None:
+        """A step began and its logits have not reached L0 yet (vLLM's V2
+        runner: ``apply_staged_writes``). Counted as not in flight: an
+        engine step that only hands over finished requests looks the same,
+        runs nothing and is followed by nothing (V2 has no removal hook), so
+        counting it would call every idle engine stalled. A stall is still
+        seen where decode loops hang: after the logits (the host waits on the
+        sampled tokens). The step-interval statistics are kept."""
+        self.in_flight = 0
 
     def p99_interval(self) -> float | None:
         if len(self.intervals) < 8:

@@ -140,6 +140,17 @@ class TorchDetector:
             self.jstate[slot].fill_(jsonstate.OUT)
         self.active[slot].fill_(True)
 
+    def set_expected(self, slot: int, params: DetectorParams, expected_items: int) -> None:
+        """Change the item count a configured slot's prompt asks for (the
+        near-loop and echo thresholds that depend on it), keeping its history:
+        a host that learns the prompt after the request started (vLLM's V2
+        runner keeps prompts on the device) sets it once the prompt is read."""
+        P = self.max_period
+        need = upload([min(near_need(params, p, expected_items), NEVER) for p in range(1, P + 1)],
+                      torch.int32, self.device)
+        self.near_need[slot].copy_(need)
+        self.echo_cfg[slot, 3].fill_(expected_items)
+
     def clear(self, slot: int) -> None:
         # fill_/copy_ only: a scalar setitem on a CUDA tensor syncs the host.
         for t in self._state:

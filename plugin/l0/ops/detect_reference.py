@@ -132,6 +132,10 @@ class ReferenceDetector:
         if json and self.json is not None:
             self.slots[slot].jstate = jsonstate.OUT
 
+    def set_expected(self, slot: int, params: DetectorParams, expected_items: int) -> None:
+        """Change the item count of a configured slot, keeping its history."""
+        self.slots[slot].expected_items = expected_items
+
     def clear(self, slot: int) -> None:
         self.slots[slot] = _Slot()
 

@@ -93,8 +93,14 @@ class Checkpointer:
     an unfinished record (and no stop intervention) until the next request
     came (seen in the compatibility tests). 0 turns it off."""
 
-    def __init__(self, cfg: CheckpointConfig, identity: ModelIdentity, finish_poll_s: float = 0.2) -> None:
+    def __init__(self, cfg: CheckpointConfig, identity: ModelIdentity, finish_poll_s: float = 0.2,
+                 output_of=None) -> None:
+        """``output_of(index, out_ids) -> list | None``: the finisher's read of
+        a row's output when the live list can lag the engine (vLLM's V2 runner
+        keeps ids on the device: the adapter reads them there); None: no
+        settled read yet. Default: the live list."""
         self.cfg = cfg
+        self.output_of = output_of
         self.identity = identity
         self.writer = CheckpointWriter(lambda: open_store(cfg.store, cfg.ttl_s))
         self.tracked: dict[int, _Tracked] = {}  # persistent-batch row -> request
@@ -152,6 +158,10 @@ class Checkpointer:
             return
         self._snapshot(t, reason)
 
+    def forget(self, index: int) -> None:
+        """Stop following a row without a final snapshot (its request goes on elsewhere)."""
+        self.tracked.pop(index, None)
+
     def step(self) -> None:
         every = self.cfg.every
         for t in self.tracked.values():
@@ -181,15 +191,17 @@ class Checkpointer:
         under the GIL), and the engine thread's own final snapshot at removal
         writes the same record again (harmless)."""
         n = 0
-        for t in list(self.tracked.values()):
+        for index, t in list(self.tracked.items()):
             if t.final:
                 continue
-            out = self._known(t.out_ids)
+            out = self._known(t.out_ids) if self.output_of is None else self.output_of(index, t.out_ids)
+            if out is None:
+                continue
             reason = self._finished(t, out)
             if reason is None or self.cfg.retention == "delete":
                 continue
             t.final = True
-            self._snapshot(t, reason)
+            self._snapshot(t, reason, out)
             n += 1
         return n
 
@@ -200,8 +212,8 @@ class Checkpointer:
             except Exception:  # noqa: BLE001 - a race with the engine thread: next round
                 pass
 
-    def _snapshot(self, t: _Tracked, reason: str | None = None) -> None:
-        out = self._known(t.out_ids)
+    def _snapshot(self, t: _Tracked, reason: str | None = None, out: list[int] | None = None) -> None:
+        out = self._known(t.out_ids) if out is None else out
         t.written = len(out)
         self.writer.offer(t.base.with_output(t.prefix + tuple(out), finished=reason is not None,
                                              finish_reason=reason, interventions=t.interventions))

@@ -1,326 +1,85 @@
-"""L0 as a vLLM V1 logits processor: a thin adapter over :class:`l0.step.StepCore`.
+"""``l0.vllm:L0LogitsProcessor``: one name for both of vLLM's model runners.
 
-It translates vLLM's ``BatchUpdate`` (added/removed/moved rows) into core
-calls, passes each step's logits to the core, and keeps the host-only parts
-next to it: checkpoints of keyed requests, the watchdog heartbeat, per-request
-starvation, and the intervention log. The decision logic, the device state
-and the masking live in the core (see its docstring for the action contract:
-``stop``, ``penalize``, ``observe``; ``off`` rows are not tracked).
+vLLM has two logits-processor interfaces and checks a processor's class
+against the one its runner uses: the V1 runner's loader wants a subclass of
+``vllm.v1.sample.logits_processor.LogitsProcessor`` and builds it as
+``cls(vllm_config, device, is_pin_memory)``; Model Runner V2 (vLLM's default
+on NVIDIA GPUs since 0.32) wants a subclass of
+``vllm.v1.worker.gpu.sample.logits_processor.LogitsProcessor`` and builds it
+as ``cls(vllm_config, req_states)`` — for ``--logits-processors`` names and
+for every ``vllm.logits_processors`` entry point, which the frontend also
+loads at start-up to validate requests.
+
+:class:`L0LogitsProcessor` subclasses both (where the installed vLLM has the
+V2 interface), so both loaders accept it, and constructing it returns the
+adapter for the runner that built it: :class:`~l0.vllm.v1_processor.L0V1Processor`
+or :class:`~l0.vllm.v2_processor.L0V2Processor`. ``validate_params`` is the
+same for both. :class:`L0EntryPoint` does the same for the entry point (whose
+adapters stand down when the engine also names :data:`FQCN`).
 """
 from __future__ import annotations
 
-import functools
-import json
-import logging
-import os
-import time
+from vllm.v1.sample.logits_processor import LogitsProcessor as V1LogitsProcessor
 
-import torch
-from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor, MoveDirectionality
+from l0.vllm.host import FQCN, server_config, validate  # noqa: F401  (server_config: re-exported)
 
-from l0 import jsonstate
-from l0.config import load_server_config, params_from_xargs
-from l0.health.starvation import StarvationTracker
-from l0.health.watchdog import Heartbeat
-from l0.step import StepCore
-from l0.vllm.rows import move_entry
-from l0.vocab import classes_from_texts, token_texts
+try:  # the V2 interface ships with vLLM 0.32+ (import-light: no torch, no worker state)
+    from vllm.v1.worker.gpu.sample.logits_processor.interface import LogitsProcessor as V2LogitsProcessor
+    from vllm.v1.worker.gpu.sample.logits_processor.interface import LogitsProcRequestState
+except ImportError:  # an older vLLM: V1 only
+    V2LogitsProcessor = LogitsProcRequestState = None
 
-log = logging.getLogger("l0")
-FQCN = "l0.vllm:L0LogitsProcessor"
+_BASES = (V1LogitsProcessor,) if V2LogitsProcessor is None else (V1LogitsProcessor, V2LogitsProcessor)
 
 
-@functools.cache
-def server_config():
-    return load_server_config()
+def built_by_v2(args: tuple, kwargs: dict) -> bool:
+    """The constructor arguments after ``vllm_config`` are Model Runner V2's
+    (``req_states``) rather than the V1 runner's (``device, is_pin_memory``)."""
+    if LogitsProcRequestState is None:
+        return False
+    state = args[0] if len(args) == 1 else kwargs.get("req_states")
+    return isinstance(state, LogitsProcRequestState)
 
 
-class DebugFreeze:
-    """DEBUG ONLY, off by default: with ``L0_DEBUG_FAULTS=1`` and
-    ``L0_DEBUG_FREEZE_FILE=path``, a decode step waits while that file exists
-    — tests freeze a real server's decode loop with it. A file holding a
-    number ``N`` freezes only once some row has ``N`` output tokens: the
-    client then has exactly ``N`` tokens and the engine none beyond, so a
-    kill or a stall lands at that token, whatever the client's lag."""
+class L0LogitsProcessor(*_BASES):
+    """See the module docstring. Never instantiated itself: ``cls(...)``
+    returns the runner's adapter (not an instance of this class, so Python
+    does not run ``__init__`` twice)."""
 
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self.rows: dict[int, list[int]] = {}  # batch index -> the row's live output ids
+    _implementations: tuple[str, str] = ("l0.vllm.v1_processor:L0V1Processor",
+                                         "l0.vllm.v2_processor:L0V2Processor")
 
-    @classmethod
-    def from_env(cls) -> "DebugFreeze | None":
-        if os.environ.get("L0_DEBUG_FAULTS") != "1" or not os.environ.get("L0_DEBUG_FREEZE_FILE"):
-            return None
-        path = os.environ["L0_DEBUG_FREEZE_FILE"]
-        log.warning("l0: DEBUG fault hook armed: the decode loop freezes while %s exists", path)
-        return cls(path)
-
-    def follow(self, bu: BatchUpdate) -> None:
-        for index in bu.removed:
-            self.rows.pop(index, None)
-        for index, _params, _prompt, out_ids in bu.added:
-            self.rows[index] = out_ids
-        for a, b, direction in bu.moved:
-            move_entry(self.rows, a, b, direction == MoveDirectionality.SWAP)
-
-    def __call__(self) -> None:
-        while True:
-            try:
-                with open(self.path) as f:
-                    text = f.read().strip()
-            except FileNotFoundError:
-                return
-            at = int(text) if text.isdigit() else 0
-            if at and not any(len(out) >= at for out in self.rows.values()):
-                return
-            time.sleep(0.05)
-
-
-def _tp_rank() -> int:
-    try:
-        from vllm.distributed import get_tensor_model_parallel_rank
-        return get_tensor_model_parallel_rank()
-    except Exception:
-        return 0
-
-
-def stop_token(params) -> int:
-    """The token a ``stop`` forces: EOS, or the first ``stop_token_ids`` entry
-    under ``ignore_eos``; -1 when the request has none."""
-    if not params.ignore_eos and params.eos_token_id is not None:
-        return params.eos_token_id
-    if params.stop_token_ids:
-        return params.stop_token_ids[0]
-    return -1
-
-
-def is_constrained(params) -> bool:
-    """A grammar masks this request's logits (structured outputs, tool calls)."""
-    return getattr(params, "structured_outputs", None) is not None
-
-
-def is_json(params) -> bool:
-    """The grammar is JSON from the first output token: a JSON schema (tool
-    calls with ``tool_choice`` required or named are served that way) or
-    ``json_object``. Regex, choice, EBNF grammars and structural tags are not."""
-    so = getattr(params, "structured_outputs", None)
-    return so is not None and (so.json is not None or bool(so.json_object))
-
-
-def json_schema(params):
-    """The request's JSON schema as a dict (None for json_object or unparsable)."""
-    so = getattr(params, "structured_outputs", None)
-    schema = getattr(so, "json", None)
-    if isinstance(schema, str):
-        try:
-            schema = json.loads(schema)
-        except ValueError:
-            return None
-    return schema if isinstance(schema, dict) else None
-
-
-def output_budget(params, prompt_len: int, max_model_len: int | None) -> int:
-    """Output tokens the request may still generate: ``max_tokens``, capped by
-    the model's length limit; -1 when neither is known."""
-    budget = params.max_tokens if params.max_tokens is not None else -1
-    if max_model_len:
-        room = max(max_model_len - prompt_len, 0)
-        budget = room if budget < 0 else min(budget, room)
-    return budget
-
-
-class L0LogitsProcessor(LogitsProcessor):
-    """See module docstring. ``is_argmax_invariant()`` is False on purpose:
-    vLLM skips argmax-invariant processors for all-greedy batches, and L0 must
-    see every step (and changes the argmax when it stops or penalizes)."""
+    def __new__(cls, vllm_config, *args, **kwargs):
+        impl = _load(cls._implementations[1 if built_by_v2(args, kwargs) else 0])
+        return impl(vllm_config, *args, **kwargs)
 
     @classmethod
     def validate_params(cls, sampling_params) -> None:
-        # OptionError is a ValueError: vLLM answers HTTP 400 with our message.
-        params_from_xargs(sampling_params.extra_args, server_config(), is_json(sampling_params))
+        validate(sampling_params)
 
-    def __init__(self, vllm_config, device: torch.device, is_pin_memory: bool) -> None:
-        self.cfg = server_config()
-        shadowed = self._shadowed(vllm_config)
-        self.detect = self.cfg.action != "off" and not shadowed
-        self.core: StepCore | None = None
-        self.log_enabled = False
-        self.ckpt = None
-        self.monitor = None
-        self.heartbeat = Heartbeat()
-        self.starvation = None  # per-request token gaps, only with the health monitor
-        self.kinds_seen: dict[str, int] = {}
-        self._margins: dict[str, int] = {}  # schema -> close margin
-        self._freeze = DebugFreeze.from_env()
-        rank0 = _tp_rank() == 0
-        want_ckpt = self.cfg.checkpoint.enabled and not shadowed and rank0
-        self.enabled = self.detect or want_ckpt
-        if self.cfg.health.enabled and not shadowed:
-            self.starvation = StarvationTracker()
-            self._start_monitor()
-        if not self.enabled:
-            return
-        self.tokenizer = self._load_tokenizer(vllm_config)
-        if want_ckpt:
-            from l0.vllm.checkpointing import Checkpointer, model_identity
-            self.ckpt = Checkpointer(self.cfg.checkpoint, model_identity(vllm_config, self.tokenizer))
-        if not self.detect:
-            return
-        S = vllm_config.scheduler_config.max_num_seqs
-        vocab = vllm_config.model_config.get_vocab_size()
-        self.max_model_len = getattr(vllm_config.model_config, "max_model_len", None)
-        classes = tables = None
-        if self.tokenizer is not None:
-            # One decode of the vocabulary: token classes and the JSON tables.
-            texts = token_texts(self.tokenizer, vocab)
-            special = getattr(self.tokenizer, "all_special_ids", ())
-            classes = classes_from_texts(texts, special)
-            tables = jsonstate.tables_from_texts(texts, special)
-        self.log_enabled = self.cfg.log_interventions and rank0
-        self.core = StepCore(S, max_period=self.cfg.max_period_cap, device=device, backend=self.cfg.backend,
-                             classes=classes, pin_memory=is_pin_memory,
-                             decode=self.tokenizer.decode if self.tokenizer is not None else None,
-                             on_event=self._on_event if self.log_enabled else None, json=tables,
-                             close_margin=self.cfg.close_margin)
-        # One line per rank at startup, through vLLM's logger so it carries the
-        # worker's prefix ("(Worker_TP1 pid=...)"): shows L0 runs on every rank.
-        logging.getLogger("vllm.l0").info(
-            "l0: logits processor on tp rank %d: action %s, backend %s, max_period_cap %d, %d slots",
-            _tp_rank(), self.cfg.action, self.core.backend, self.cfg.max_period_cap, S)
+    # The bases' abstract methods: the adapters implement them; these are
+    # never called (cls(...) never returns an instance of this class).
+    def apply(self, *args, **kwargs):  # pragma: no cover
+        raise NotImplementedError
 
-    @property
-    def det(self):
-        return self.core.det
-
-    @property
-    def rows(self):
-        return self.core.rows if self.core is not None else {}
-
-    @staticmethod
-    def _shadowed(vllm_config) -> bool:
+    def is_argmax_invariant(self) -> bool:  # pragma: no cover
         return False
 
-    def _start_monitor(self) -> None:
-        """The engine's watchdog/telemetry/status thread (never fatal to the engine)."""
-        try:
-            from l0.health.monitor import EngineMonitor
-
-            def flush():
-                if self.ckpt is not None:
-                    self.ckpt.writer.flush(2.0)
-
-            def counters():
-                out = {"interventions": dict(self.kinds_seen), "starvation": self.starvation.to_dict()}
-                if self.ckpt is not None:
-                    w = self.ckpt.writer
-                    out.update(checkpoints_written=w.written, checkpoint_lag=w.lag,
-                               checkpoint_failures=w.failures, checkpoint_dropped=w.dropped)
-                return out
-
-            self.monitor = EngineMonitor(self.cfg.health, self.heartbeat, os.environ.get("L0_STATUS_DIR"),
-                                         flush=flush, counters=counters).start()
-        except Exception as exc:
-            log.warning("l0: health monitor off: %s", exc)
-
-    @staticmethod
-    def _load_tokenizer(vllm_config):
-        try:
-            from transformers import AutoTokenizer
-            mc = vllm_config.model_config
-            return AutoTokenizer.from_pretrained(mc.tokenizer, revision=mc.tokenizer_revision,
-                                                 trust_remote_code=mc.trust_remote_code)
-        except Exception as exc:  # detection still works, without content/blank classes
-            log.warning("l0: tokenizer unavailable (%s); content/blank classes off", exc)
-            return None
-
-    def is_argmax_invariant(self) -> bool:
-        return False
-
-    # -- persistent batch ---------------------------------------------------
-    def update_state(self, batch_update: BatchUpdate | None) -> None:
-        if batch_update is not None and batch_update.batch_size == 0:
-            self.heartbeat.idle()  # nothing in flight: nothing can be stuck
-        if self.starvation is not None and batch_update:
-            self._follow_starvation(batch_update)
-        if self._freeze is not None and batch_update:
-            self._freeze.follow(batch_update)
-        if not self.enabled or not batch_update:
-            return
-        core = self.core
-        for index in batch_update.removed:
-            if self.ckpt is not None:
-                self.ckpt.remove(index)
-            if core is not None:
-                core.remove(index)
-        for index, params, prompt_ids, out_ids in batch_update.added:
-            opts = params_from_xargs(params.extra_args, self.cfg, is_json(params))
-            if self.ckpt is not None:
-                self.ckpt.add(index, opts, params, prompt_ids, out_ids)
-            if core is not None:
-                prompt = prompt_ids or ()
-                as_json = is_json(params)
-                core.add(index, opts, out_ids, prompt_ids=prompt, stop_token=stop_token(params),
-                         min_tokens=params.min_tokens or 0, constrained=is_constrained(params),
-                         json=as_json, max_tokens=output_budget(params, len(prompt), self.max_model_len),
-                         close_margin=self._close_margin(params) if as_json else None)
-        for a, b, direction in batch_update.moved:
-            swap = direction == MoveDirectionality.SWAP
-            if self.ckpt is not None:
-                self.ckpt.move(a, b, swap)
-            if core is not None:
-                core.move(a, b, swap)
-
-    def _close_margin(self, params) -> int:
-        """The row's close margin (:func:`l0.jsonstate.schema_margin`: the
-        required fields close mode may still have to write), once per schema."""
-        schema = json_schema(params)
-        if schema is None or self.tokenizer is None:
-            return self.cfg.close_margin
-        key = json.dumps(schema, sort_keys=True)
-        margin = self._margins.get(key)
-        if margin is None:
-            margin = jsonstate.schema_margin(
-                schema, lambda text: self.tokenizer.encode(text, add_special_tokens=False), self.cfg.close_margin)
-            if len(self._margins) < 4096:  # a bound, not an LRU: schemas repeat
-                self._margins[key] = margin
-        return margin
-
-    def _follow_starvation(self, bu: BatchUpdate) -> None:
-        st = self.starvation
-        for index in bu.removed:
-            st.remove(index)
-        for index, _params, _prompt, out_ids in bu.added:
-            st.remove(index)  # an add may replace a row without a removal
-            st.add(index, out_ids)
-        for a, b, direction in bu.moved:
-            st.move(a, b, direction == MoveDirectionality.SWAP)
-
-    # -- the step -----------------------------------------------------------
-    def apply(self, logits: torch.Tensor) -> torch.Tensor:
-        self.heartbeat.beat(logits.shape[0])
-        if self._freeze is not None:
-            self._freeze()
-        if self.starvation is not None:
-            self.starvation.step()
-        if self.ckpt is not None and self.ckpt.tracked:
-            self.ckpt.step()
-        if self.core is None:
-            return logits
-        return self.core.step(logits)
-
-    def _on_event(self, event: dict) -> None:
-        log.warning("%s", json.dumps(event))
-        self.kinds_seen[event["kind"]] = self.kinds_seen.get(event["kind"], 0) + 1
-        if self.ckpt is not None:
-            self.ckpt.intervention(event["key"], event)
+    def update_state(self, batch_update) -> None:  # pragma: no cover
+        raise NotImplementedError
 
 
 class L0EntryPoint(L0LogitsProcessor):
-    """The class behind the ``vllm.logits_processors`` entry point. It stands
-    down when the same engine also names :data:`FQCN` in ``--logits-processors``
-    (as ``l0 serve`` does), so L0 never runs twice."""
+    """The class behind the ``vllm.logits_processors`` entry point: every
+    engine on a Python with L0 installed loads it, under either runner. Its
+    default action is the server configuration's (``observe`` unless set);
+    it stands down when the same engine also names :data:`FQCN` in
+    ``--logits-processors`` (as ``l0 serve`` does), so L0 never runs twice."""
 
-    @staticmethod
-    def _shadowed(vllm_config) -> bool:
-        named = vllm_config.model_config.logits_processors or ()
-        return any(n == FQCN or n is L0LogitsProcessor for n in named)
+    _implementations = ("l0.vllm.v1_processor:L0V1EntryPoint", "l0.vllm.v2_processor:L0V2EntryPoint")
+
+
+def _load(target: str):
+    import importlib
+    module, name = target.split(":")
+    return getattr(importlib.import_module(module), name)

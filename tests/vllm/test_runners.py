@@ -1,0 +1,244 @@
+"""L0 under both of vLLM's model runners.
+
+* vLLM's own loaders (V1: ``vllm.v1.sample.logits_processor``; V2:
+  ``vllm.v1.worker.gpu.sample.logits_processor.loader``) accept
+  ``l0.vllm:L0LogitsProcessor`` and the installed entry point, and each
+  builds the adapter for its runner; the V2 frontend validator (what vLLM
+  builds at start-up on GPUs) rejects a bad ``l0_*`` value.
+* The V2 adapter, driven through vLLM's V2 interface classes on CPU tensors
+  (slots recycled, rows shuffled every step, preemption, chunked prefill,
+  resumed requests), equals the V1 adapter step by step: the same logits,
+  the same interventions at the same token, the same checkpoint records.
+"""
+from __future__ import annotations
+
+import json
+import random
+import time
+
+import pytest
+import torch
+
+from runners import EOS, Req, Scenario, V1Runner, V2Runner, fake_vllm_config
+
+pytestmark = pytest.mark.vllm
+
+FQCN = "l0.vllm:L0LogitsProcessor"
+V = 64
+SLOTS = 4
+MAX_LEN = 256
+
+
+def sp(max_tokens=40, xargs=None, **kw):
+    from vllm import SamplingParams
+    x = {"l0_min_span": 1, "l0_near_min_repeats": 0, "l0_max_period": 8}
+    x.update(xargs or {})
+    p = SamplingParams(max_tokens=max_tokens, extra_args=x, **kw)
+    p.update_from_generation_config({}, eos_token_id=EOS)
+    return p
+
+
+# -- the loaders ---------------------------------------------------------------
+
+def test_the_v1_loader_accepts_the_class_and_the_entry_point():
+    from vllm.v1.sample.logits_processor import LogitsProcessor, _load_custom_logitsprocs
+    from l0.vllm import L0EntryPoint, L0LogitsProcessor
+    classes = _load_custom_logitsprocs([FQCN])
+    assert L0EntryPoint in classes and L0LogitsProcessor in classes  # the entry point first, then the name
+    assert all(issubclass(c, LogitsProcessor) for c in classes)
+
+
+def test_the_v2_loader_accepts_the_class_and_the_entry_point():
+    from vllm.v1.worker.gpu.sample.logits_processor import LogitsProcessor
+    from vllm.v1.worker.gpu.sample.logits_processor.loader import _load_v2_logitsprocs
+    from l0.vllm import L0EntryPoint, L0LogitsProcessor
+    classes = _load_v2_logitsprocs([FQCN])
+    assert classes[-1] is L0LogitsProcessor and L0EntryPoint in classes
+    assert all(issubclass(c, LogitsProcessor) for c in classes)
+
+
+def test_the_v2_frontend_validator_builds_and_rejects_a_bad_option(monkeypatch):
+    """What vLLM's frontend builds at start-up under V2 (``input_processor``):
+    with L0 merely installed (entry point only) and with L0 named."""
+    from vllm.exceptions import VLLMValidationError
+    from vllm.v1.worker.gpu.sample.logits_processor import build_custom_logits_processors_params_validator
+    from l0.vllm import host
+    host.server_config.cache_clear()
+    monkeypatch.delenv("L0_CONFIG", raising=False)
+    for named in (None, [FQCN]):
+        validator = build_custom_logits_processors_params_validator(named)
+        validator(sp())  # a good request passes
+        with pytest.raises(VLLMValidationError, match="l0_max_period=100000 is out of range"):
+            validator(sp(xargs={"l0_max_period": 100000}))
+        with pytest.raises(VLLMValidationError, match="l0_bogus"):
+            validator(sp(xargs={"l0_bogus": 1}))
+
+
+def _v2_state(slots=SLOTS):
+    import numpy as np
+    from types import SimpleNamespace
+    from vllm.v1.worker.gpu.sample.logits_processor import LogitsProcRequestState
+    uva = lambda: SimpleNamespace(np=np.zeros(slots, dtype=np.int32))  # noqa: E731
+    return LogitsProcRequestState(device=torch.device("cpu"), max_num_reqs=slots, vocab_size=V,
+                                  all_token_ids=SimpleNamespace(gpu=torch.zeros(slots, MAX_LEN, dtype=torch.int32)),
+                                  prompt_len=uva(), prefill_len=uva(),
+                                  total_len=SimpleNamespace(gpu=torch.zeros(slots, dtype=torch.int32)))
+
+
+@pytest.fixture
+def l0_env(monkeypatch, tmp_path):
+    monkeypatch.setenv("L0_ACTION", "stop")
+    monkeypatch.setenv("L0_CHECKPOINT_STORE", "off")
+    monkeypatch.delenv("L0_CONFIG", raising=False)
+    from l0.vllm import host
+    host.server_config.cache_clear()
+    yield tmp_path
+    host.server_config.cache_clear()
+
+
+def test_each_runner_builds_its_own_adapter(l0_env):
+    """vLLM's V2 builder (``build_custom_logits_processors``) and the V1 way
+    of building (``cls(vllm_config, device, is_pin_memory)``) each get their
+    runner's adapter; the entry point stands down where the name is given."""
+    from vllm.v1.worker.gpu.sample.logits_processor import build_custom_logits_processors
+    from l0.vllm import L0EntryPoint, L0LogitsProcessor
+    from l0.vllm.v1_processor import L0V1EntryPoint, L0V1Processor
+    from l0.vllm.v2_processor import L0V2EntryPoint, L0V2Processor
+
+    cfg = fake_vllm_config(SLOTS, V, named=[FQCN])
+    built = build_custom_logits_processors(cfg, _v2_state(), False, [FQCN])
+    assert [type(p) for p in built] == [L0V2EntryPoint, L0V2Processor]
+    entry, named = built
+    assert not entry.enabled and entry.core is None  # stands down: L0 runs once
+    assert named.enabled and named.core is not None and named.runner == "v2"
+
+    v1 = L0LogitsProcessor(cfg, torch.device("cpu"), False)
+    assert type(v1) is L0V1Processor and v1.core is not None
+    assert type(L0EntryPoint(cfg, torch.device("cpu"), False)) is L0V1EntryPoint
+    alone = fake_vllm_config(SLOTS, V)  # L0 merely installed: the entry point runs
+    assert L0EntryPoint(alone, _v2_state()).enabled
+
+
+def test_a_v2_batch_without_l0_requests_skips_apply(l0_env):
+    from l0.vllm import L0LogitsProcessor
+    proc = L0LogitsProcessor(fake_vllm_config(SLOTS, V), _v2_state())
+    assert proc.add_request(0, sp(xargs={"l0_action": "off"})) is False
+    assert proc.add_request(1, sp()) is True
+    assert proc.add_request(1, sp(xargs={"l0_action": "off"})) is False  # the slot recycled: re-initialised
+
+
+# -- V1 and V2, step by step -----------------------------------------------------
+
+def scenario_requests(seed: int) -> list[Req]:
+    """Loops of period 1-4 after a random lead, every action, min_tokens,
+    ignore_eos with and without a stop token, EOS masked by a "grammar",
+    keyed and resumed requests, chunked prefill."""
+    rng = random.Random(seed)
+    reqs = []
+    for i in range(12):
+        lead = [rng.randrange(3, V) for _ in range(rng.randrange(0, 8))]
+        cycle = [rng.randrange(3, V) for _ in range(rng.randrange(1, 5))]
+        script = lead + cycle * 40
+        action = rng.choice(["stop", "stop", "penalize", "observe", "off"])
+        xargs = {"l0_action": action}
+        kw = {}
+        if rng.random() < 0.5:
+            xargs["l0_key"] = f"k{seed}-{i}"
+        prompt = [rng.randrange(3, V) for _ in range(rng.randrange(1, 6))]
+        if rng.random() < 0.3:  # resumed: its first tokens come back in the prompt
+            n = rng.randrange(1, 6)
+            prompt += script[:n]
+            script = script[n:]
+            xargs["l0_resume_from"] = n
+        if rng.random() < 0.3:
+            kw["min_tokens"] = rng.randrange(1, 12)
+        if rng.random() < 0.2:
+            kw["ignore_eos"] = True
+            if rng.random() < 0.5:
+                kw["stop_token_ids"] = [rng.randrange(3, V)]
+        params = sp(max_tokens=rng.randrange(10, 48), xargs=xargs, **kw)
+        reqs.append(Req(f"r{i}", prompt, params, script, chunks=rng.choice([0, 0, 1, 2]),
+                        mask_eos=rng.choice([0, 0, 8])))
+    return reqs
+
+
+def _events_by_step(proc, sink: list, step_of: list) -> None:
+    """Record the core's intervention events with the step they came in."""
+    inner = proc.core.on_event
+
+    def on_event(event):
+        sink.append((step_of[0], json.dumps(event, sort_keys=True)))
+        inner(event)
+    proc.core.on_event = on_event
+
+
+def run_both(seed: int, tmp_path, monkeypatch, every: int = 4):
+    from l0.checkpoint.store import open_store
+    from l0.vllm import host
+    from l0.vllm.logits_processor import L0LogitsProcessor
+    reqs = scenario_requests(seed)
+    results = {}
+    for runner in ("v1", "v2"):
+        store = f"sqlite://{tmp_path}/{runner}.sqlite3"
+        (tmp_path / f"{runner}.yaml").write_text(f"l0:\n  action: stop\n  checkpoint:\n    every: {every}\n")
+        monkeypatch.setenv("L0_CONFIG", str(tmp_path / f"{runner}.yaml"))
+        monkeypatch.setenv("L0_CHECKPOINT_STORE", store)
+        monkeypatch.delenv("L0_ACTION", raising=False)
+        host.server_config.cache_clear()
+        cfg = fake_vllm_config(SLOTS, V, max_model_len=MAX_LEN)
+        rng = random.Random(seed + 1)
+        if runner == "v1":
+            drv = V1Runner(L0LogitsProcessor(cfg, torch.device("cpu"), False), SLOTS, rng)
+        else:
+            drv = V2Runner(L0LogitsProcessor, cfg, SLOTS, V, MAX_LEN, rng)
+        events, step_of, rows = [], [0], []
+        _events_by_step(drv.proc, events, step_of)
+
+        def on_step(step, got, rows=rows, step_of=step_of):
+            rows.append(got)
+            step_of[0] = step + 1
+
+        done = Scenario(reqs, SLOTS, V, seed).run(drv, on_step)
+        results[runner] = dict(proc=drv.proc, rows=rows, events=events, done=done, store=open_store(store))
+    host.server_config.cache_clear()
+    return reqs, results
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_v2_equals_v1_step_by_step(seed, tmp_path, monkeypatch):
+    reqs, r = run_both(seed, tmp_path, monkeypatch)
+    a, b = r["v1"], r["v2"]
+    try:
+        assert len(a["rows"]) == len(b["rows"])
+        for step, (ra, rb) in enumerate(zip(a["rows"], b["rows"])):
+            assert ra.keys() == rb.keys(), f"step {step}"
+            for rid in ra:
+                assert torch.equal(ra[rid], rb[rid]), f"step {step}, request {rid}"
+        assert sorted(a["events"]) == sorted(b["events"]) and a["events"]
+        assert a["done"] == b["done"] and len(a["done"]) == len(reqs)
+        # Checkpoints: the same records, the V2 ones finished by slot reuse or
+        # by the finisher thread (it reads the device; polled, never read once).
+        keys = [r_.params.extra_args["l0_key"] for r_ in reqs if "l0_key" in r_.params.extra_args]
+        assert keys
+        a["proc"].ckpt.writer.flush()
+        want = {k: a["store"].get(k) for k in keys}
+        deadline = time.monotonic() + 20
+        while True:
+            b["proc"].ckpt.writer.flush()
+            got = {k: b["store"].get(k) for k in keys}
+            same = all(_record(got[k]) == _record(want[k]) for k in keys)
+            if same or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        for k in keys:
+            assert _record(got[k]) == _record(want[k]), k
+        assert any(w.finished for w in want.values())
+    finally:
+        for x in (a, b):
+            x["proc"].ckpt.close()
+
+
+def _record(rec):
+    return None if rec is None else (rec.prompt_ids, rec.output_ids, rec.finished, rec.finish_reason,
+                                     json.dumps(rec.sampling, sort_keys=True),
+                                     json.dumps(rec.interventions, sort_keys=True))
