@@ -172,11 +172,12 @@ def _events_by_step(proc, sink: list, step_of: list) -> None:
     proc.core.on_event = on_event
 
 
-def run_both(seed: int, tmp_path, monkeypatch, every: int = 4):
+def run_both(reqs: list[Req], seed: int, tmp_path, monkeypatch, every: int = 4, vocab: int = V,
+             tokenizer: str = "/nonexistent"):
+    """The same requests on the V1 runner, then on the V2 runner."""
     from l0.checkpoint.store import open_store
     from l0.vllm import host
     from l0.vllm.logits_processor import L0LogitsProcessor
-    reqs = scenario_requests(seed)
     results = {}
     for runner in ("v1", "v2"):
         store = f"sqlite://{tmp_path}/{runner}.sqlite3"
@@ -185,12 +186,12 @@ def run_both(seed: int, tmp_path, monkeypatch, every: int = 4):
         monkeypatch.setenv("L0_CHECKPOINT_STORE", store)
         monkeypatch.delenv("L0_ACTION", raising=False)
         host.server_config.cache_clear()
-        cfg = fake_vllm_config(SLOTS, V, max_model_len=MAX_LEN)
+        cfg = fake_vllm_config(SLOTS, vocab, tokenizer=tokenizer, max_model_len=MAX_LEN)
         rng = random.Random(seed + 1)
         if runner == "v1":
             drv = V1Runner(L0LogitsProcessor(cfg, torch.device("cpu"), False), SLOTS, rng)
         else:
-            drv = V2Runner(L0LogitsProcessor, cfg, SLOTS, V, MAX_LEN, rng)
+            drv = V2Runner(L0LogitsProcessor, cfg, SLOTS, vocab, MAX_LEN, rng)
         events, step_of, rows = [], [0], []
         _events_by_step(drv.proc, events, step_of)
 
@@ -198,15 +199,66 @@ def run_both(seed: int, tmp_path, monkeypatch, every: int = 4):
             rows.append(got)
             step_of[0] = step + 1
 
-        done = Scenario(reqs, SLOTS, V, seed).run(drv, on_step)
+        done = Scenario(reqs, SLOTS, vocab, seed).run(drv, on_step)
         results[runner] = dict(proc=drv.proc, rows=rows, events=events, done=done, store=open_store(store))
     host.server_config.cache_clear()
-    return reqs, results
+    return results
 
 
 @pytest.mark.parametrize("seed", range(6))
 def test_v2_equals_v1_step_by_step(seed, tmp_path, monkeypatch):
-    reqs, r = run_both(seed, tmp_path, monkeypatch)
+    reqs = scenario_requests(seed)
+    assert_runners_agree(reqs, run_both(reqs, seed, tmp_path, monkeypatch))
+
+
+def json_requests(tok, seed: int) -> list[Req]:
+    """SmolLM2's tokenizer: JSON answers (a schema, json_object) that loop,
+    closed on the loop or at the budget; prompts that ask for 25 items (the
+    near-loop thresholds read the prompt's text, which V2 copies to the host)."""
+    from vllm.sampling_params import StructuredOutputsParams
+    rng = random.Random(seed)
+    enc = lambda text: tok.encode(text, add_special_tokens=False)  # noqa: E731
+    schema = {"type": "object", "properties": {"items": {"type": "array", "items": {"type": "object",
+              "properties": {"name": {"type": "string"}}, "required": ["name"]}}}, "required": ["items"]}
+    record = '{"name": "Pluto"}, '
+    reqs = []
+    for i in range(8):
+        kind = i % 4
+        xargs = {"l0_action": rng.choice(["stop", "stop", "penalize"]), "l0_key": f"j{seed}-{i}"}
+        if kind == 0:  # a JSON schema whose records repeat
+            so = StructuredOutputsParams(json=schema)
+            script = enc('{"items": [' + record * 60)
+            prompt = enc("List the planets as JSON.")
+        elif kind == 1:  # json_object, closed at a tight budget
+            so = StructuredOutputsParams(json_object=True)
+            script = enc('{"a": {"b": ["' + "word " * 80)
+            prompt = enc("Answer in JSON.")
+        else:  # plain text near-loops, with and without an item count in the prompt
+            so = None
+            script = enc("1. The planet Mars is red and cold.\n" + "2. The planet Mars is red and cold too.\n" * 30)
+            prompt = enc("Write 25 records about Mars." if kind == 2 else "Write about Mars.")
+            xargs.update(l0_near_min_repeats=4, l0_near_min_span=24)
+        params = sp(max_tokens=rng.randrange(24, 120), xargs=xargs, structured_outputs=so)
+        reqs.append(Req(f"j{i}", prompt, params, script, chunks=rng.choice([0, 1]),
+                        mask_eos=1000 if so is not None else 0))
+    return reqs
+
+
+@pytest.mark.smollm2
+@pytest.mark.parametrize("seed", range(2))
+def test_v2_equals_v1_on_json_and_prompt_counts(seed, tmp_path, monkeypatch):
+    from transformers import AutoTokenizer
+    from l0.models import prepare_smollm2
+    path = str(prepare_smollm2())
+    tok = AutoTokenizer.from_pretrained(path)
+    reqs = json_requests(tok, seed)
+    r = run_both(reqs, seed, tmp_path, monkeypatch, vocab=len(tok), tokenizer=path)
+    assert_runners_agree(reqs, r)
+    actions = {json.loads(e)["action"] for _, e in r["v1"]["events"]}
+    assert "close" in actions  # close mode ran (on a loop or at the budget) under both runners
+
+
+def assert_runners_agree(reqs, r) -> None:
     a, b = r["v1"], r["v2"]
     try:
         assert len(a["rows"]) == len(b["rows"])
