@@ -25,16 +25,26 @@ def test_bad_store_url_exits_2_without_echoing_the_password():
     assert "hunter2" not in proc.stderr
 
 
-def test_speculative_decoding_is_refused_before_vllm_loads():
-    """vLLM runs no custom logits processor under speculative decoding: L0
-    could not work, so `l0 serve` says so at once (vLLM itself would fail
-    only after loading the model)."""
+def test_speculative_decoding_is_refused_before_vllm_loads_under_the_v1_runner():
+    """vLLM's V1 runner runs no custom logits processor under speculative
+    decoding: L0 could not work, so `l0 serve` says so at once (vLLM itself
+    would fail only after loading the model). This host has no GPU: V1."""
+    import os
+    env = {k: v for k, v in os.environ.items() if k != "VLLM_USE_V2_MODEL_RUNNER"}
     for flag in (["--speculative-config", '{"method": "ngram", "num_speculative_tokens": 2}'],
                  ['--speculative-config={"method": "ngram"}']):
         proc = subprocess.run([sys.executable, "-m", "l0.cli", "serve", "m", *flag],
-                              capture_output=True, text=True, timeout=60)
+                              capture_output=True, text=True, timeout=60, env=env)
         assert proc.returncode == 2
-        assert "speculative decoding (--speculative-config) is not supported" in proc.stderr
+        assert "speculative decoding (--speculative-config) is not supported under vLLM's V1" in proc.stderr
+
+
+def test_speculative_decoding_goes_through_where_model_runner_v2_serves():
+    from l0.cli import speculative_refusal
+    args = ["--speculative-config", '{"method": "ngram", "num_speculative_tokens": 2}']
+    assert speculative_refusal(args, {"VLLM_USE_V2_MODEL_RUNNER": "1"}) is None
+    assert "V1 model runner" in speculative_refusal(args, {"VLLM_USE_V2_MODEL_RUNNER": "0"})
+    assert speculative_refusal(["--max-num-seqs", "4"], {"VLLM_USE_V2_MODEL_RUNNER": "0"}) is None
 
 
 def test_config_files_that_cannot_be_read_or_parsed_exit_2(tmp_path):

@@ -66,3 +66,27 @@ def test_failing_callback_does_not_kill_the_watchdog():
     hb.beat(1)
     clock.t = 5.0
     assert wd.check() and seen == [5.0]
+
+
+def test_between_steps_is_not_in_flight_and_keeps_the_step_statistics():
+    """Model Runner V2 has no removal hook: a step that only hands finished
+    requests over calls ``apply_staged_writes`` (between_steps) and nothing
+    after; it must not read as a stall. A hang after the logits still does."""
+    from l0.health.watchdog import Heartbeat, Watchdog
+    now = [0.0]
+    hb = Heartbeat(clock=lambda: now[0])
+    wd = Watchdog(hb, floor_s=30.0)
+    for _ in range(10):
+        hb.between_steps()
+        now[0] += 0.01
+        hb.beat(4)
+    assert len(hb.intervals) == 10 and hb.intervals[-1] == pytest.approx(0.01)
+    hb.between_steps()  # the last step: finished requests handed over, nothing runs
+    now[0] += 100.0
+    assert hb.in_flight == 0 and wd.check() is False
+    hb.between_steps()  # a new request, after the idle gap
+    now[0] += 0.01
+    hb.beat(2)  # its logits, then the host hangs waiting for the device
+    assert max(hb.intervals) == pytest.approx(0.01)  # the idle gap is no step
+    now[0] += 31.0
+    assert wd.check() is True

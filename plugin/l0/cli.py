@@ -53,11 +53,9 @@ def serve(argv: Sequence[str]) -> int:
         print(f"l0 serve: {exc}", file=sys.stderr)
         return 2
     args = list(rest)
-    spec = [a for a in args if a.split("=", 1)[0] in ("--speculative-config", "--speculative_config", "-sc")]
-    if spec:
-        print(f"l0 serve: speculative decoding ({spec[0].split('=', 1)[0]}) is not supported: vLLM runs no "
-              "custom logits processor when it is on (it would refuse L0 after loading the model), so L0 "
-              "could neither see nor stop a loop. Serve without it, or without L0.", file=sys.stderr)
+    refusal = speculative_refusal(args, env)
+    if refusal:
+        print(f"l0 serve: {refusal}", file=sys.stderr)
         return 2
     if "--host" not in args and not any(a.startswith("--host=") for a in args):
         args += ["--host", "127.0.0.1"]
@@ -68,6 +66,36 @@ def serve(argv: Sequence[str]) -> int:
     sys.stdout.flush()
     os.execvpe(cmd[0], cmd, env)
     return 0  # pragma: no cover
+
+
+def v2_runner_expected(env: dict) -> bool:
+    """Whether vLLM will pick Model Runner V2: ``VLLM_USE_V2_MODEL_RUNNER``
+    when set, else whether a CUDA GPU is visible (V2 is vLLM's default there;
+    the CPU build falls back to the V1 runner). A guess made before vLLM
+    loads: vLLM may still fall back to V1 for a feature V2 lacks."""
+    flag = env.get("VLLM_USE_V2_MODEL_RUNNER")
+    if flag is not None and flag.strip():
+        return flag.strip().lower() in ("1", "true", "yes")
+    try:
+        import torch
+        return torch.cuda.is_available()
+    except Exception:
+        return False
+
+
+def speculative_refusal(args: list[str], env: dict) -> str | None:
+    """Why ``l0 serve`` refuses these vLLM arguments, or None. Speculative
+    decoding is refused where vLLM's V1 runner will serve: it runs no custom
+    logits processor then (vLLM would refuse L0 only after loading the
+    model). Model Runner V2 runs L0 with it (L0 acts on each request's first
+    row)."""
+    spec = [a for a in args if a.split("=", 1)[0] in ("--speculative-config", "--speculative_config", "-sc")]
+    if not spec or v2_runner_expected(env):
+        return None
+    return (f"speculative decoding ({spec[0].split('=', 1)[0]}) is not supported under vLLM's V1 model "
+            "runner, which this engine would use (no CUDA GPU, or VLLM_USE_V2_MODEL_RUNNER=0): it runs no "
+            "custom logits processor when it is on, so L0 could neither see nor stop a loop. Serve on Model "
+            "Runner V2 (vLLM's default on NVIDIA GPUs), without speculative decoding, or without L0.")
 
 
 def _scan_params(ns) -> DetectorParams:

@@ -294,3 +294,67 @@ def _record(rec):
     return None if rec is None else (rec.prompt_ids, rec.output_ids, rec.finished, rec.finish_reason,
                                      json.dumps(rec.sampling, sort_keys=True),
                                      json.dumps(rec.interventions, sort_keys=True))
+
+
+# -- speculative decoding under V2 ---------------------------------------------
+
+def _spec_proc(k: int, monkeypatch):
+    from types import SimpleNamespace
+    from l0.vllm import L0LogitsProcessor, host
+    monkeypatch.setenv("L0_ACTION", "stop")
+    monkeypatch.setenv("L0_CHECKPOINT_STORE", "off")
+    monkeypatch.delenv("L0_CONFIG", raising=False)
+    host.server_config.cache_clear()
+    cfg = fake_vllm_config(SLOTS, V)
+    cfg.speculative_config = SimpleNamespace(num_speculative_tokens=k) if k else None
+    state = _v2_state()
+    return L0LogitsProcessor(cfg, state), state
+
+
+def test_speculative_decoding_acts_on_first_rows_and_feeds_every_accepted_token(monkeypatch):
+    """Two draft tokens per step: a request owns three rows. L0 acts on each
+    request's first row only (its committed history ends there) and leaves
+    draft rows as they were; when a step accepts several tokens they are all
+    fed, in order, so its first row equals what a runner without drafts
+    gives after the same tokens, one per step."""
+    import numpy as np
+    from vllm.v1.worker.gpu.sample.logits_processor import LogitsContext
+    spec, spec_state = _spec_proc(2, monkeypatch)
+    plain, plain_state = _spec_proc(0, monkeypatch)
+    script = [9, 7, 8, 7, 8, 7, 8, 7, 8, 7, 8]
+    for proc, state in ((spec, spec_state), (plain, plain_state)):
+        state.prompt_len.np[1] = state.prefill_len.np[1] = 2
+        state.all_token_ids.gpu[1, :2] = torch.tensor([5, 6], dtype=torch.int32)
+        state.total_len.gpu[1] = 2
+        assert proc.add_request(1, sp(xargs={"l0_min_span": 1}))
+        proc.apply_staged_writes()
+
+    def ctx(rows, local):
+        idx = torch.tensor(rows, dtype=torch.int32)
+        return LogitsContext(expanded_idx_mapping=idx, idx_mapping=torch.tensor([1], dtype=torch.int32),
+                             idx_mapping_np=np.array([1], dtype=np.int32),
+                             expanded_local_pos=torch.tensor(local, dtype=torch.int32),
+                             input_ids=torch.zeros(len(rows), dtype=torch.int64),
+                             pos=torch.zeros(len(rows), dtype=torch.int64),
+                             seq_lens_upper_bound_np=np.zeros(1, dtype=np.int32))
+
+    def commit(state, toks):
+        n = int(state.total_len.gpu[1])
+        state.all_token_ids.gpu[1, n:n + len(toks)] = torch.tensor(toks, dtype=torch.int32)
+        state.total_len.gpu[1] = n + len(toks)
+
+    fed = 0
+    plain_rows = [plain.apply(torch.zeros(1, V), ctx([1], [0]))[0].clone()]
+    spec.apply(torch.zeros(3, V), ctx([1, 1, 1], [0, 1, 2]))
+    for accepted in (1, 3, 2, 1, 3, 1):
+        toks = script[fed:fed + accepted]
+        fed += accepted
+        for t in toks:  # one token per step without drafts
+            commit(plain_state, [t])
+            plain_rows.append(plain.apply(torch.zeros(1, V), ctx([1], [0]))[0].clone())
+        commit(spec_state, toks)
+        base = torch.arange(3 * V, dtype=torch.float32).view(3, V)
+        out = spec.apply(base.clone(), ctx([1, 1, 1], [0, 1, 2]))
+        assert torch.equal(out[1:], base[1:])  # draft rows left alone
+        assert torch.equal(out[0] - base[0], plain_rows[-1]), f"after {fed} tokens"
+    assert fed == len(script) and torch.isfinite(plain_rows[-1]).sum() == 1  # the loop is stopped

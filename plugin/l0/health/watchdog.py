@@ -34,12 +34,19 @@ class Heartbeat:
         self.last = clock()
         self.in_flight = 0
         self._busy = 0  # in_flight at the last beat (step intervals are counted between busy beats)
+        self._began: float | None = None  # when the current step began (between_steps), if the host says
         self.steps = 0
         self.intervals: deque[float] = deque(maxlen=window)
 
     def beat(self, in_flight: int) -> None:
         now = self.clock()
-        if self._busy > 0 and in_flight > 0:
+        if self._began is not None:
+            # The host marks step starts (V2): a step is its start to its
+            # logits, so an idle gap before it is never counted as a step.
+            if in_flight > 0:
+                self.intervals.append(now - self._began)
+            self._began = None
+        elif self._busy > 0 and in_flight > 0:
             self.intervals.append(now - self.last)
         self.last = now
         self.in_flight = self._busy = in_flight
@@ -57,8 +64,10 @@ class Heartbeat:
         runs nothing and is followed by nothing (V2 has no removal hook), so
         counting it would call every idle engine stalled. A stall is still
         seen where decode loops hang: after the logits (the host waits on the
-        sampled tokens). The step-interval statistics are kept."""
+        sampled tokens). Step intervals are then measured from here to the
+        step's logits, so an idle engine's gap is never taken for a step."""
         self.in_flight = 0
+        self._began = self.clock()
 
     def p99_interval(self) -> float | None:
         if len(self.intervals) < 8:
