@@ -13,7 +13,9 @@ hypothesis, nvidia-ml-py; no venv, no installs). Parts, each time-boxed:
 2. bench: one detect step at B = 1, 64, 256 x P = 512, 2048, CUDA kernel vs
    torch backend (device time by CUDA events after warm-up, host time per
    call, kernels per step from the profiler); the step core's whole ``step``
-   at B = 1, 64, 256 on vocab-152064 logits; vLLM's own check can't run
+   at B = 1, 64, 256 on vocab-152064 logits, the V1 way (host token lists
+   uploaded) and the V2 way (tokens read on the device, rows shuffled);
+   vLLM's own check can't run
    here (no vLLM on the image: see the JSON);
 3. compute-sanitizer memcheck and racecheck over the CUDA kernel, if the
    tool is there and time is left.
@@ -285,8 +287,57 @@ def bench_step(steps: int = 100) -> list[dict]:
                 row[f"{name}_kernels_per_step"] = _kernels_per_call(lambda i: core.step(logits))
                 core.flush()
                 row[f"{name}_interventions"] = len(events)
+            row.update(_bench_step_v2(B, dtype, logits, base, steps))
             rows.append(row)
     return rows
+
+
+def _bench_step_v2(B: int, dtype, logits, base, steps: int) -> dict:
+    """The V2 adapter's step on the same logits: tokens read on the device
+    from a ``[B, 4096]`` int32 buffer with a per-slot length (Model Runner
+    V2's ``all_token_ids``/``total_len``) by SlotTokens, rows in a shuffled
+    order (``expanded_idx_mapping``), StepCore.step_rows; nothing uploaded.
+    The "model runner" part of the loop (the logits copy, writing each
+    slot's sampled token and length) is timed alone and subtracted."""
+    import torch
+    from l0.config import DetectorParams, RequestOptions
+    from l0.slot_tokens import SlotTokens
+    from l0.step import StepCore
+    dev = torch.device("cuda")
+    events = []
+    core = StepCore(B + 1, max_period=512, device=dev, backend="cuda", on_event=events.append)
+    feed = SlotTokens(B + 1, 1, dev)
+    ids = torch.zeros(B, 4096, dtype=torch.int32, device=dev)
+    total = torch.full((B,), 3, dtype=torch.int32, device=dev)
+    row_slot = torch.randperm(B, device=dev)
+    present = row_slot.tolist()
+    opts = RequestOptions("stop", DetectorParams(), None, 10.0)
+    for s in range(B):
+        core.add(s, opts, None, prefix=ids[s, :0].to(torch.int64), stop_token=2)
+        feed.follow(s, 3)
+    slots = torch.arange(B, device=dev)
+    loopers = (slots % 4 == 0)
+
+    def commit(i):  # the model runner's post_update: one sampled token per slot
+        tok = torch.where(loopers, 15 * (100 + i % 7) + 8, 15 * (100 + (i * 7919 + slots) % 9000) + 8)
+        ids.scatter_(1, total.long()[:, None], tok.to(torch.int32)[:, None])
+        total.add_(1)
+        logits.copy_(base)
+
+    def one(i):
+        commit(i)
+        core.step_rows(logits, feed(ids, total), row_slot, present)
+    for i in range(30):
+        one(i)
+    dev_ms, host_us = _events_ms(lambda i: one(30 + i), steps)
+    other_ms, other_us = _events_ms(lambda i: commit(30 + steps + i), steps)
+    out = {"cuda_v2_device_us": round((dev_ms - other_ms) * 1e3, 2),
+           "cuda_v2_host_us": round(host_us - other_us, 2),
+           "cuda_v2_kernels_per_step": _kernels_per_call(
+               lambda i: core.step_rows(logits, feed(ids, total), row_slot, present))}
+    core.flush()
+    out["cuda_v2_interventions"] = len(events)
+    return out
 
 
 # -- 3. compute-sanitizer --------------------------------------------------------
@@ -372,7 +423,9 @@ def summary(report: dict) -> str:
             lines.append(f"  {r['dtype']:>8} B={r['batch']:>3}  cuda {r['cuda_device_us']:>8} | "
                          f"{r['cuda_host_us']:>7}   torch {r['torch_device_us']:>8} | {r['torch_host_us']:>7}"
                          + (f"   cuda closing {r['cuda_closing_device_us']:>8} | {r['cuda_closing_host_us']:>7}"
-                            if "cuda_closing_device_us" in r else ""))
+                            if "cuda_closing_device_us" in r else "")
+                         + (f"   cuda V2 {r['cuda_v2_device_us']:>8} | {r['cuda_v2_host_us']:>7}"
+                            if "cuda_v2_device_us" in r else ""))
     for s in report.get("sanitizer", []):
         lines.append(f"compute-sanitizer {s['tool']}: " + (f"clean={s['clean']} {s.get('summary') or ''}"
                                                            if s.get("ran") else f"not run ({s['why']})"))

@@ -500,3 +500,131 @@ def test_launches_are_ordered_on_the_current_stream(backend):
         assert torch.equal(results[t].cpu(), want), f"step {t}"
     gpu.flush()
     assert ev_gpu == ev_cpu and ev_cpu
+
+
+# -- rows in any order, tokens on the device (vLLM's Model Runner V2) -----------
+
+def rows_scenario(core, device, dtype, vocab, seed, steps=80, slots=12, max_len=256, checked=None,
+                  side_stream=None, feed_by_slots=True):
+    """Requests in recycled slots of a ``[slots, max_len]`` token buffer on
+    ``device`` (as Model Runner V2 keeps them), rows shuffled every step.
+    ``feed_by_slots``: drive ``step_rows`` with :class:`l0.slot_tokens.SlotTokens`
+    (the V2 way); else drive ``step`` with live lists, rows = slots (the V1
+    way, the reference). Returns each step's logits per request id, and the
+    number of requests stopped."""
+    from l0.slot_tokens import SlotTokens
+    rng = random.Random(seed)
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.zeros(slots, max_len, dtype=torch.int32, device=device)
+    total = torch.zeros(slots, dtype=torch.int32, device=device)
+    feed = SlotTokens(core.num_slots, 1, device)
+    spare = torch.tensor(core.num_slots - 1, dtype=torch.int64, device=device)
+    free, running, outs, stopped, n = list(range(slots)), {}, [], 0, 0
+    checked = checked or contextlib.nullcontext
+    for t in range(steps):
+        calls = []
+        while free and rng.random() < 0.6:
+            slot = free.pop(rng.randrange(len(free)))
+            cycle = [rng.randrange(100, vocab) for _ in range(rng.randrange(1, 4))]
+            lead = [rng.randrange(100, vocab) for _ in range(rng.randrange(0, 6))]
+            prompt = [rng.randrange(100, vocab) for _ in range(rng.randrange(1, 5))]
+            action = rng.choice(["stop", "stop", "penalize", "observe"])
+            req = dict(rid=n, stream=lead + cycle * 30, out=[], prompt=prompt, slot=slot, opts=opts(action=action),
+                       min_tokens=rng.choice([0, 0, 5]))
+            n += 1
+            running[slot] = req
+            ids[slot, :len(prompt)] = torch.tensor(prompt, dtype=torch.int32)
+            total[slot] = len(prompt)
+            calls.append(req)
+        if not running:
+            outs.append({})
+            continue
+        order = list(running)
+        rng.shuffle(order)
+        logits = torch.randn(len(order), vocab, generator=gen).to(dtype).to(device)
+        row_slot = torch.tensor(order, dtype=torch.int64).to(device)
+        stream_ctx = torch.cuda.stream(side_stream) if side_stream is not None else contextlib.nullcontext()
+        with stream_ctx:
+            if side_stream is not None:
+                side_stream.wait_stream(torch.cuda.default_stream(device))
+            with checked():
+                for req in calls:
+                    slot = req["slot"]
+                    if feed_by_slots:
+                        core.add(slot, req["opts"], None, prefix=ids[slot, :0].to(torch.int64), stop_token=EOS,
+                                 min_tokens=req["min_tokens"])
+                        feed.follow(slot, len(req["prompt"]))
+                    else:
+                        core.add(slot, req["opts"], req["out"], prompt_ids=req["prompt"], stop_token=EOS,
+                                 min_tokens=req["min_tokens"])
+                if feed_by_slots:
+                    y = core.step_rows(logits, feed(ids, total), row_slot, order)
+                else:
+                    by_slot = torch.zeros(core.num_slots - 1, vocab, dtype=dtype, device=device)
+                    by_slot[row_slot] = logits
+                    y = core.step(by_slot)[row_slot]
+        if side_stream is not None:
+            side_stream.synchronize()
+        y = y.float().cpu()
+        outs.append({running[s]["rid"]: y[i] for i, s in enumerate(order)})
+        for i, slot in enumerate(order):  # "sample": the script, or the only token left
+            req = running[slot]
+            fin = torch.isfinite(y[i])
+            tok = EOS if int(fin.sum()) == 1 and bool(fin[EOS]) else req["stream"][len(req["out"]) % len(req["stream"])]
+            req["out"].append(tok)
+            ids[slot, int(total[slot])] = tok
+            total[slot] += 1
+            if tok == EOS or len(req["out"]) >= 60 or rng.random() < 0.02:
+                stopped += tok == EOS
+                del running[slot]
+                free.append(slot)
+                if feed_by_slots:
+                    feed.drop(slot)
+                core.remove(slot)
+    core.flush()
+    return outs, stopped
+
+
+def _rows_core(device, backend, vocab, slots=12):
+    events = []
+    return StepCore(slots + 1, max_period=16, device=device, backend=backend, on_event=events.append), events
+
+
+def _same_rows(a, b):
+    assert len(a) == len(b)
+    for t, (x, y) in enumerate(zip(a, b)):
+        assert x.keys() == y.keys(), f"step {t}"
+        for rid in x:
+            assert torch.equal(x[rid], y[rid]), f"step {t}, request {rid}"
+
+
+@pytest.mark.parametrize("backend", ["torch", "cpu"])
+def test_rows_in_any_order_equal_rows_as_slots(backend):
+    """step_rows fed by SlotTokens (rows shuffled, tokens read from the slot
+    buffer) gives every request the logits step gives it with live lists."""
+    if backend == "cpu":
+        from l0.ops import detect_cpu
+        if not detect_cpu.available():
+            pytest.skip("no C compiler: the cpu kernel can't be built")
+    for seed in (3, 4):
+        ca, ea = _rows_core("cpu", backend, 300)
+        cb, eb = _rows_core("cpu", backend, 300)
+        a, stopped = rows_scenario(ca, "cpu", torch.float32, 300, seed, feed_by_slots=False)
+        b, _ = rows_scenario(cb, "cpu", torch.float32, 300, seed, feed_by_slots=True)
+        _same_rows(a, b)
+        assert stopped > 0 and sorted(map(str, ea)) == sorted(map(str, eb))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend,dtype", [("cuda", torch.float32), ("torch", torch.float32)])
+def test_rows_scenario_cuda_equals_cpu(backend, dtype):
+    """The V2 way on CUDA (tokens read on the device, rows gathered to slots)
+    equals the CPU core, with no host sync in any core call, on a side stream."""
+    vocab = 152064
+    ca, ea = _rows_core("cpu", "torch", vocab)
+    cb, eb = _rows_core("cuda", backend, vocab)
+    a, stopped = rows_scenario(ca, "cpu", dtype, vocab, 5)
+    b, _ = rows_scenario(cb, torch.device("cuda"), dtype, vocab, 5, checked=sync_errors,
+                         side_stream=torch.cuda.Stream())
+    _same_rows(a, b)
+    assert stopped > 0 and ea == eb

@@ -44,10 +44,10 @@ from vllm.v1.worker.gpu.sample.logits_processor.interface import LogitsProcessor
 
 from l0.config import params_from_xargs
 from l0.readback import Readback
+from l0.slot_tokens import SlotTokens
 from l0.vllm.host import EngineHost, is_json, shadowed_by_named, validate
 
 log = logging.getLogger("l0")
-FAR = 1 << 40  # next_pos of a slot L0 does not follow: no token is ever new there
 
 
 class L0V2Processor(EngineHost, LogitsProcessor):
@@ -79,9 +79,7 @@ class L0V2Processor(EngineHost, LogitsProcessor):
         # Slot S is a spare that is never tracked: rows L0 leaves alone point there.
         self._host_init(vllm_config, device, device.type == "cuda", S + 1, shadowed, "v2")
         self.reads = Readback(device)
-        self.next_pos = torch.full((S + 1,), FAR, dtype=torch.int64, device=device)
-        self._total = torch.zeros(S + 1, dtype=torch.int64, device=device)
-        self._toks = torch.full((self.K, S + 1), -1, dtype=torch.int64, device=device)
+        self.feed = SlotTokens(S + 1, self.K, device)  # column S: the spare, never fed
         self._spare = torch.tensor(S, dtype=torch.int64, device=device)
         if self._freeze is not None:
             self._freeze.rows = self.mirror
@@ -132,7 +130,7 @@ class L0V2Processor(EngineHost, LogitsProcessor):
                 if fl - pl > 1:  # re-admitted with output: replay all but the last...
                     self.core.feed(slot, ids[slot, pl:fl - 1].to(torch.int64))
             # ...which the next step feeds as its token, as the V1 adapter does.
-            self.next_pos[slot].fill_(fl - 1 if fl > pl else fl)
+            self.feed.follow(slot, fl - 1 if fl > pl else fl)
             out: list[int] = []
             self.mirror[slot] = out
             self.reads.read(ids[slot, :fl], functools.partial(self._admitted, slot, opts, params, pl, n, row, out))
@@ -157,7 +155,7 @@ class L0V2Processor(EngineHost, LogitsProcessor):
         self._admit.pop(slot, None)
         self._keys.pop(slot, None)
         self._settle.pop(slot, None)
-        self.next_pos[slot].fill_(FAR)
+        self.feed.drop(slot)
         if self.core is not None:
             self.core.remove(slot)
         if self.starvation is not None:
@@ -192,8 +190,8 @@ class L0V2Processor(EngineHost, LogitsProcessor):
         self.reads.poll()
         if self.core is None and not self.mirror:
             return logits
-        start = self.next_pos.clone() if self.mirror else None
-        toks = self._new_tokens()
+        start = self.feed.next_pos.clone() if self.mirror else None
+        toks = self.feed(self.rs.all_token_ids.gpu, self.rs.total_len.gpu)
         if self.mirror:
             self.reads.read(torch.cat([start[None], toks]),
                             functools.partial(self._mirror_step, dict(self.mirror), dict(self._plen)))
@@ -209,23 +207,6 @@ class L0V2Processor(EngineHost, LogitsProcessor):
         if self.K > 1:  # draft rows: left alone (the spare slot)
             row_slot = torch.where(ctx.expanded_local_pos == 0, row_slot, self._spare)
         return self.core.step_rows(logits, toks, row_slot, ctx.idx_mapping_np.tolist())
-
-    def _new_tokens(self) -> torch.Tensor:
-        """``[K, S + 1]`` int64 on the device: each slot's tokens committed
-        since L0 last fed it (``-1`` past them), and ``next_pos`` advanced."""
-        S, K = self.S, self.K
-        ids = self.rs.all_token_ids.gpu
-        L = ids.shape[1]
-        total = self._total[:S]
-        total.copy_(self.rs.total_len.gpu[:S])
-        nxt = self.next_pos[:S]
-        new = total - nxt
-        at = nxt.clamp(max=L - 1)
-        for j in range(K):
-            tok = ids.gather(1, (at + j).clamp(max=L - 1)[:, None])[:, 0].to(torch.int64)
-            self._toks[j, :S].copy_(torch.where(new > j, tok, -1))
-        nxt.add_(new.clamp(0, K))
-        return self._toks
 
     def _mirror_step(self, lists: dict[int, list[int]], plens: dict[int, int], values: list[list[int]]) -> None:
         """A step's fed tokens reached the host: append them to the output
