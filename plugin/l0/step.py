@@ -38,6 +38,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
+import numpy as np
 import torch
 
 from l0.config import ACTIONS, RequestOptions
@@ -51,6 +52,7 @@ from l0.upload import upload
 from l0.vocab import TokenClasses, expected_items
 
 ACTION_CODE = {name: i for i, name in enumerate(ACTIONS)}  # off 0, observe 1, stop 2, penalize 3
+_ACTING = ("stop", "penalize")  # actions that may change logits
 REASON_NAMES = {REASON_MIN_TOKENS: "min_tokens", REASON_NO_STOP_TOKEN: "no_stop_token",
                 REASON_MASKED: "stop_token_masked"}
 CLOSING_NAMES = {1: "loop", 2: "budget"}
@@ -118,6 +120,7 @@ class StepCore:
         self.decode = decode
         self.on_event = on_event
         self._pending: list = []  # (event, host copies, row snapshot) awaiting readout
+        self._acting = 0  # tracked rows whose action may change logits (stop, penalize)
         # step_rows only: row-ordered slot state and the readout in slot order.
         self._rows: SlotState | None = None
         self._act_cuda_rows: ActCuda | None = None
@@ -186,6 +189,8 @@ class StepCore:
         self.close_cfg[slot].fill_(cfg)
         self.margin[slot].fill_(self.close_margin if close_margin is None else max(close_margin, 0))
         self.rows[slot] = Row(opts, out_ids, constrained, json)
+        if opts.action in _ACTING:
+            self._acting += 1
         if n:
             # Same detector state as if this replica had generated the prefix.
             self.feed(slot, prefix)
@@ -208,8 +213,11 @@ class StepCore:
             self.det.set_expected(slot, row.opts.params, expected)
 
     def remove(self, slot: int) -> None:
-        if self.rows.pop(slot, None) is not None:
+        row = self.rows.pop(slot, None)
+        if row is not None:
             self.det.clear(slot)
+            if row.opts.action in _ACTING:
+                self._acting -= 1
         for t in self._per_slot:
             t[slot].fill_(0)
         self.stop_tok[slot].fill_(-1)
@@ -314,6 +322,12 @@ class StepCore:
         into row order, acted on, and what the op writes (latch, closing) is
         scattered back. Rows naming the same slot must be rows L0 leaves alone."""
         B = logits.shape[0]
+        if self.is_cpu and not self._acting:  # only observing rows: the detections are the readout
+            if self.on_event is not None:
+                n = res.kind.shape[0]
+                self._report(self._observed(res, self.det.pos[:n], self.det.jdepth[:n], n),
+                             {i: self.rows[i] for i in present if i in self.rows})
+            return logits
         idx = row_slot
         rows = self._row_state(B)
         for dst, src in zip(rows.tensors()[:-1], self.slots.tensors()[:-1]):
@@ -357,6 +371,12 @@ class StepCore:
         want = self.on_event is not None
         det = self.det
         pos, jstate, jdepth = det.pos[:B], det.jstate[:B], det.jdepth[:B]
+        if self.is_cpu and not self._acting:
+            # Only observing rows: nothing can change the logits (the host
+            # knows, for free on the CPU); the readout is the detections.
+            if want:
+                self._report(self._observed(res, pos, jdepth, B), {i: r for i, r in self.rows.items() if i < B})
+            return logits
         if self._act_cuda is not None and self._act_cuda.supports(logits):
             packed = self._act_cuda(logits, res, pos, jstate, jdepth, want)
         else:
@@ -364,6 +384,17 @@ class StepCore:
         if want:
             self._queue_readout(packed, B)
         return logits
+
+    def _observed(self, res, pos: torch.Tensor, jdepth: torch.Tensor, n: int) -> list[list[int]]:
+        """The act op's readout columns for rows that only observe (nothing
+        applied, nothing closing), without the op: the latch still sticks.
+        CPU tensors only, read through numpy views (a few µs, where the same
+        in torch ops costs tens of µs at these sizes)."""
+        kind, latch = res.kind.numpy(), self.latch[:n].numpy()
+        np.copyto(latch, kind, where=(latch == NONE) & (kind != NONE))
+        zero = np.zeros(n, dtype=np.int64)
+        return np.stack([kind, res.period.numpy(), pos.numpy(), zero, zero, latch, self.closing[:n].numpy(),
+                         jdepth.numpy()]).tolist()
 
     # -- deferred, non-blocking readout ----------------------------------------
     def _queue_readout(self, packed: torch.Tensor, B: int, slots: Sequence[int] | None = None) -> None:
@@ -401,6 +432,8 @@ class StepCore:
         kinds, periods, positions, applied, reasons, latched, closing, depths = cols
         for index, row in snap.items():
             kind = kinds[index]
+            if kind == row.logged_kind and applied[index] not in (APPLIED_STOP, APPLIED_CLOSE):
+                continue  # nothing new (the common case: kept cheap)
             shown = kind if kind != NONE else latched[index]
             base = {"event": "l0.intervention", "key": row.opts.key,
                     "kind": KIND_NAMES[shown] if shown != NONE else "budget", "period": periods[index],

@@ -278,3 +278,22 @@ def test_tensor_parallel_ranks_decide_alike_only_rank0_logs_and_checkpoints(monk
         assert len(events) == 1  # rank 0's line only
     finally:
         r0.ckpt.close()
+
+
+def test_snapshots_encode_as_their_records_however_the_answer_grows():
+    """The writer encodes a request's output ids incrementally; every
+    snapshot's JSON must still equal its record's (the stores write it)."""
+    import random
+    from l0.checkpoint.record import ModelIdentity, Record
+    from l0.vllm.checkpointing import _Snapshot
+    rng = random.Random(0)
+    for prefix in ((), (7,), (7, 8, 9)):
+        base = Record(key="k", model=ModelIdentity("m", "sha256:x"), prompt_ids=(1, 2), output_ids=(),
+                      sampling={"stop": ["\x00output_ids\x00"], "max_tokens": 9})
+        ids, enc = [], []
+        for _ in range(40):
+            ids += [rng.randrange(0, 50000) for _ in range(rng.randrange(0, 5))]
+            n = rng.randrange(max(len(ids) - 3, 0), len(ids) + 1)  # sometimes an older length
+            snap = _Snapshot(base, prefix, ids, n, rng.choice([None, "stop"]), ({"kind": "loop"},), 5.0 + n, enc)
+            assert Record.from_json(snap.to_json()) == snap.build()
+            assert snap.to_json() == snap.build().to_json()

@@ -58,7 +58,9 @@ class CheckpointStore(Protocol):
 
     def get(self, key: str) -> Record | None: ...
 
-    def put_many(self, records: Iterable[Record]) -> None: ...
+    def put_many(self, records: Iterable[Record]) -> None:
+        """Write records: anything with ``.key`` and ``.to_json()`` (a
+        :class:`Record`, or the writer's snapshots that encode as one)."""
 
     def delete(self, key: str) -> None: ...
 

@@ -27,6 +27,7 @@ next step.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -53,6 +54,23 @@ class StepResult:
     kind: torch.Tensor
     period: torch.Tensor
     next_token: torch.Tensor
+
+
+@functools.lru_cache(maxsize=1024)
+def thresholds(params: DetectorParams, expected_items: int, max_period: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A slot's per-period thresholds (int32 ``[3, P]``: loop, near, echo)
+    and knobs (int32 ``[7]``), as host tensors. Cached: requests share a
+    handful of configurations, and computing 3 x P thresholds in Python on
+    every admission cost more than the steps of a short request (read-only:
+    callers copy them)."""
+    P = max_period
+    need = [[min(loop_need(params, p), NEVER) for p in range(1, P + 1)],
+            [min(near_need(params, p, expected_items), NEVER) for p in range(1, P + 1)],
+            [min(echo_need(params, p), NEVER) for p in range(1, P + 1)]]
+    knobs = [params.echo_threshold_milli, params.echo_min_span, params.echo_min_content_milli,
+             expected_items, params.near_threshold_milli, params.near_min_content_milli,
+             params.max_blank_run if params.max_blank_run > 0 else NEVER]
+    return torch.tensor(need, dtype=torch.int32), torch.tensor(knobs, dtype=torch.int32)
 
 
 def _table(values: Sequence[bool] | None, device, default: bool) -> torch.Tensor:
@@ -121,13 +139,7 @@ class TorchDetector:
         and uploaded in non-blocking copies (no host sync on a GPU). ``json``:
         track its JSON state (needs the detector's JSON tables)."""
         self.clear(slot)
-        P = self.max_period
-        need = [[min(loop_need(params, p), NEVER) for p in range(1, P + 1)],
-                [min(near_need(params, p, expected_items), NEVER) for p in range(1, P + 1)],
-                [min(echo_need(params, p), NEVER) for p in range(1, P + 1)]]
-        knobs = [params.echo_threshold_milli, params.echo_min_span, params.echo_min_content_milli,
-                 expected_items, params.near_threshold_milli, params.near_min_content_milli,
-                 params.max_blank_run if params.max_blank_run > 0 else NEVER]
+        need, knobs = thresholds(params, expected_items, self.max_period)
         need, knobs = upload(need, torch.int32, self.device), upload(knobs, torch.int32, self.device)
         self.loop_need[slot].copy_(need[0])
         self.near_need[slot].copy_(need[1])
@@ -145,10 +157,8 @@ class TorchDetector:
         near-loop and echo thresholds that depend on it), keeping its history:
         a host that learns the prompt after the request started (vLLM's V2
         runner keeps prompts on the device) sets it once the prompt is read."""
-        P = self.max_period
-        need = upload([min(near_need(params, p, expected_items), NEVER) for p in range(1, P + 1)],
-                      torch.int32, self.device)
-        self.near_need[slot].copy_(need)
+        need, _ = thresholds(params, expected_items, self.max_period)
+        self.near_need[slot].copy_(upload(need[1], torch.int32, self.device))
         self.echo_cfg[slot, 3].fill_(expected_items)
 
     def clear(self, slot: int) -> None:

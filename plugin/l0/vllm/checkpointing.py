@@ -20,6 +20,7 @@ from l0.checkpoint.store import open_store
 from l0.checkpoint.writer import CheckpointWriter
 from l0.config import CheckpointConfig, RequestOptions
 from l0.vllm.rows import move_entry
+from l0.background import lower_priority
 
 log = logging.getLogger("l0")
 
@@ -82,6 +83,63 @@ class _Tracked:
     written: int = -1           # output length at the last snapshot
     interventions: list[dict] = field(default_factory=list)
     final: bool = False         # the finished snapshot was offered (by the finisher)
+    # The writer thread's encoding of this request's record (see _Snapshot.to_json).
+    encoded: list = field(default_factory=list)
+
+
+class _Snapshot:
+    """A record as of now, built by the writer thread when it writes: the
+    serving loop hands over the live output list and its known length (ids
+    below it never change: the list only grows, and a placeholder is only
+    ever at its end), not a copy.
+
+    The stores call :meth:`to_json`, equal to ``build().to_json()``, made
+    for the writer's budget: the parts of a request's record that never
+    change are encoded once (``encoded``: kept on the request, touched by the
+    writer thread only), and its output ids incrementally, each snapshot
+    adding only the ids since the last one; so a snapshot's cost does not
+    grow with the answer."""
+
+    __slots__ = ("base", "prefix", "ids", "n", "reason", "interventions", "now", "encoded")
+
+    def __init__(self, base: Record, prefix: tuple, ids: list[int], n: int, reason: str | None,
+                 interventions: tuple, now: float, encoded: list | None = None) -> None:
+        self.base, self.prefix, self.ids, self.n = base, prefix, ids, n
+        self.reason, self.interventions, self.now = reason, interventions, now
+        self.encoded = encoded if encoded is not None else []
+
+    @property
+    def key(self) -> str:
+        return self.base.key
+
+    @property
+    def finished(self) -> bool:
+        return self.reason is not None
+
+    def build(self) -> Record:
+        return self.base.with_output(self.prefix + tuple(self.ids[:self.n]), finished=self.reason is not None,
+                                     finish_reason=self.reason, interventions=self.interventions, now=self.now)
+
+    def to_json(self) -> str:
+        enc, n = self.encoded, self.n
+        if not enc:  # first use: the fixed parts, in Record.to_dict's order
+            d = self.base.to_dict()
+            head = {k: d[k] for k in ("key", "model", "prompt_ids")}
+            enc[:] = [0, "", json.dumps(head, separators=(",", ":"))[:-1] + ',"output_ids":[',
+                      '],"sampling":' + json.dumps(d["sampling"], separators=(",", ":")) + ',"interventions":',
+                      ",".join(map(str, self.prefix)), f',"created":{json.dumps(d["created"])},"updated":',
+                      f',"version":{d["version"]}}}']
+        if enc[0] > n:  # an older snapshot than the last encoded: start the ids again
+            enc[0], enc[1] = 0, ""
+        new = ",".join(map(str, self.ids[enc[0]:n]))
+        if new:
+            enc[1] = f"{enc[1]},{new}" if enc[1] else new
+        enc[0] = n
+        _, text, head, mid, pre, created, tail = enc
+        ids = f"{pre},{text}" if pre and text else pre or text
+        return "".join((head, ids, mid, json.dumps(list(self.interventions), separators=(",", ":")), created,
+                        json.dumps(self.now), ',"finished":', "true" if self.reason is not None else "false",
+                        ',"finish_reason":', json.dumps(self.reason), tail))
 
 
 class Checkpointer:
@@ -206,6 +264,7 @@ class Checkpointer:
         return n
 
     def _finish_loop(self, every_s: float) -> None:
+        lower_priority()
         while not self._closing.wait(every_s):
             try:
                 self.finish_idle()
@@ -213,10 +272,16 @@ class Checkpointer:
                 pass
 
     def _snapshot(self, t: _Tracked, reason: str | None = None, out: list[int] | None = None) -> None:
-        out = self._known(t.out_ids) if out is None else out
-        t.written = len(out)
-        self.writer.offer(t.base.with_output(t.prefix + tuple(out), finished=reason is not None,
-                                             finish_reason=reason, interventions=t.interventions))
+        if out is None:
+            n = len(t.out_ids)
+            while n and t.out_ids[n - 1] < 0:  # an async-scheduling placeholder: not yet known
+                n -= 1
+            ids = t.out_ids
+        else:
+            n, ids = len(out), out
+        t.written = n
+        self.writer.offer(_Snapshot(t.base, t.prefix, ids, n, reason, tuple(t.interventions), time.time(),
+                                    t.encoded))
 
     @staticmethod
     def _known(out_ids: list[int]) -> list[int]:
