@@ -67,7 +67,7 @@ def v2_run(tmp_path_factory):
 def test_the_engine_ran_model_runner_v2_with_l0(v2_run):
     log = v2_run["log"]
     assert "Using V2 Model Runner" in log
-    assert log.count("l0: logits processor (v2 runner)") == 1  # the named one; the entry point stood down
+    assert log.count("l0: logits processor on tp rank 0: v2 runner") == 1  # the entry point stood down
 
 
 def test_runaways_are_stopped_where_the_v1_runner_stops_them(v2_run):

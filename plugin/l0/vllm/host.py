@@ -188,8 +188,8 @@ class EngineHost:
         # One line per rank at startup, through vLLM's logger so it carries the
         # worker's prefix ("(Worker_TP1 pid=...)"): shows L0 runs on every rank.
         logging.getLogger("vllm.l0").info(
-            "l0: logits processor (%s runner) on tp rank %d: action %s, backend %s, max_period_cap %d, %d slots",
-            runner, tp_rank(), self.cfg.action, self.core.backend, self.cfg.max_period_cap, num_slots)
+            "l0: logits processor on tp rank %d: %s runner, action %s, backend %s, max_period_cap %d, %d slots",
+            tp_rank(), runner, self.cfg.action, self.core.backend, self.cfg.max_period_cap, num_slots)
 
     def _checkpointer_options(self) -> dict:
         return {}
