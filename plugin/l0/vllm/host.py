@@ -235,6 +235,17 @@ class EngineHost:
             log.warning("l0: tokenizer unavailable (%s); content/blank classes off", exc)
             return None
 
+    def _host_step(self) -> None:
+        """The host-only per-step work, after the step's tokens are on the
+        host lists and before the core: the debug freeze, starvation, and
+        the checkpoints due (snapshots handed to the writer, no I/O)."""
+        if self._freeze is not None:
+            self._freeze()
+        if self.starvation is not None:
+            self.starvation.step()
+        if self.ckpt is not None and self.ckpt.tracked:
+            self.ckpt.step()
+
     def _core_add(self, slot: int, opts, params, out_ids, prompt_len: int, **kw) -> None:
         """Start tracking a request in the core: the request facts both runners read alike."""
         as_json = is_json(params)

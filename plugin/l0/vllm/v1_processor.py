@@ -88,12 +88,7 @@ class L0V1Processor(EngineHost, LogitsProcessor):
     # -- the step -----------------------------------------------------------
     def apply(self, logits: torch.Tensor) -> torch.Tensor:
         self.heartbeat.beat(logits.shape[0])
-        if self._freeze is not None:
-            self._freeze()
-        if self.starvation is not None:
-            self.starvation.step()
-        if self.ckpt is not None and self.ckpt.tracked:
-            self.ckpt.step()
+        self._host_step()
         if self.core is None:
             return logits
         return self.core.step(logits)

@@ -195,12 +195,7 @@ class L0V2Processor(EngineHost, LogitsProcessor):
         if self.mirror:
             self.reads.read(torch.cat([start[None], toks]),
                             functools.partial(self._mirror_step, dict(self.mirror), dict(self._plen)))
-        if self._freeze is not None:
-            self._freeze()
-        if self.starvation is not None:
-            self.starvation.step()
-        if self.ckpt is not None and self.ckpt.tracked:
-            self.ckpt.step()
+        self._host_step()
         if self.core is None:
             return logits
         row_slot = ctx.expanded_idx_mapping.to(torch.int64)
