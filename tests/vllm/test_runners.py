@@ -358,3 +358,18 @@ def test_speculative_decoding_acts_on_first_rows_and_feeds_every_accepted_token(
         assert torch.equal(out[1:], base[1:])  # draft rows left alone
         assert torch.equal(out[0] - base[0], plain_rows[-1]), f"after {fed} tokens"
     assert fed == len(script) and torch.isfinite(plain_rows[-1]).sum() == 1  # the loop is stopped
+
+
+def test_a_vllm_without_the_v2_interface_gets_the_v1_class():
+    """vLLM before Model Runner V2's interface: importing L0 still works, and
+    the class is a V1 processor only (checked in a fresh interpreter)."""
+    import subprocess
+    import sys
+    code = ("import sys; sys.modules['vllm.v1.worker.gpu.sample.logits_processor.interface'] = None\n"
+            "from vllm.v1.sample.logits_processor import LogitsProcessor\n"
+            "from l0.vllm import L0LogitsProcessor, L0EntryPoint\n"
+            "assert L0LogitsProcessor.__bases__ == (LogitsProcessor,), L0LogitsProcessor.__bases__\n"
+            "assert issubclass(L0EntryPoint, LogitsProcessor)\n"
+            "print('v1 only')\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and "v1 only" in proc.stdout, proc.stderr[-2000:]
