@@ -23,7 +23,6 @@ from typing import Callable
 
 from l0.checkpoint.record import Record
 from l0.checkpoint.store import CheckpointStore, StoreUnavailable
-from l0.background import lower_priority
 
 log = logging.getLogger("l0.checkpoint")
 
@@ -102,7 +101,6 @@ class CheckpointWriter:
 
     # -- writer thread ----------------------------------------------------
     def _run(self) -> None:
-        lower_priority()
         delay = 0.0
         while True:
             if delay:

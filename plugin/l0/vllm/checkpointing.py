@@ -20,7 +20,6 @@ from l0.checkpoint.store import open_store
 from l0.checkpoint.writer import CheckpointWriter
 from l0.config import CheckpointConfig, RequestOptions
 from l0.vllm.rows import move_entry
-from l0.background import lower_priority
 
 log = logging.getLogger("l0")
 
@@ -264,7 +263,6 @@ class Checkpointer:
         return n
 
     def _finish_loop(self, every_s: float) -> None:
-        lower_priority()
         while not self._closing.wait(every_s):
             try:
                 self.finish_idle()
