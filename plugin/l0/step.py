@@ -322,11 +322,8 @@ class StepCore:
         into row order, acted on, and what the op writes (latch, closing) is
         scattered back. Rows naming the same slot must be rows L0 leaves alone."""
         B = logits.shape[0]
-        if self.is_cpu and not self._acting:  # only observing rows: the detections are the readout
-            if self.on_event is not None:
-                n = res.kind.shape[0]
-                self._report(self._observed(res, self.det.pos[:n], self.det.jdepth[:n], n),
-                             {i: self.rows[i] for i in present if i in self.rows})
+        if self.is_cpu and not self._acting:
+            self._observe_only(res, res.kind.shape[0], present)
             return logits
         idx = row_slot
         rows = self._row_state(B)
@@ -368,15 +365,12 @@ class StepCore:
         return latch
 
     def _act(self, logits: torch.Tensor, res, B: int) -> torch.Tensor:
+        if self.is_cpu and not self._acting:
+            self._observe_only(res, B)
+            return logits
         want = self.on_event is not None
         det = self.det
         pos, jstate, jdepth = det.pos[:B], det.jstate[:B], det.jdepth[:B]
-        if self.is_cpu and not self._acting:
-            # Only observing rows: nothing can change the logits (the host
-            # knows, for free on the CPU); the readout is the detections.
-            if want:
-                self._report(self._observed(res, pos, jdepth, B), {i: r for i, r in self.rows.items() if i < B})
-            return logits
         if self._act_cuda is not None and self._act_cuda.supports(logits):
             packed = self._act_cuda(logits, res, pos, jstate, jdepth, want)
         else:
@@ -385,25 +379,33 @@ class StepCore:
             self._queue_readout(packed, B)
         return logits
 
-    def _observed(self, res, pos: torch.Tensor, jdepth: torch.Tensor, n: int) -> list[list[int]]:
-        """The act op's readout columns for rows that only observe (nothing
-        applied, nothing closing), without the op: the latch still sticks.
-        CPU tensors only, read through numpy views (a few µs, where the same
-        in torch ops costs tens of µs at these sizes)."""
+    def _observe_only(self, res, n: int, slots: Sequence[int] | None = None) -> None:
+        """The step when every tracked row only observes (the host knows, for
+        free on the CPU): nothing can change the logits, so the act op is
+        skipped; its readout columns (nothing applied, nothing closing) come
+        from the detections, and the latch still sticks. CPU tensors only,
+        read through numpy views (a few µs, where the same in torch ops costs
+        tens of µs at these sizes). ``slots`` as for :meth:`_queue_readout`."""
         kind, latch = res.kind.numpy(), self.latch[:n].numpy()
         np.copyto(latch, kind, where=(latch == NONE) & (kind != NONE))
+        if self.on_event is None:
+            return
         zero = np.zeros(n, dtype=np.int64)
-        return np.stack([kind, res.period.numpy(), pos.numpy(), zero, zero, latch, self.closing[:n].numpy(),
-                         jdepth.numpy()]).tolist()
+        cols = np.stack([kind, res.period.numpy(), self.det.pos[:n].numpy(), zero, zero, latch,
+                         self.closing[:n].numpy(), self.det.jdepth[:n].numpy()])
+        self._report(cols.tolist(), self._snapshot_rows(n, slots))
+
+    def _snapshot_rows(self, B: int, slots: Sequence[int] | None) -> dict[int, Row]:
+        """The rows a readout reports: ``slots`` that are tracked, or every tracked slot below ``B``."""
+        if slots is None:
+            return {i: r for i, r in self.rows.items() if i < B}
+        return {i: self.rows[i] for i in slots if i in self.rows}
 
     # -- deferred, non-blocking readout ----------------------------------------
     def _queue_readout(self, packed: torch.Tensor, B: int, slots: Sequence[int] | None = None) -> None:
         """``packed``: the act op's ``[B, 8]`` int64 readout on the device, row
         ``i`` for slot ``i``; ``slots``: report only these (default: all < B)."""
-        if slots is None:
-            snap = {i: r for i, r in self.rows.items() if i < B}
-        else:
-            snap = {i: self.rows[i] for i in slots if i in self.rows}
+        snap = self._snapshot_rows(B, slots)
         if self.is_cpu:
             self._report(packed.t().tolist(), snap)
             return
