@@ -285,12 +285,12 @@ def test_snapshots_encode_as_their_records_however_the_answer_grows():
     snapshot's JSON must still equal its record's (the stores write it)."""
     import random
     from l0.checkpoint.record import ModelIdentity, Record
-    from l0.vllm.checkpointing import _Snapshot
+    from l0.vllm.checkpointing import _Encoding, _Snapshot
     rng = random.Random(0)
     for prefix in ((), (7,), (7, 8, 9)):
         base = Record(key="k", model=ModelIdentity("m", "sha256:x"), prompt_ids=(1, 2), output_ids=(),
                       sampling={"stop": ["\x00output_ids\x00"], "max_tokens": 9})
-        ids, enc = [], []
+        ids, enc = [], _Encoding()
         for _ in range(40):
             ids += [rng.randrange(0, 50000) for _ in range(rng.randrange(0, 5))]
             n = rng.randrange(max(len(ids) - 3, 0), len(ids) + 1)  # sometimes an older length

@@ -82,8 +82,28 @@ class _Tracked:
     written: int = -1           # output length at the last snapshot
     interventions: list[dict] = field(default_factory=list)
     final: bool = False         # the finished snapshot was offered (by the finisher)
-    # The writer thread's encoding of this request's record (see _Snapshot.to_json).
-    encoded: list = field(default_factory=list)
+    encoded: "_Encoding" = field(default_factory=lambda: _Encoding())  # the writer thread's, see _Snapshot
+
+
+def _known_len(out_ids: list[int]) -> int:
+    """How many of a live output list's ids are known: under async scheduling
+    the newest entry may be a -1 placeholder."""
+    n = len(out_ids)
+    while n and out_ids[n - 1] < 0:
+        n -= 1
+    return n
+
+
+class _Encoding:
+    """A request's record as JSON pieces, kept by the writer thread between
+    snapshots (:meth:`_Snapshot.to_json`): the fixed parts, encoded once,
+    and the output ids encoded so far."""
+
+    __slots__ = ("n", "ids", "head", "mid", "prefix", "created", "tail")
+
+    def __init__(self) -> None:
+        self.n, self.ids = 0, ""  # ids encoded so far, as "a,b,c"
+        self.head = None  # None until the first snapshot is encoded
 
 
 class _Snapshot:
@@ -102,10 +122,10 @@ class _Snapshot:
     __slots__ = ("base", "prefix", "ids", "n", "reason", "interventions", "now", "encoded")
 
     def __init__(self, base: Record, prefix: tuple, ids: list[int], n: int, reason: str | None,
-                 interventions: tuple, now: float, encoded: list | None = None) -> None:
+                 interventions: tuple, now: float, encoded: _Encoding | None = None) -> None:
         self.base, self.prefix, self.ids, self.n = base, prefix, ids, n
         self.reason, self.interventions, self.now = reason, interventions, now
-        self.encoded = encoded if encoded is not None else []
+        self.encoded = encoded if encoded is not None else _Encoding()
 
     @property
     def key(self) -> str:
@@ -121,24 +141,25 @@ class _Snapshot:
 
     def to_json(self) -> str:
         enc, n = self.encoded, self.n
-        if not enc:  # first use: the fixed parts, in Record.to_dict's order
+        if enc.head is None:  # first use: the fixed parts, in Record.to_dict's order
             d = self.base.to_dict()
             head = {k: d[k] for k in ("key", "model", "prompt_ids")}
-            enc[:] = [0, "", json.dumps(head, separators=(",", ":"))[:-1] + ',"output_ids":[',
-                      '],"sampling":' + json.dumps(d["sampling"], separators=(",", ":")) + ',"interventions":',
-                      ",".join(map(str, self.prefix)), f',"created":{json.dumps(d["created"])},"updated":',
-                      f',"version":{d["version"]}}}']
-        if enc[0] > n:  # an older snapshot than the last encoded: start the ids again
-            enc[0], enc[1] = 0, ""
-        new = ",".join(map(str, self.ids[enc[0]:n]))
+            enc.head = json.dumps(head, separators=(",", ":"))[:-1] + ',"output_ids":['
+            enc.mid = '],"sampling":' + json.dumps(d["sampling"], separators=(",", ":")) + ',"interventions":'
+            enc.prefix = ",".join(map(str, self.prefix))
+            enc.created = f',"created":{json.dumps(d["created"])},"updated":'
+            enc.tail = f',"version":{d["version"]}}}'
+        if enc.n > n:  # an older snapshot than the last encoded: start the ids again
+            enc.n, enc.ids = 0, ""
+        new = ",".join(map(str, self.ids[enc.n:n]))
         if new:
-            enc[1] = f"{enc[1]},{new}" if enc[1] else new
-        enc[0] = n
-        _, text, head, mid, pre, created, tail = enc
-        ids = f"{pre},{text}" if pre and text else pre or text
-        return "".join((head, ids, mid, json.dumps(list(self.interventions), separators=(",", ":")), created,
-                        json.dumps(self.now), ',"finished":', "true" if self.reason is not None else "false",
-                        ',"finish_reason":', json.dumps(self.reason), tail))
+            enc.ids = f"{enc.ids},{new}" if enc.ids else new
+        enc.n = n
+        ids = f"{enc.prefix},{enc.ids}" if enc.prefix and enc.ids else enc.prefix or enc.ids
+        return "".join((enc.head, ids, enc.mid, json.dumps(list(self.interventions), separators=(",", ":")),
+                        enc.created, json.dumps(self.now), ',"finished":',
+                        "true" if self.reason is not None else "false", ',"finish_reason":',
+                        json.dumps(self.reason), enc.tail))
 
 
 class Checkpointer:
@@ -270,24 +291,15 @@ class Checkpointer:
                 pass
 
     def _snapshot(self, t: _Tracked, reason: str | None = None, out: list[int] | None = None) -> None:
-        if out is None:
-            n = len(t.out_ids)
-            while n and t.out_ids[n - 1] < 0:  # an async-scheduling placeholder: not yet known
-                n -= 1
-            ids = t.out_ids
-        else:
-            n, ids = len(out), out
+        ids = t.out_ids if out is None else out
+        n = _known_len(t.out_ids) if out is None else len(out)
         t.written = n
         self.writer.offer(_Snapshot(t.base, t.prefix, ids, n, reason, tuple(t.interventions), time.time(),
                                     t.encoded))
 
     @staticmethod
     def _known(out_ids: list[int]) -> list[int]:
-        # Under async scheduling the newest entry may be a -1 placeholder.
-        out = list(out_ids)
-        while out and out[-1] < 0:
-            out.pop()
-        return out
+        return out_ids[:_known_len(out_ids)]
 
     def close(self) -> None:
         self._closing.set()

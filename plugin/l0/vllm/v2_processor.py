@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from typing import NamedTuple
 
 import torch
 from vllm.v1.worker.gpu.sample.logits_processor.interface import LogitsProcessor
@@ -45,9 +46,17 @@ from vllm.v1.worker.gpu.sample.logits_processor.interface import LogitsProcessor
 from l0.config import params_from_xargs
 from l0.readback import Readback
 from l0.slot_tokens import SlotTokens
-from l0.vllm.host import EngineHost, is_json, shadowed_by_named, validate
+from l0.vllm.host import EngineHost, is_json, output_budget, shadowed_by_named, validate
 
 log = logging.getLogger("l0")
+
+
+class _Admission(NamedTuple):
+    """A request ``add_request`` staged: its options, its params, and whether L0 acts on it."""
+
+    opts: object
+    params: object
+    act: bool
 
 
 class L0V2Processor(EngineHost, LogitsProcessor):
@@ -72,7 +81,7 @@ class L0V2Processor(EngineHost, LogitsProcessor):
         self._plen: dict[int, int] = {}  # slot -> prompt length (resume prefix included)
         self._keys: dict[int, str] = {}  # keyed slot -> its l0_key
         self._ends: dict[int, int] = {}  # keyed slot -> end of its output in all_token_ids (its record's reads)
-        self._admit: dict[int, tuple] = {}  # slot -> (opts, params, act) until apply_staged_writes
+        self._admit: dict[int, _Admission] = {}  # staged by add_request until apply_staged_writes
         self._settle: dict[int, list[int]] = {}  # the finisher's previous read per slot
         self._side = None  # the finisher's CUDA stream
         self.device = device
@@ -107,7 +116,7 @@ class L0V2Processor(EngineHost, LogitsProcessor):
             self._keys[slot] = opts.key
         if not (act or keyed or self.starvation is not None or self._freeze is not None):
             return False
-        self._admit[slot] = (opts, sampling_params, act)
+        self._admit[slot] = _Admission(opts, sampling_params, act)
         return act or keyed
 
     def apply_staged_writes(self) -> None:
@@ -120,8 +129,7 @@ class L0V2Processor(EngineHost, LogitsProcessor):
             pl, fl = int(self.rs.prompt_len.np[slot]), int(self.rs.prefill_len.np[slot])
             self._plen[slot] = pl
             if self.ckpt is not None and opts.key is not None:
-                end = self.rs.all_token_ids.gpu.shape[1]
-                self._ends[slot] = end if params.max_tokens is None else min(end, pl + params.max_tokens)
+                self._ends[slot] = pl + output_budget(params, pl, ids.shape[1])
             n = opts.resume_from if 0 < opts.resume_from <= pl else 0
             row = None
             if act:
@@ -171,12 +179,13 @@ class L0V2Processor(EngineHost, LogitsProcessor):
         self.reads.read(self._output_view(slot, pl, end), functools.partial(self._finished, slot, pl, out))
 
     def _output_view(self, slot: int, pl: int, end: int) -> torch.Tensor:
-        """``[1 + n]`` int64 on the device: the slot's ``total_len``, then its ids from ``pl`` to ``end``."""
+        """``[1 + n]`` int64 on the device: the slot's ``total_len``, then its
+        ids from ``pl`` to ``end`` (read back: :func:`_output_ids`)."""
         return torch.cat([self.rs.total_len.gpu[slot:slot + 1].to(torch.int64),
                           self.rs.all_token_ids.gpu[slot, pl:end].to(torch.int64)])
 
     def _finished(self, slot: int, pl: int, out: list[int], values: list[int]) -> None:
-        out[:] = values[1:1 + max(values[0] - pl, 0)]
+        out[:] = _output_ids(values, pl)
         self.ckpt.remove(slot)
 
     def _forget(self, slot: int, out: list[int]) -> None:
@@ -235,7 +244,7 @@ class L0V2Processor(EngineHost, LogitsProcessor):
             values = self._output_view(slot, pl, end).tolist()
         if self.mirror.get(slot) is not out_ids:
             return None
-        now = values[1:1 + max(values[0] - pl, 0)]
+        now = _output_ids(values, pl)
         before, self._settle[slot] = self._settle.get(slot), now
         return now if before == now else None
 
@@ -244,6 +253,12 @@ class L0V2Processor(EngineHost, LogitsProcessor):
         self.reads.drain()
         if self.core is not None:
             self.core.flush()
+
+
+def _output_ids(values: list[int], prompt_len: int) -> list[int]:
+    """A slot's output ids from an :meth:`L0V2Processor._output_view` read:
+    ``total_len`` first, then the ids from the prompt's end on."""
+    return values[1:1 + max(values[0] - prompt_len, 0)]
 
 
 class L0V2EntryPoint(L0V2Processor):
