@@ -76,6 +76,18 @@ def finished(req: Req) -> bool:
     return p.max_tokens is not None and len(req.out) >= p.max_tokens
 
 
+def v2_state(slots: int, vocab: int, max_model_len: int):
+    """vLLM's ``LogitsProcRequestState`` over CPU tensors standing for Model
+    Runner V2's buffers (``.gpu`` the device tensor, ``.np`` the host mirror)."""
+    from vllm.v1.worker.gpu.sample.logits_processor import LogitsProcRequestState
+    uva = lambda: SimpleNamespace(np=np.zeros(slots, dtype=np.int32))  # noqa: E731
+    return LogitsProcRequestState(device=torch.device("cpu"), max_num_reqs=slots, vocab_size=vocab,
+                                  all_token_ids=SimpleNamespace(gpu=torch.zeros(slots, max_model_len,
+                                                                                dtype=torch.int32)),
+                                  prompt_len=uva(), prefill_len=uva(),
+                                  total_len=SimpleNamespace(gpu=torch.zeros(slots, dtype=torch.int32)))
+
+
 class V1Runner:
     """vLLM's V1 persistent batch: rows, live output lists, condensed by moves."""
 
@@ -143,16 +155,12 @@ class V2Runner:
 
     def __init__(self, proc_cls, vllm_config, slots: int, vocab: int, max_model_len: int,
                  rng: random.Random) -> None:
-        from vllm.v1.worker.gpu.sample.logits_processor import LogitsContext, LogitsProcRequestState
+        from vllm.v1.worker.gpu.sample.logits_processor import LogitsContext
         self.Ctx = LogitsContext
         self.slots, self.rng = slots, rng
-        uva = lambda: SimpleNamespace(np=np.zeros(slots, dtype=np.int32))  # noqa: E731
-        self.prompt_len, self.prefill_len = uva(), uva()
-        self.all_token_ids = SimpleNamespace(gpu=torch.zeros(slots, max_model_len, dtype=torch.int32))
-        self.total_len = SimpleNamespace(gpu=torch.zeros(slots, dtype=torch.int32))
-        self.state = LogitsProcRequestState(device=torch.device("cpu"), max_num_reqs=slots, vocab_size=vocab,
-                                            all_token_ids=self.all_token_ids, prompt_len=self.prompt_len,
-                                            prefill_len=self.prefill_len, total_len=self.total_len)
+        self.state = v2_state(slots, vocab, max_model_len)
+        self.prompt_len, self.prefill_len = self.state.prompt_len, self.state.prefill_len
+        self.all_token_ids, self.total_len = self.state.all_token_ids, self.state.total_len
         self.proc = proc_cls(vllm_config, self.state)
         self.free = list(range(slots))
         self.slot_of: dict[str, int] = {}

@@ -19,7 +19,7 @@ import time
 import pytest
 import torch
 
-from runners import EOS, Req, Scenario, V1Runner, V2Runner, fake_vllm_config
+from runners import EOS, Req, Scenario, V1Runner, V2Runner, fake_vllm_config, v2_state
 
 pytestmark = pytest.mark.vllm
 
@@ -74,15 +74,8 @@ def test_the_v2_frontend_validator_builds_and_rejects_a_bad_option(monkeypatch):
             validator(sp(xargs={"l0_bogus": 1}))
 
 
-def _v2_state(slots=SLOTS):
-    import numpy as np
-    from types import SimpleNamespace
-    from vllm.v1.worker.gpu.sample.logits_processor import LogitsProcRequestState
-    uva = lambda: SimpleNamespace(np=np.zeros(slots, dtype=np.int32))  # noqa: E731
-    return LogitsProcRequestState(device=torch.device("cpu"), max_num_reqs=slots, vocab_size=V,
-                                  all_token_ids=SimpleNamespace(gpu=torch.zeros(slots, MAX_LEN, dtype=torch.int32)),
-                                  prompt_len=uva(), prefill_len=uva(),
-                                  total_len=SimpleNamespace(gpu=torch.zeros(slots, dtype=torch.int32)))
+def _v2_state():
+    return v2_state(SLOTS, V, MAX_LEN)
 
 
 @pytest.fixture
