@@ -93,16 +93,51 @@ static inline void track_json(int32_t *js, int32_t *jd, const int32_t *jnext, in
     else { *js = v & 3; *jd = d; }
 }
 
-// Arguments as in kernels/detect.cu, plus n (rows 0..n-1 are stepped).
-void l0_detect_step_cpu(const int64_t *tokens, int n, int32_t *ring, int64_t *pos, int32_t *run,
-                        int32_t *score, int32_t *nlen, int32_t *ncont, int32_t *blank,
-                        const int32_t *loop_need, const int32_t *near_need, const int32_t *thr,
-                        const int32_t *content_milli, const int32_t *max_blank, const uint8_t *active,
-                        const int32_t *content_tab, int content_n, const int32_t *blank_tab, int blank_n,
-                        const int32_t *number_tab, int number_n, int32_t *erun, int32_t *echo,
-                        int64_t *elag, const int32_t *echo_need, const int32_t *echo_cfg, int P,
-                        int32_t *out_kind, int32_t *out_period, int64_t *out_next, int32_t *jstate,
-                        int32_t *jdepth, const int32_t *jnext, int jn) {
+// The state and tables of a detector (arguments as in kernels/detect.cu):
+// fixed for the detector's life, so the host builds this once and a step
+// passes one pointer (a ctypes call converts each argument on every call:
+// 30-odd arguments cost more than the step's own work at small batches).
+typedef struct {
+    int32_t *ring;
+    int64_t *pos;
+    int32_t *run, *score, *nlen, *ncont, *blank;
+    const int32_t *loop_need, *near_need, *thr, *content_milli, *max_blank;
+    const uint8_t *active;
+    const int32_t *content_tab;
+    int content_n;
+    const int32_t *blank_tab;
+    int blank_n;
+    const int32_t *number_tab;
+    int number_n;
+    int32_t *erun, *echo;
+    int64_t *elag;
+    const int32_t *echo_need, *echo_cfg;
+    int P;
+    int32_t *out_kind, *out_period;
+    int64_t *out_next;
+    int32_t *jstate, *jdepth;
+    const int32_t *jnext;
+    int jn;
+    const int32_t *quiet_unseen;
+} l0_detect_args;
+
+// One step of slots 0..n-1 (tokens[s] < 0: no new token). With `latch`
+// (int32 [n], may be NULL) the observe-only step of the step core is folded
+// in: a slot's latch takes its kind when it has none yet, and the slots
+// whose kind differs from `logged` (int32 [n]) are written to `changed` in
+// order; returns how many (0 without `latch`).
+int l0_detect_step_cpu(const l0_detect_args *a, const int64_t *tokens, int n, int32_t *latch,
+                       const int32_t *logged, int32_t *changed) {
+    int32_t *ring = a->ring, *run = a->run, *score = a->score, *nlen = a->nlen, *ncont = a->ncont;
+    int32_t *blank = a->blank, *erun = a->erun, *echo = a->echo, *out_kind = a->out_kind;
+    int32_t *out_period = a->out_period, *jstate = a->jstate, *jdepth = a->jdepth;
+    int64_t *pos = a->pos, *elag = a->elag, *out_next = a->out_next;
+    const int32_t *loop_need = a->loop_need, *near_need = a->near_need, *thr = a->thr;
+    const int32_t *content_milli = a->content_milli, *max_blank = a->max_blank, *echo_need = a->echo_need;
+    const int32_t *echo_cfg = a->echo_cfg, *content_tab = a->content_tab, *blank_tab = a->blank_tab;
+    const int32_t *number_tab = a->number_tab, *jnext = a->jnext, *quiet_unseen = a->quiet_unseen;
+    const uint8_t *active = a->active;
+    const int content_n = a->content_n, blank_n = a->blank_n, number_n = a->number_n, P = a->P, jn = a->jn;
     for (int s = 0; s < n; s++) {
         const int64_t x = tokens[s];
         if (x < 0 || !active[s]) {
@@ -125,8 +160,14 @@ void l0_detect_step_cpu(const int64_t *tokens, int n, int32_t *ring, int64_t *po
             cells(rg + tc - 1, 1, tc, 1, x32, run + row, score + row, nlen + row, ncont + row, erun + row,
                   loop_need + row, near_need + row, echo_need + row, cont, thr[s], content_milli[s], num,
                   number_n, &best);
+        // Periods the slot has not seen yet (t < p, before the ring wraps)
+        // stay all-zero, and fire nothing, when quiet_unseen[s] says their
+        // thresholds allow it (see detect_cpu.py): a request shorter than P
+        // then walks t periods instead of P, and the state it reads and
+        // writes shrinks with it.
         const size_t o = row + tc;
-        cells(rg + P - 1, tc + 1, P - tc, t >= P, x32, run + o, score + o, nlen + o, ncont + o, erun + o,
+        if (t >= P || !quiet_unseen[s])
+            cells(rg + P - 1, tc + 1, P - tc, t >= P, x32, run + o, score + o, nlen + o, ncont + o, erun + o,
               loop_need + o, near_need + o, echo_need + o, cont, thr[s], content_milli[s], num, number_n,
               &best);
         rg[tc] = x32;
@@ -162,4 +203,12 @@ void l0_detect_step_cpu(const int64_t *tokens, int n, int32_t *ring, int64_t *po
         out_period[s] = per;
         out_next[s] = per > 0 ? rg[((t1 - per) % P + P) % P] : -1;
     }
+    int c = 0;
+    if (latch)
+        for (int s = 0; s < n; s++) {
+            const int32_t k = out_kind[s];
+            if (!latch[s]) latch[s] = k;
+            if (k != logged[s]) changed[c++] = s;
+        }
+    return c;
 }

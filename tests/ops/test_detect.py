@@ -306,3 +306,25 @@ def test_long_streams_odd_max_period(backend, device):
         streams.append(seq)
     streams[-1] = streams[-1][:-1] + [(streams[-1][-1 - 37] + 1) % VOCAB]
     _drive(backend, device, streams, prm, max_period=37)
+
+
+@pytest.mark.cc
+@pytest.mark.parametrize("near_threshold,quiet", [(0.75, 1), (0.0, 0)])
+def test_cpu_kernel_skips_unseen_periods_only_when_quiet(near_threshold, quiet):
+    """The fused CPU kernel skips the periods a slot has not seen yet (t < p)
+    when they provably stay zero. A near threshold of 0 (below the range a
+    request may ask for) lets their near length grow before they are seen,
+    so those slots walk them. Both equal the reference before and after the
+    ring wraps."""
+    prm = DetectorParams(min_period=1, max_period=16, min_repeats=3, min_span=4,
+                         near_threshold=near_threshold, near_min_repeats=3, near_min_span=12,
+                         near_min_content=0.2, echo_ngram=3, echo_threshold=0.7, echo_min_span=16,
+                         echo_min_content=0.2, max_blank_run=4)
+    rng = random.Random(7)
+    streams = [[rng.randrange(VOCAB) for _ in range(40)], [1, 2, 4, 5] * 10, [-1] * 5 + [7, 8] * 15]
+    _drive("cpu", "cpu", streams, prm, max_period=16)
+    det = make_detector(1, 16, CLASSES, backend="cpu")
+    det.configure(0, prm)
+    assert det.quiet_unseen.tolist() == [quiet]
+    det.clear(0)
+    assert det.quiet_unseen.tolist() == [0]
