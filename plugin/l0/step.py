@@ -35,10 +35,10 @@ Contract:
 """
 from __future__ import annotations
 
+import ctypes
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
-import numpy as np
 import torch
 
 from l0.config import ACTIONS, RequestOptions
@@ -48,6 +48,7 @@ from l0.ops.act import (APPLIED_CLOSE, APPLIED_PENALIZE, APPLIED_STOP, CLOSE_AT_
                         REASON_NONE, ActCuda, SlotState, act_torch)
 from l0.ops.detect import NONE, make_detector
 from l0.ops.detect_reference import KIND_NAMES
+from l0.host_tokens import HostTokens
 from l0.upload import upload
 from l0.vocab import TokenClasses, expected_items
 
@@ -66,7 +67,6 @@ class Row:
     out_ids: list[int] | None  # the host's live output list (None: the host feeds tokens on the device)
     constrained: bool = False  # structured output (a grammar masks this row's logits)
     json: bool = False        # a JSON structured output (its state is tracked; close mode)
-    seen: int = 0             # tokens of out_ids already fed to the detector
     logged_kind: int = NONE   # last kind reported (one line per episode)
     logged_stop: bool = False  # a stop was reported (a stop ends the request)
     logged_close: bool = False  # close mode was reported
@@ -125,6 +125,13 @@ class StepCore:
         self._rows: SlotState | None = None
         self._act_cuda_rows: ActCuda | None = None
         self._readout_slots = torch.zeros(S, 8, dtype=torch.int64, **dev)
+        self._host = HostTokens(S)  # the new tokens of rows with a live output list
+        # The CPU step when every row only observes (see _observe): the fused
+        # kernel folds the latch and lists the rows whose kind differs from
+        # the one last reported (Row.logged_kind, mirrored here by slot).
+        self._fold = self.is_cpu and hasattr(self.det, "step_list")
+        self._logged = (ctypes.c_int32 * S)()
+        self._observed = None  # the readout columns over the CPU buffers, made on first use
 
     @property
     def backend(self) -> str:
@@ -189,6 +196,8 @@ class StepCore:
         self.close_cfg[slot].fill_(cfg)
         self.margin[slot].fill_(self.close_margin if close_margin is None else max(close_margin, 0))
         self.rows[slot] = Row(opts, out_ids, constrained, json)
+        if out_ids is not None:
+            self._host.add(slot, out_ids)
         if opts.action in _ACTING:
             self._acting += 1
         if n:
@@ -216,8 +225,10 @@ class StepCore:
         row = self.rows.pop(slot, None)
         if row is not None:
             self.det.clear(slot)
+            self._host.remove(slot)
             if row.opts.action in _ACTING:
                 self._acting -= 1
+        self._logged[slot] = NONE
         for t in self._per_slot:
             t[slot].fill_(0)
         self.stop_tok[slot].fill_(-1)
@@ -231,6 +242,9 @@ class StepCore:
             self.rows[b] = ra
         if swap and rb is not None:
             self.rows[a] = rb
+        self._host.move(a, b, swap)
+        logged = self._logged
+        logged[b], logged[a] = logged[a], (logged[b] if swap else NONE)
         if swap:
             self.det.swap(a, b)
             for t in self._per_slot:
@@ -252,28 +266,34 @@ class StepCore:
         if not self.rows:
             return logits
         B = logits.shape[0]
-        toks = [-1] * B
-        backlog = []
-        for index, row in self.rows.items():
-            if index >= B or row.out_ids is None:
-                continue
-            n = len(row.out_ids)
-            if n == row.seen + 1:
-                tok = row.out_ids[-1]
-                if tok >= 0:  # -1 is an async-scheduling placeholder: not yet known
-                    toks[index] = tok
-                    row.seen = n
-            elif n > row.seen:
-                backlog.append(index)  # re-added with output (preemption): replay it
-        for index in backlog:
-            row = self.rows[index]
-            pending = [t for t in row.out_ids[row.seen:] if t >= 0]
-            row.seen = len(row.out_ids)
-            if pending:
-                self.feed(index, pending[:-1])
-                toks[index] = pending[-1]
-        res = self.det.step(upload(toks, torch.int64, self.device, self.pin))
-        return self._act(logits, res, B)
+        toks = self._host.gather(B, self.feed)
+        if self._fold and not self._acting:
+            self._observe(toks)
+            return logits
+        tokens = torch.tensor(toks, dtype=torch.int64) if self.is_cpu else upload(toks, torch.int64, self.device,
+                                                                                  self.pin)
+        return self._act(logits, self.det.step(tokens), B)
+
+    def _observe(self, toks: list[int]) -> None:
+        """The step when every tracked row only observes, on the CPU (the
+        host knows that for free): nothing can change the logits, so the act
+        op is skipped. One kernel call detects, sticks the latch and names the
+        rows whose kind changed; only those are read for the readout, whose
+        act columns are nothing applied. (In an engine each library call here
+        costs microseconds, caches cold after the forward pass: see
+        :mod:`l0.host_tokens`.)"""
+        changed = self.det.step_list(toks, self.latch.data_ptr(), ctypes.addressof(self._logged))
+        if not changed or self.on_event is None:
+            return
+        if self._observed is None:
+            det, S = self.det, self.num_slots
+            view = lambda t, c: (c * S).from_address(t.data_ptr())  # noqa: E731
+            i32, i64 = ctypes.c_int32, ctypes.c_int64
+            zero = [0] * S
+            self._observed = (view(det._kind, i32), view(det._period, i32), view(det.pos, i64), zero, zero,
+                              view(self.latch, i32), view(self.closing, i32), view(det.jdepth, i32))
+        rows = self.rows
+        self._report(self._observed, {i: rows[i] for i in changed if i in rows})
 
     def feed(self, slot: int, tokens: Sequence[int] | torch.Tensor) -> None:
         """Feed several tokens to one slot, one detector step each (priming a
@@ -322,9 +342,6 @@ class StepCore:
         into row order, acted on, and what the op writes (latch, closing) is
         scattered back. Rows naming the same slot must be rows L0 leaves alone."""
         B = logits.shape[0]
-        if self.is_cpu and not self._acting:
-            self._observe_only(res, res.kind.shape[0], present)
-            return logits
         idx = row_slot
         rows = self._row_state(B)
         for dst, src in zip(rows.tensors()[:-1], self.slots.tensors()[:-1]):
@@ -365,9 +382,6 @@ class StepCore:
         return latch
 
     def _act(self, logits: torch.Tensor, res, B: int) -> torch.Tensor:
-        if self.is_cpu and not self._acting:
-            self._observe_only(res, B)
-            return logits
         want = self.on_event is not None
         det = self.det
         pos, jstate, jdepth = det.pos[:B], det.jstate[:B], det.jdepth[:B]
@@ -378,22 +392,6 @@ class StepCore:
         if want:
             self._queue_readout(packed, B)
         return logits
-
-    def _observe_only(self, res, n: int, slots: Sequence[int] | None = None) -> None:
-        """The step when every tracked row only observes (the host knows, for
-        free on the CPU): nothing can change the logits, so the act op is
-        skipped; its readout columns (nothing applied, nothing closing) come
-        from the detections, and the latch still sticks. CPU tensors only,
-        read through numpy views (a few µs, where the same in torch ops costs
-        tens of µs at these sizes). ``slots`` as for :meth:`_queue_readout`."""
-        kind, latch = res.kind.numpy(), self.latch[:n].numpy()
-        np.copyto(latch, kind, where=(latch == NONE) & (kind != NONE))
-        if self.on_event is None:
-            return
-        zero = np.zeros(n, dtype=np.int64)
-        cols = np.stack([kind, res.period.numpy(), self.det.pos[:n].numpy(), zero, zero, latch,
-                         self.closing[:n].numpy(), self.det.jdepth[:n].numpy()])
-        self._report(cols.tolist(), self._snapshot_rows(n, slots))
 
     def _snapshot_rows(self, B: int, slots: Sequence[int] | None) -> dict[int, Row]:
         """The rows a readout reports: ``slots`` that are tracked, or every tracked slot below ``B``."""
@@ -462,3 +460,5 @@ class StepCore:
                                  reason="grammar" if reason == "stop_token_masked" and row.constrained else reason)
                 self.on_event(event)
             row.logged_kind = kind
+            if self.is_cpu:  # every CPU readout is immediate: index is the row's slot now
+                self._logged[index] = kind
