@@ -297,3 +297,34 @@ def test_snapshots_encode_as_their_records_however_the_answer_grows():
             snap = _Snapshot(base, prefix, ids, n, rng.choice([None, "stop"]), ({"kind": "loop"},), 5.0 + n, enc)
             assert Record.from_json(snap.to_json()) == snap.build()
             assert snap.to_json() == snap.build().to_json()
+
+
+@pytest.mark.parametrize("growth", [[1] * 40, [3] * 20, [2, 3] * 10, [0] * 6 + [1] * 30, [4, 0] * 12,
+                                    [1, 0, 0] * 12])
+def test_snapshots_land_at_the_step_a_per_step_check_would(tmp_path, growth):
+    """The checkpointer looks only at the requests due (a heap by the step
+    each could next be due): while no step adds more than the host's
+    ``tokens_per_step`` (speculative decoding: several), each snapshot lands
+    at the step, and length, that checking every request every step gives."""
+    from l0.checkpoint.record import ModelIdentity
+    from l0.config import CheckpointConfig, params_from_xargs, load_server_config
+    from l0.vllm.checkpointing import Checkpointer
+    every = 4
+    ck = Checkpointer(CheckpointConfig(store=f"sqlite://{tmp_path}/ck.db", every=every),
+                      ModelIdentity("m", "sha256:x"), finish_poll_s=0, tokens_per_step=max(growth))
+    seen = []
+    offer = ck.writer.offer
+    ck.writer.offer = lambda snap: (seen.append((step_no, snap.n)), offer(snap))
+    step_no, out = 0, []
+    params = sp()
+    params.max_tokens = 1000
+    ck.add(0, params_from_xargs({"l0_key": "k"}, load_server_config(), False), params, [5], out)
+    want, written = [(0, 0)], 0
+    for step_no, k in enumerate(growth, start=1):
+        out += [9] * k
+        ck.step()
+        if len(out) - written >= every:  # the per-step check
+            written = len(out)
+            want.append((step_no, written))
+    assert seen == want
+    ck.close()

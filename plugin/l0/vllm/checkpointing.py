@@ -1,13 +1,16 @@
 """Checkpoint glue for the logits processor: turns vLLM's per-request objects
 into :class:`~l0.checkpoint.record.Record` snapshots for the background writer.
 
-Host-only, O(tracked requests) per step: a length compare per request, and
-every ``every`` tokens one list copy handed to the writer (which does the
-encoding and the I/O on its own thread). Rank 0 only.
+Host-only. A step looks only at the requests due for a snapshot (a heap
+ordered by the step each is expected to reach its next ``every`` tokens),
+and hands each one's live list to the writer, which copies, encodes and
+writes on its own thread. Rank 0 only.
 """
 from __future__ import annotations
 
 import hashlib
+import heapq
+import itertools
 import json
 import logging
 import threading
@@ -82,6 +85,9 @@ class _Tracked:
     written: int = -1           # output length at the last snapshot
     interventions: list[dict] = field(default_factory=list)
     final: bool = False         # the finished snapshot was offered (by the finisher)
+    gone: bool = False          # no longer followed (its heap entry is skipped)
+    seen_at: tuple[int, int] = (0, 0)  # (step, output length) when last scheduled
+    pace: int = 1               # most tokens it may add in a step (see Checkpointer._schedule)
     encoded: "_Encoding" = field(default_factory=lambda: _Encoding())  # the writer thread's, see _Snapshot
 
 
@@ -172,16 +178,22 @@ class Checkpointer:
     came (seen in the compatibility tests). 0 turns it off."""
 
     def __init__(self, cfg: CheckpointConfig, identity: ModelIdentity, finish_poll_s: float = 0.2,
-                 output_of=None) -> None:
+                 output_of=None, tokens_per_step: int = 1) -> None:
         """``output_of(index, out_ids) -> list | None``: the finisher's read of
         a row's output when the live list can lag the engine (vLLM's V2 runner
         keeps ids on the device: the adapter reads them there); None: no
-        settled read yet. Default: the live list."""
+        settled read yet. Default: the live list. ``tokens_per_step``: the
+        most tokens a request gains in one step (1; speculative decoding:
+        1 + draft tokens), the pace snapshots are scheduled at."""
+        self.tokens_per_step = max(1, tokens_per_step)
         self.cfg = cfg
         self.output_of = output_of
         self.identity = identity
         self.writer = CheckpointWriter(lambda: open_store(cfg.store, cfg.ttl_s))
         self.tracked: dict[int, _Tracked] = {}  # persistent-batch row -> request
+        self._steps = 0
+        self._due: list[tuple[int, int, _Tracked]] = []  # (step, tie-break, request): the next snapshot due
+        self._tie = itertools.count()
         self._closing = threading.Event()
         self._finisher = None
         if finish_poll_s > 0:
@@ -211,8 +223,10 @@ class Checkpointer:
         if eos is not None and not params.ignore_eos:
             stop_ids.add(eos)
         stop_ids |= set(getattr(params, "all_stop_token_ids", ()) or ())
-        self.tracked[index] = _Tracked(base, out_ids, prefix, frozenset(stop_ids), params.max_tokens)
-        self._snapshot(self.tracked[index])  # the prompt is resumable from the first token on
+        t = self.tracked[index] = _Tracked(base, out_ids, prefix, frozenset(stop_ids), params.max_tokens)
+        self._snapshot(t)  # the prompt is resumable from the first token on
+        t.seen_at, t.pace = (self._steps, len(out_ids)), self.tokens_per_step
+        self._schedule(t, len(out_ids))
 
     def move(self, a: int, b: int, swap: bool) -> None:
         if not swap:
@@ -227,6 +241,7 @@ class Checkpointer:
         t = self.tracked.pop(index, None)
         if t is None:
             return
+        t.gone = True
         out = self._known(t.out_ids)
         reason = self._finished(t, out)
         # Removed without stop/length: preempted (it comes back), aborted, or
@@ -238,13 +253,38 @@ class Checkpointer:
 
     def forget(self, index: int) -> None:
         """Stop following a row without a final snapshot (its request goes on elsewhere)."""
-        self.tracked.pop(index, None)
+        t = self.tracked.pop(index, None)
+        if t is not None:
+            t.gone = True
 
     def step(self) -> None:
-        every = self.cfg.every
-        for t in self.tracked.values():
-            if len(t.out_ids) - max(t.written, 0) >= every:
+        """Once per engine step: snapshot the requests with ``every`` new
+        tokens since their last one. Only the requests the heap says are due
+        are looked at: a step where none is due costs a compare."""
+        self._steps += 1
+        due = self._due
+        while due and due[0][0] <= self._steps:
+            t = heapq.heappop(due)[2]
+            if t.gone:
+                continue
+            n = len(t.out_ids)
+            if n - max(t.written, 0) >= self.cfg.every:
                 self._snapshot(t)
+            self._schedule(t, n)
+
+    def _schedule(self, t: _Tracked, n: int) -> None:
+        """Due again at the first step it could have ``every`` new tokens,
+        growing at most ``pace`` tokens a step: the larger of the host's
+        ``tokens_per_step`` and the fastest growth seen between two looks at
+        this request. While no step grows faster than that (the V1 runner:
+        one token a step), each snapshot lands at the step, and length, that
+        checking every request every step gives."""
+        step0, n0 = t.seen_at
+        if self._steps > step0:
+            t.pace = max(t.pace, -(-(n - n0) // (self._steps - step0)))
+        t.seen_at = (self._steps, n)
+        wait = max(1, (max(t.written, 0) + self.cfg.every - n) // t.pace)
+        heapq.heappush(self._due, (self._steps + wait, next(self._tie), t))
 
     def intervention(self, key: str | None, event: dict) -> None:
         """Record a logged intervention with the request's next snapshot

@@ -98,7 +98,9 @@ class L0V2Processor(EngineHost, LogitsProcessor):
                 "tokens accepted each step; draft rows are left alone", self.K - 1)
 
     def _checkpointer_options(self) -> dict:
-        return {"output_of": self._finisher_read}
+        # Host mirrors may also land several steps' tokens at once (Readback):
+        # the checkpointer learns that faster pace per request.
+        return {"output_of": self._finisher_read, "tokens_per_step": self.K}
 
     # -- admission ------------------------------------------------------------
     def add_request(self, req_idx: int, sampling_params) -> bool:
