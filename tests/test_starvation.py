@@ -102,3 +102,24 @@ def test_histogram_bounds_and_inf():
     with pytest.raises(ValueError, match="strictly increasing"):
         Histogram((1.0, 0.5))
     assert BUCKETS == tuple(sorted(BUCKETS))
+
+
+def test_lockstep_steps_and_a_row_that_skips_one_observe_exact_gaps():
+    """Rows that all get a token every step share one gap (the whole-batch
+    path); a row that misses a step shows the double gap when it resumes."""
+    clk = Clock()
+    tr = StarvationTracker(clock=clk)
+    lists = [[] for _ in range(3)]
+    for i, out in enumerate(lists):
+        tr.add(i, out)
+    for step in range(5):
+        clk.t += 0.02
+        for i, out in enumerate(lists):
+            if not (i == 2 and step == 2):  # row 2 gets nothing at step 2
+                out.append(1)
+        tr.step()
+    _, d = _buckets(tr)
+    # 3 rows x 4 gaps, minus row 2's missed step: 11 gaps; row 2's resume gap is 0.04.
+    assert d["count"] == 11
+    assert d["sum"] == pytest.approx(10 * 0.02 + 0.04)
+    assert d["worst_s"] == pytest.approx(0.04)

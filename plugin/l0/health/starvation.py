@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import bisect
 import time
+from dataclasses import dataclass
 from typing import Callable
 
 # Seconds. Step times on a GPU are ~10-50 ms; starvation worth an alert is seconds.
@@ -48,6 +49,22 @@ class Histogram:
         return {"le": [*self.bounds, "+Inf"], "cumulative": cum, "sum": self.sum, "count": total}
 
 
+_plus_one = (1).__add__
+
+
+@dataclass
+class _Batch:
+    """The rows in one order with their counts, rebuilt after any
+    add/remove/move: a step reads every list in a few C-level calls (in an
+    engine each Python operation per row costs ~1 us, caches cold after the
+    forward pass; see :mod:`l0.host_tokens`)."""
+
+    rows: list[list]   # the rows' [out_ids, seen, last] (written back by _settle)
+    lists: list[list[int]]
+    expect: list[int]  # per row: tokens seen + 1
+    times: list        # per row: time of its last token, or None
+
+
 class StarvationTracker:
     """Rows are persistent-batch indices; ``out_ids`` is vLLM's live output list.
 
@@ -68,8 +85,10 @@ class StarvationTracker:
         # id(out_ids) -> (out_ids, tokens seen, time of last token, time it left)
         self._away: dict[int, tuple] = {}
         self._pruned = clock()
+        self._batch: _Batch | None = None
 
     def add(self, index: int, out_ids: list[int]) -> None:
+        self._settle()
         back = self._away.pop(id(out_ids), None)
         if back is not None and back[0] is out_ids:
             self._rows[index] = [out_ids, back[1], back[2]]
@@ -77,6 +96,7 @@ class StarvationTracker:
             self._rows[index] = [out_ids, len(out_ids), None]
 
     def remove(self, index: int) -> None:
+        self._settle()
         row = self._rows.pop(index, None)
         if row is None or row[2] is None:
             return
@@ -86,32 +106,56 @@ class StarvationTracker:
             self._prune(now)
 
     def move(self, a: int, b: int, swap: bool) -> None:
+        self._settle()
         ra, rb = self._rows.pop(a, None), self._rows.pop(b, None)
         if ra is not None:
             self._rows[b] = ra
         if swap and rb is not None:
             self._rows[a] = rb
 
+    def _settle(self) -> None:
+        batch, self._batch = self._batch, None
+        if batch is not None:
+            for row, e, t in zip(batch.rows, batch.expect, batch.times):
+                row[1], row[2] = e - 1, t
+
     def step(self) -> None:
+        b = self._batch
+        if b is None:
+            rows = list(self._rows.values())
+            b = self._batch = _Batch(rows, [r[0] for r in rows], [r[1] + 1 for r in rows], [r[2] for r in rows])
+        lens = list(map(len, b.lists))
+        if lens == b.expect:  # the common step: every row got one token...
+            times = set(b.times)
+            if len(times) == 1:  # ...and all got their previous one together: one gap
+                last, now = times.pop(), self.clock()
+                if last is not None:
+                    self._observe(now - last, len(lens))
+                b.times = [now] * len(lens)
+                b.expect = list(map(_plus_one, lens))
+                return
         now = None
         gaps: dict[float, int] = {}  # rows that got their previous token together share one gap
-        for row in self._rows.values():
-            n = len(row[0])
-            if n == row[1]:
+        expect, times = b.expect, b.times
+        for i, n in enumerate(lens):
+            seen = expect[i] - 1
+            if n == seen:
                 continue
-            if n < row[1]:
-                row[1] = n  # the list was rewritten (e.g. rolled back): follow it
-                continue
+            expect[i] = n + 1
+            if n < seen:
+                continue  # the list was rewritten (e.g. rolled back): follow it
             if now is None:
                 now = self.clock()
-            if row[2] is not None:
-                gaps[row[2]] = gaps.get(row[2], 0) + 1
-            row[1], row[2] = n, now
+            if times[i] is not None:
+                gaps[times[i]] = gaps.get(times[i], 0) + 1
+            times[i] = now
         for last, k in gaps.items():
-            gap = now - last
-            self.hist.observe(gap, k)
-            if gap > self.worst_s:
-                self.worst_s = gap
+            self._observe(now - last, k)
+
+    def _observe(self, gap: float, k: int) -> None:
+        self.hist.observe(gap, k)
+        if gap > self.worst_s:
+            self.worst_s = gap
 
     def _prune(self, now: float) -> None:
         # Engine thread only (the monitor thread reads the histogram, never this dict).
