@@ -52,9 +52,16 @@ def v2_run(tmp_path_factory):
                PYTHONPATH=os.pathsep.join([str(HERE / "v2_cpu"), str(ROOT / "plugin"),
                                            os.environ.get("PYTHONPATH", "")]))
     env.pop("L0_CONFIG", None)
-    proc = subprocess.run([sys.executable, str(HERE / "v2_engine_run.py"), str(work / "spec.json")],
-                          capture_output=True, text=True, timeout=900, env=env, cwd=work)
-    log = proc.stdout + proc.stderr
+    for _attempt in range(2):
+        proc = subprocess.run([sys.executable, str(HERE / "v2_engine_run.py"), str(work / "spec.json")],
+                              capture_output=True, text=True, timeout=900, env=env, cwd=work)
+        log = proc.stdout + proc.stderr
+        # vLLM's start-up profile run samples logits from a dummy forward pass
+        # (no request, before L0 sees any); now and then a row is all NaN,
+        # where a GPU's argmax returns an index and Triton's interpreter
+        # raises. That start is retried once; nothing after it is.
+        if not (proc.returncode and "All-NaN slice encountered" in log and "_dummy_sampler_run" in log):
+            break
     (work / "engine.log").write_text(log)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     assert proc.returncode == 0 and lines, log[-4000:]
