@@ -290,7 +290,7 @@ class StepCore:
             view = lambda t, c: (c * S).from_address(t.data_ptr())  # noqa: E731
             i32, i64 = ctypes.c_int32, ctypes.c_int64
             zero = [0] * S
-            self._observed = (view(det._kind, i32), view(det._period, i32), view(det.pos, i64), zero, zero,
+            self._observed = (view(det.out_kind, i32), view(det.out_period, i32), view(det.pos, i64), zero, zero,
                               view(self.latch, i32), view(self.closing, i32), view(det.jdepth, i32))
         rows = self.rows
         self._report(self._observed, {i: rows[i] for i in changed if i in rows})

@@ -138,16 +138,17 @@ class CpuDetector(TorchDetector):
         self.quiet_unseen = torch.zeros(self.num_slots, dtype=torch.int32)
         self._state = (self.ring,) + self._state[1:] + (self.quiet_unseen,)
         n = self.num_slots
-        self._kind = torch.zeros(n, dtype=torch.int32)
-        self._period = torch.zeros(n, dtype=torch.int32)
-        self._next = torch.zeros(n, dtype=torch.int64)
+        # The step's outcome per slot (read through result(), or by address).
+        self.out_kind = torch.zeros(n, dtype=torch.int32)
+        self.out_period = torch.zeros(n, dtype=torch.int32)
+        self.out_next = torch.zeros(n, dtype=torch.int64)
         # Every state tensor is contiguous and never reallocated (moves and
         # swaps write in place), so the pointers are taken once, into the
         # kernel's argument struct.
         state = (self.ring, self.pos, self.run, self.score, self.nlen, self.ncont, self.blank, self.loop_need,
                  self.near_need, self.thr, self.content_milli, self.max_blank, self.active, self.erun, self.echo,
                  self.elag, self.echo_need, self.echo_cfg, self.jstate, self.jdepth, self.jnext,
-                 self.quiet_unseen, self._kind, self._period, self._next)
+                 self.quiet_unseen, self.out_kind, self.out_period, self.out_next)
         _contiguous(state)
         ptr = {name: t.data_ptr() for name, t in zip(
             ("ring", "pos", "run", "score", "nlen", "ncont", "blank", "loop_need", "near_need", "thr",
@@ -185,7 +186,7 @@ class CpuDetector(TorchDetector):
         as on the cuda backend (valid until the next step)."""
         res = self._results.get(n)
         if res is None:
-            res = self._results[n] = StepResult(self._kind[:n], self._period[:n], self._next[:n])
+            res = self._results[n] = StepResult(self.out_kind[:n], self.out_period[:n], self.out_next[:n])
         return res
 
     def step_list(self, tokens: list[int], latch: int, logged: int) -> list[int]:
