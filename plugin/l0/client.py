@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Awaitable, Callable, Sequence
 
 from l0.checkpoint.record import Record
-from l0.checkpoint.store import new_key
+from l0.contract import new_key
 from l0.resume import ResumeError
 
 

@@ -18,6 +18,9 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from l0.contract import (KEY_RULE, OPT_ACTION, OPT_CLOSE_AT_BUDGET, OPT_KEY, OPT_PENALTY, OPT_RESUME_FROM,
+                         is_key)
+
 ACTIONS = ("off", "observe", "stop", "penalize")
 BACKENDS = ("auto", "torch", "cpu", "cuda", "reference")
 
@@ -26,11 +29,10 @@ ERR_RANGE = "l0: option {name}={value!r} is out of range; allowed: {lo} <= {name
 ERR_TYPE = "l0: option {name}={value!r} must be {kind}"
 ERR_ACTION = "l0: option l0_action={value!r} is not one of " + ", ".join(ACTIONS)
 ERR_UNKNOWN = "l0: unknown option {name!r}; known options: {known}"
-ERR_KEY = "l0: option l0_key must be 1-128 characters of [A-Za-z0-9._:-]"
+ERR_KEY = f"l0: option {OPT_KEY} must be {KEY_RULE}"
 ERR_PERIOD_ORDER = "l0: l0_min_period ({lo}) must be <= l0_max_period ({hi})"
 ERR_BOOL = "l0: option {name}={value!r} must be true or false (or 1/0)"
 
-_KEY_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 # Absolute limits of the implementation (state tensors are sized by the server's
 # max_period; counters are int32 and exact for sequences up to 2**21 tokens).
@@ -319,7 +321,7 @@ class RequestOptions:
 
 
 MAX_RESUME_FROM = 2**21
-KNOWN_OPTIONS = ("l0_action", "l0_key", "l0_penalty", "l0_resume_from", "l0_close_at_budget") + tuple(
+KNOWN_OPTIONS = (OPT_ACTION, OPT_KEY, OPT_PENALTY, OPT_RESUME_FROM, OPT_CLOSE_AT_BUDGET) + tuple(
     "l0_" + n for n in _RANGES)
 def _boolean(name: str, value: Any) -> bool:
     if isinstance(value, bool):
@@ -341,26 +343,26 @@ def params_from_xargs(extra_args: Mapping[str, Any] | None, server: ServerConfig
     unknown = sorted(set(extra) - set(KNOWN_OPTIONS))
     if unknown:
         raise OptionError(ERR_UNKNOWN.format(name=unknown[0], known=", ".join(KNOWN_OPTIONS)))
-    action = extra.get("l0_action", server.action)
+    action = extra.get(OPT_ACTION, server.action)
     if action not in ACTIONS:
         raise OptionError(ERR_ACTION.format(value=action))
-    key = extra.get("l0_key")
-    if key is not None and (not isinstance(key, str) or not _KEY_RE.match(key)):
+    key = extra.get(OPT_KEY)
+    if key is not None and not is_key(key):
         raise OptionError(ERR_KEY)
     penalty = server.penalty
-    if "l0_penalty" in extra:
-        penalty = _coerce("l0_penalty", extra["l0_penalty"], float)
+    if OPT_PENALTY in extra:
+        penalty = _coerce(OPT_PENALTY, extra[OPT_PENALTY], float)
         if not 0.0 < penalty <= 1000.0:
-            raise OptionError(ERR_RANGE.format(name="l0_penalty", value=penalty, lo=0, hi=1000))
+            raise OptionError(ERR_RANGE.format(name=OPT_PENALTY, value=penalty, lo=0, hi=1000))
     resume_from = 0
-    if "l0_resume_from" in extra:
-        resume_from = _coerce("l0_resume_from", extra["l0_resume_from"], int)
+    if OPT_RESUME_FROM in extra:
+        resume_from = _coerce(OPT_RESUME_FROM, extra[OPT_RESUME_FROM], int)
         if not 0 <= resume_from <= MAX_RESUME_FROM:
-            raise OptionError(ERR_RANGE.format(name="l0_resume_from", value=resume_from, lo=0,
+            raise OptionError(ERR_RANGE.format(name=OPT_RESUME_FROM, value=resume_from, lo=0,
                                                hi=MAX_RESUME_FROM))
     close_at_budget = server.close_at_budget
-    if "l0_close_at_budget" in extra:
-        close_at_budget = _boolean("l0_close_at_budget", extra["l0_close_at_budget"])
+    if OPT_CLOSE_AT_BUDGET in extra:
+        close_at_budget = _boolean(OPT_CLOSE_AT_BUDGET, extra[OPT_CLOSE_AT_BUDGET])
     changes = {}
     for name in _RANGES:
         opt = "l0_" + name

@@ -31,6 +31,7 @@ from l0 import chunks as ck
 from l0 import events as ev
 from l0.policy import Category, Retry, RetryState, Timeouts, ZeroOutput, classify, decide, status_of
 from l0.content import has_content
+from l0.contract import CHECKPOINTS_OFF, CHECKPOINTS_ROUTE, OPT_KEY
 from l0.session import Endpoint, Plan, Session, end_checks, judge
 
 _PROBES: dict[str, "ServerInfo"] = {}
@@ -157,7 +158,7 @@ class ServerEndpoint(Endpoint):
             return await self._plan_l0(session)
         if got.empty:
             if self.l0 and (session.l0_key is None or not same_model):
-                from l0.checkpoint.store import new_key
+                from l0.contract import new_key
                 session.l0_key = new_key()  # (a fallback to another model starts its own record)
             if self.l0:
                 session.key_model = self.model
@@ -169,7 +170,7 @@ class ServerEndpoint(Endpoint):
         if self.l0:
             extra = dict(params.get("extra_body") or {})
             xargs = dict(extra.get("vllm_xargs") or {})
-            xargs["l0_key"] = session.l0_key
+            xargs[OPT_KEY] = session.l0_key
             extra["vllm_xargs"] = xargs
             extra["return_token_ids"] = True
             params["extra_body"] = extra
@@ -361,7 +362,7 @@ async def fetch_record(http: Any, key: str, targets: Sequence[tuple[str, dict]],
     while live:
         for i, (root, headers) in list(live):
             try:
-                r = await http.get(f"{root}/l0/checkpoints/{key}", headers=headers)
+                r = await http.get(f"{root}{CHECKPOINTS_ROUTE}/{key}", headers=headers)
             except httpx.HTTPError:
                 continue
             if r.status_code == 404:
@@ -384,7 +385,7 @@ async def fetch_record(http: Any, key: str, targets: Sequence[tuple[str, dict]],
 
 def _checkpoints_off(r: Any) -> bool:
     try:
-        return r.status_code == 503 and r.json()["error"]["type"] == "checkpoints_off"
+        return r.status_code == 503 and r.json()["error"]["type"] == CHECKPOINTS_OFF
     except (ValueError, KeyError, TypeError):
         return False
 

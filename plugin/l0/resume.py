@@ -23,6 +23,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from l0.checkpoint.record import Record
+from l0.contract import OPT_KEY, OPT_RESUME_FROM, SAMPLING_COPIED
 
 
 class ResumeError(RuntimeError):
@@ -69,11 +70,8 @@ def needs_regeneration(record: Record) -> bool:
     return "structured_outputs" in record.sampling or bool(stop)
 
 
-# Sampling fields copied verbatim into a continuation request.
-_COPY = ("temperature", "top_p", "top_k", "min_p", "seed", "stop", "stop_token_ids", "ignore_eos",
-         "presence_penalty", "frequency_penalty", "repetition_penalty", "skip_special_tokens",
-         "spaces_between_special_tokens", "include_stop_str_in_output", "bad_words", "allowed_token_ids",
-         "logit_bias", "logprobs")
+# Sampling fields copied verbatim into a continuation request (the budget is reduced below).
+_COPY = SAMPLING_COPIED + ("logit_bias",)
 
 
 def continuation_body(record: Record, output_ids: Sequence[int], model: str,
@@ -92,8 +90,8 @@ def continuation_body(record: Record, output_ids: Sequence[int], model: str,
     if s.get("min_tokens"):
         body["min_tokens"] = max(0, int(s["min_tokens"]) - done)
     xargs = dict(s.get("vllm_xargs") or {})
-    xargs["l0_key"] = record.key
-    xargs["l0_resume_from"] = done
+    xargs[OPT_KEY] = record.key
+    xargs[OPT_RESUME_FROM] = done
     body["vllm_xargs"] = xargs
     return body
 

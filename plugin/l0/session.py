@@ -223,7 +223,7 @@ class Session:
         first = self.endpoints[0]
         await first.prepare()
         if first.l0 and self.l0_key is None:
-            from l0.checkpoint.store import new_key
+            from l0.contract import new_key
             self.l0_key = new_key()
         self.emit(ev.SessionStart, kind=self.kind, model=first.model, endpoint=first.name,
                   l0_key=self.l0_key if first.l0 else None)

@@ -10,8 +10,8 @@ import sys
 import pytest
 
 from l0.checkpoint.record import CorruptRecord, ModelIdentity, Record
-from l0.checkpoint.store import (BadKey, StoreUnavailable, check_key, new_key, open_store, redact,
-                                 sqlite_path)
+from l0.checkpoint.store import BadKey, StoreUnavailable, check_key, open_store, redact, sqlite_path
+from l0.contract import new_key
 from services import RedisProcess
 
 MODEL = ModelIdentity("smollm2", "sha256:abc")

@@ -19,16 +19,14 @@ Backends, chosen by :func:`open_store`: ``sqlite:///abs/path.db`` (or
 from __future__ import annotations
 
 import os
-import re
-import secrets
 from pathlib import Path
 from typing import Iterable, Protocol, runtime_checkable
 from urllib.parse import urlsplit, urlunsplit
 
 from l0.checkpoint.record import Record
+from l0.contract import KEY_RULE, is_key
 
-ERR_KEY = "l0: checkpoint key must be 1-128 characters of [A-Za-z0-9._:-]"
-_KEY_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+ERR_KEY = f"l0: checkpoint key must be {KEY_RULE}"
 DEFAULT_TTL_S = 24 * 3600
 DEFAULT_URL = "sqlite:///~/.cache/l0/checkpoints.sqlite3"
 
@@ -42,14 +40,9 @@ class StoreUnavailable(RuntimeError):
 
 
 def check_key(key: object) -> str:
-    if not isinstance(key, str) or not _KEY_RE.match(key):
+    if not is_key(key):
         raise BadKey(ERR_KEY)
     return key
-
-
-def new_key() -> str:
-    """A fresh key with 128 bits of randomness (``l0-`` + 32 hex digits)."""
-    return "l0-" + secrets.token_hex(16)
 
 
 @runtime_checkable

@@ -22,15 +22,14 @@ from l0.checkpoint.record import ModelIdentity, Record
 from l0.checkpoint.store import open_store
 from l0.checkpoint.writer import CheckpointWriter
 from l0.config import CheckpointConfig, RequestOptions
+from l0.contract import OPT_RESUME_FROM, SAMPLING_BUDGET, SAMPLING_COPIED
 from l0.vllm.rows import move_entry
 
 log = logging.getLogger("l0")
 
-# SamplingParams fields a continuation needs, copied as plain JSON values.
-_SAMPLING_FIELDS = ("temperature", "top_p", "top_k", "min_p", "seed", "max_tokens", "min_tokens", "stop",
-                    "stop_token_ids", "ignore_eos", "presence_penalty", "frequency_penalty",
-                    "repetition_penalty", "skip_special_tokens", "spaces_between_special_tokens",
-                    "include_stop_str_in_output", "bad_words", "allowed_token_ids", "logprobs")
+# SamplingParams fields a continuation needs, copied as plain JSON values
+# (logit_bias, structured outputs and the xargs are converted below).
+_SAMPLING_FIELDS = SAMPLING_COPIED + SAMPLING_BUDGET
 
 
 def sampling_to_dict(params) -> dict[str, Any]:
@@ -51,7 +50,7 @@ def sampling_to_dict(params) -> dict[str, Any]:
             out["structured_outputs"] = spec
     xargs = getattr(params, "extra_args", None)
     if xargs:
-        out["vllm_xargs"] = {k: v for k, v in xargs.items() if k != "l0_resume_from"}
+        out["vllm_xargs"] = {k: v for k, v in xargs.items() if k != OPT_RESUME_FROM}
     return json.loads(json.dumps(out, default=str))
 
 

@@ -34,6 +34,7 @@ import json
 import secrets
 
 from l0.config import OptionError, params_from_xargs
+from l0.contract import CHECKPOINTS_OFF, CHECKPOINTS_ROUTE, OPT_KEY
 
 _PATHS = ("/v1/chat/completions", "/v1/completions")
 
@@ -74,11 +75,11 @@ class XargsValidation:
             cfg = server_config()
             if isinstance(xargs, dict):
                 params_from_xargs(xargs, cfg)
-                key = xargs.get("l0_key")
+                key = xargs.get(OPT_KEY)
             if key is None and isinstance(doc, dict) and cfg.checkpoint.enabled and cfg.checkpoint.assign_keys:
-                from l0.checkpoint.store import new_key
+                from l0.contract import new_key
                 key = new_key()
-                doc["vllm_xargs"] = {**(xargs if isinstance(xargs, dict) else {}), "l0_key": key}
+                doc["vllm_xargs"] = {**(xargs if isinstance(xargs, dict) else {}), OPT_KEY: key}
                 body = json.dumps(doc).encode()
                 scope = dict(scope, headers=[(k, str(len(body)).encode() if k.lower() == b"content-length" else v)
                                              for k, v in scope.get("headers", [])])
@@ -173,7 +174,7 @@ async def get_checkpoint(key: str, request):
         store = _checkpoint_store()
         if store is None:
             return _json(503, {"error": {"message": "l0: checkpoints are off on this server", "code": 503,
-                                        "type": "checkpoints_off"}})
+                                        "type": CHECKPOINTS_OFF}})
         record = await asyncio.to_thread(store.get, key)
     except StoreUnavailable as exc:
         return _json(503, {"error": {"message": str(exc), "code": 503}})
@@ -377,7 +378,7 @@ class L0EndpointPlugin:
         # would leave: FastAPI reads them to inject the request.
         l0_get_checkpoint.__annotations__ = {"key": str, "request": Request}
 
-        app.add_api_route("/l0/checkpoints/{key}", l0_get_checkpoint, methods=["GET"])
+        app.add_api_route(CHECKPOINTS_ROUTE + "/{key}", l0_get_checkpoint, methods=["GET"])
 
         async def l0_detokenize(request):
             return await post_detokenize(request)
