@@ -7,7 +7,7 @@ STAMP := $(VENV)/.l0-installed
 TRITON_VENV ?= .venv-triton
 TRITON_STAMP := $(TRITON_VENV)/.l0-installed
 
-.PHONY: install model demo test kernels-check services triton triton-torch bench gpu-check clean
+.PHONY: install model demo test test-fast kernels-check services triton triton-torch bench gpu-check clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -61,6 +61,12 @@ services:
 test: install model kernels-check services triton
 	$(PY) -m pytest; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing on purpose"; exit 1; fi; exit $$rc
+
+# The inner loop: every test but the *_e2e.py files (those start real vLLM
+# engines, tritonservers and fleets); ~2 minutes on the 2-core CI VM, ~660
+# tests. `make test` (what CI runs) is the whole suite.
+test-fast: install model
+	$(PY) -m pytest -q --ignore-glob='*_e2e.py'
 
 # On a machine with an NVIDIA GPU, with that machine's own python3 (torch+CUDA,
 # CuPy, pytest, hypothesis, nvidia-ml-py; no venv, no vLLM): proves the device
