@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from operator import itemgetter
 from typing import Callable
 
+from l0.rows import move_entry, move_value
+
 _last = itemgetter(-1)
 _plus_one = (1).__add__
 
@@ -52,13 +54,8 @@ class HostTokens:
     def move(self, a: int, b: int, swap: bool) -> None:
         """As the persistent batch: ``swap`` exchanges; else a's list moves to b."""
         self._settle()
-        out, seen = self._out, self._seen
-        la, lb = out.pop(a, None), out.pop(b, None)
-        if la is not None:
-            out[b] = la
-        if swap and lb is not None:
-            out[a] = lb
-        seen[a], seen[b] = (seen[b] if swap else 0), seen[a]
+        move_entry(self._out, a, b, swap)
+        move_value(self._seen, a, b, swap, 0)
 
     def _settle(self) -> None:
         """Write the batch's counts back per slot before the slots change."""

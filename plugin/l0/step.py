@@ -49,6 +49,7 @@ from l0.ops.act import (APPLIED_CLOSE, APPLIED_PENALIZE, APPLIED_STOP, CLOSE_AT_
 from l0.ops.detect import NONE, make_detector
 from l0.ops.detect_reference import KIND_NAMES
 from l0.host_tokens import HostTokens
+from l0.rows import move_entry, move_value
 from l0.upload import upload
 from l0.vocab import TokenClasses, expected_items
 
@@ -237,14 +238,9 @@ class StepCore:
     def move(self, a: int, b: int, swap: bool) -> None:
         """``swap``: rows a and b exchange places; else a's request moves to b
         (b's is dropped, a is left empty)."""
-        ra, rb = self.rows.pop(a, None), self.rows.pop(b, None)
-        if ra is not None:
-            self.rows[b] = ra
-        if swap and rb is not None:
-            self.rows[a] = rb
+        move_entry(self.rows, a, b, swap)
         self._host.move(a, b, swap)
-        logged = self._logged
-        logged[b], logged[a] = logged[a], (logged[b] if swap else NONE)
+        move_value(self._logged, a, b, swap, NONE)
         if swap:
             self.det.swap(a, b)
             for t in self._per_slot:

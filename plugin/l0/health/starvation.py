@@ -21,6 +21,8 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
+from l0.rows import move_entry
+
 # Seconds. Step times on a GPU are ~10-50 ms; starvation worth an alert is seconds.
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
@@ -107,11 +109,7 @@ class StarvationTracker:
 
     def move(self, a: int, b: int, swap: bool) -> None:
         self._settle()
-        ra, rb = self._rows.pop(a, None), self._rows.pop(b, None)
-        if ra is not None:
-            self._rows[b] = ra
-        if swap and rb is not None:
-            self._rows[a] = rb
+        move_entry(self._rows, a, b, swap)
 
     def _settle(self) -> None:
         batch, self._batch = self._batch, None

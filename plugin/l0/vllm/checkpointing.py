@@ -23,7 +23,7 @@ from l0.checkpoint.store import open_store
 from l0.checkpoint.writer import CheckpointWriter
 from l0.config import CheckpointConfig, RequestOptions
 from l0.contract import OPT_RESUME_FROM, SAMPLING_BUDGET, SAMPLING_COPIED
-from l0.vllm.rows import move_entry
+from l0.rows import move_entry
 
 log = logging.getLogger("l0")
 

@@ -14,7 +14,7 @@ from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor, MoveDi
 
 from l0.config import params_from_xargs
 from l0.vllm.host import EngineHost, is_json, shadowed_by_named, validate
-from l0.vllm.rows import move_entry
+from l0.rows import move_entry
 
 
 class L0V1Processor(EngineHost, LogitsProcessor):
@@ -38,52 +38,55 @@ class L0V1Processor(EngineHost, LogitsProcessor):
 
     # -- persistent batch ---------------------------------------------------
     def update_state(self, batch_update: BatchUpdate | None) -> None:
+        """One walk over the update, each change handed to every per-row
+        table in turn (the starvation tracker, the debug freeze, the
+        checkpointer, the step core): removals, then additions, then moves,
+        the order vLLM's contract gives them."""
         if batch_update is not None and batch_update.batch_size == 0:
             self.heartbeat.idle()  # nothing in flight: nothing can be stuck
-        if self.starvation is not None and batch_update:
-            self._follow(self.starvation, batch_update)
-        if self._freeze is not None and batch_update:
-            self._follow_freeze(batch_update)
-        if not self.enabled or not batch_update:
+        if not batch_update:
             return
-        core = self.core
         for index in batch_update.removed:
-            if self.ckpt is not None:
-                self.ckpt.remove(index)
-            if core is not None:
-                core.remove(index)
+            self._remove(index)
         for index, params, prompt_ids, out_ids in batch_update.added:
-            opts = params_from_xargs(params.extra_args, self.cfg, is_json(params))
-            if self.ckpt is not None:
-                self.ckpt.add(index, opts, params, prompt_ids, out_ids)
-            if core is not None:
-                prompt = prompt_ids or ()
-                self._core_add(index, opts, params, out_ids, len(prompt), prompt_ids=prompt)
+            self._add(index, params, prompt_ids, out_ids)
         for a, b, direction in batch_update.moved:
-            swap = direction == MoveDirectionality.SWAP
-            if self.ckpt is not None:
-                self.ckpt.move(a, b, swap)
-            if core is not None:
-                core.move(a, b, swap)
+            self._move(a, b, direction == MoveDirectionality.SWAP)
 
-    @staticmethod
-    def _follow(tracker, bu: BatchUpdate) -> None:
-        for index in bu.removed:
-            tracker.remove(index)
-        for index, _params, _prompt, out_ids in bu.added:
-            tracker.remove(index)  # an add may replace a row without a removal
-            tracker.add(index, out_ids)
-        for a, b, direction in bu.moved:
-            tracker.move(a, b, direction == MoveDirectionality.SWAP)
+    def _remove(self, index: int) -> None:
+        if self.starvation is not None:
+            self.starvation.remove(index)
+        if self._freeze is not None:
+            self._freeze.rows.pop(index, None)
+        if self.ckpt is not None:
+            self.ckpt.remove(index)
+        if self.core is not None:
+            self.core.remove(index)
 
-    def _follow_freeze(self, bu: BatchUpdate) -> None:
-        rows = self._freeze.rows
-        for index in bu.removed:
-            rows.pop(index, None)
-        for index, _params, _prompt, out_ids in bu.added:
-            rows[index] = out_ids
-        for a, b, direction in bu.moved:
-            move_entry(rows, a, b, direction == MoveDirectionality.SWAP)
+    def _add(self, index: int, params, prompt_ids, out_ids) -> None:
+        if self.starvation is not None:
+            self.starvation.remove(index)  # an add may replace a row without a removal
+            self.starvation.add(index, out_ids)
+        if self._freeze is not None:
+            self._freeze.rows[index] = out_ids
+        if not self.enabled:
+            return
+        opts = params_from_xargs(params.extra_args, self.cfg, is_json(params))
+        if self.ckpt is not None:
+            self.ckpt.add(index, opts, params, prompt_ids, out_ids)
+        if self.core is not None:
+            prompt = prompt_ids or ()
+            self._core_add(index, opts, params, out_ids, len(prompt), prompt_ids=prompt)
+
+    def _move(self, a: int, b: int, swap: bool) -> None:
+        if self.starvation is not None:
+            self.starvation.move(a, b, swap)
+        if self._freeze is not None:
+            move_entry(self._freeze.rows, a, b, swap)
+        if self.ckpt is not None:
+            self.ckpt.move(a, b, swap)
+        if self.core is not None:
+            self.core.move(a, b, swap)
 
     # -- the step -----------------------------------------------------------
     def apply(self, logits: torch.Tensor) -> torch.Tensor:
