@@ -29,7 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "plugin"))
 
-from l0.checkpoint.store import open_store  # noqa: E402
+from l0.checkpoint import open_store  # noqa: E402
 from l0.models import prepare_smollm2  # noqa: E402
 from l0.resume import continuation_body  # noqa: E402
 from l0.server import Server  # noqa: E402

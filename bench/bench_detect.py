@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "plugin"))
 
 from l0.config import DetectorParams  # noqa: E402
-from l0.ops.detect import make_detector  # noqa: E402
+from l0.ops import make_detector  # noqa: E402
 from l0.vocab import TokenClasses  # noqa: E402
 
 HISTORY = 1024

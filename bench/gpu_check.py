@@ -210,7 +210,7 @@ def _kernels_per_call(fn, calls: int = 10) -> float | None:
 def bench_detect(steps: int = 200) -> list[dict]:
     import torch
     from l0.config import DetectorParams
-    from l0.ops.detect import make_detector
+    from l0.ops import make_detector
     from l0.vocab import TokenClasses
     vocab = 49152
     classes = TokenClasses(content=None, blank=[i in (220, 198) for i in range(vocab)],
@@ -350,7 +350,7 @@ def sanitize_target() -> None:
     import torch
     sys.path.insert(0, str(ROOT / "tests" / "ops"))
     import detect_streams as ds
-    from l0.ops.detect import make_detector
+    from l0.ops import make_detector
     for n, P in ((9, 300), (8, 512)):
         streams, ops, T = ds.batch(n, P)
         det = make_detector(n, P, ds.classes(), device="cuda", backend="cuda")

@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from l0 import jsonstate as js
 from l0.config import DetectorParams
-from l0.ops.detect import make_detector
+from l0.ops import make_detector
 
 NO_LOOPS = DetectorParams(min_repeats=0, near_min_repeats=0, echo_ngram=0, max_blank_run=0, max_period=8)
 

@@ -110,7 +110,7 @@ def scan_lines(lines, params: DetectorParams, out: TextIO, tokenizer=None) -> in
     number of bad lines (each reported as ``{"line": n, "error": ...}``)."""
     import torch
 
-    from l0.ops.detect import make_detector
+    from l0.ops import make_detector
     from l0.ops.detect_reference import KIND_NAMES
     from l0.vocab import classes_from_tokenizer, expected_items
 

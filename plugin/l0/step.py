@@ -46,7 +46,8 @@ from l0 import jsonstate
 from l0.ops.act import (APPLIED_CLOSE, APPLIED_PENALIZE, APPLIED_STOP, CLOSE_AT_BUDGET, CLOSE_ON_LOOP,
                         CLOSING_NONE, REASON_MASKED, REASON_MIN_TOKENS, REASON_NO_STOP_TOKEN,
                         REASON_NONE, ActCuda, SlotState, act_torch)
-from l0.ops.detect import NONE, make_detector
+from l0.ops import make_detector
+from l0.ops.detect import NONE
 from l0.ops.detect_reference import KIND_NAMES
 from l0.host_tokens import HostTokens
 from l0.rows import move_entry, move_value

@@ -7,7 +7,7 @@ import threading
 import pytest
 
 from l0.checkpoint.record import ModelIdentity, Record
-from l0.checkpoint.store import open_store
+from l0.checkpoint import open_store
 from l0.checkpoint.writer import CheckpointWriter
 from services import RedisProcess
 

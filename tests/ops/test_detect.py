@@ -8,7 +8,8 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 from l0.config import DetectorParams
-from l0.ops.detect import BLANK, ECHO, LOOP, NEAR, NONE, make_detector
+from l0.ops import make_detector
+from l0.ops.detect import BLANK, ECHO, LOOP, NEAR, NONE
 from l0.ops.detect_reference import ReferenceDetector, scan
 from l0.vocab import TokenClasses
 

@@ -33,7 +33,7 @@ from hypothesis import given, settings, strategies as st
 
 import detect_streams as ds
 from l0.config import DetectorParams
-from l0.ops.detect import make_detector
+from l0.ops import make_detector
 from l0.ops.detect_reference import ReferenceDetector
 
 pytestmark = pytest.mark.gpu

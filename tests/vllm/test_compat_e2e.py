@@ -75,7 +75,7 @@ def zero_lora(model: str, path) -> str:
 
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory):
-    from l0.checkpoint.store import open_store
+    from l0.checkpoint import open_store
     from l0.models import prepare_smollm2
 
     model = str(prepare_smollm2())

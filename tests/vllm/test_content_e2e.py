@@ -328,7 +328,7 @@ def _engine(server):
 
 def test_race_with_a_stalled_replica_returns_the_other_and_aborts_the_stalled_request(server):
     import l0
-    from l0.checkpoint.store import open_store
+    from l0.checkpoint import open_store
 
     a, b = server.proxy["a"], server.proxy["b"]
     a.clear(), b.clear()

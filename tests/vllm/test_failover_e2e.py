@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from l0.checkpoint.record import ModelIdentity, Record
-from l0.checkpoint.store import open_store
+from l0.checkpoint import open_store
 from l0.client import FailoverClient, RetryPolicy
 from l0.resume import ResumeError
 from services import RedisProcess, free_port, settled_record

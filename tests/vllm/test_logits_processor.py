@@ -172,7 +172,7 @@ def ck_lp(monkeypatch, tmp_path):
     mod.server_config.cache_clear()
     proc = mod.L0LogitsProcessor(fake_vllm_config(model="tiny", served_model_name="tiny"), torch.device("cpu"),
                                  False)
-    from l0.checkpoint.store import open_store
+    from l0.checkpoint import open_store
     yield proc, open_store(f"sqlite://{tmp_path}/ck.db")
     proc.ckpt.close()
     mod.server_config.cache_clear()

@@ -168,7 +168,7 @@ def _events_by_step(proc, sink: list, step_of: list) -> None:
 def run_both(reqs: list[Req], seed: int, tmp_path, monkeypatch, every: int = 4, vocab: int = V,
              tokenizer: str = "/nonexistent"):
     """The same requests on the V1 runner, then on the V2 runner."""
-    from l0.checkpoint.store import open_store
+    from l0.checkpoint import open_store
     from l0.vllm import host
     from l0.vllm.logits_processor import L0LogitsProcessor
     results = {}

@@ -103,7 +103,7 @@ def interventions(server, key=None) -> list[dict]:
 # -- a loop in a JSON answer ----------------------------------------------------
 
 def test_planets_loop_ends_in_valid_closed_json(server):
-    from l0.checkpoint.store import open_store
+    from l0.checkpoint import open_store
 
     off, on = run_all(server, [(PLANETS_PROMPT, 600, "off"), (PLANETS_PROMPT, 600, "stop", "planets-1")])
     assert off.status == 200 and off.finish_reason == "length" and len(off.token_ids) == 600

@@ -1,4 +1,4 @@
-"""The checkpoint store interface and how a URL picks a backend.
+"""The checkpoint store interface and the URLs that name a backend.
 
 Contract of every :class:`CheckpointStore`:
 
@@ -12,7 +12,7 @@ Contract of every :class:`CheckpointStore`:
   reached (the writer retries; the HTTP route answers 503).
 * Keys are checked by :func:`check_key` (:class:`BadKey`, a ``ValueError``).
 
-Backends, chosen by :func:`open_store`: ``sqlite:///abs/path.db`` (or
+Backends, chosen by :func:`l0.checkpoint.open_store`: ``sqlite:///abs/path.db`` (or
 ``sqlite://~/rel``) — embedded default, WAL, file created 0600 — and
 ``redis://[:password@]host:port/db`` / ``rediss://`` (TLS) — shared by a fleet.
 """
@@ -80,17 +80,3 @@ def sqlite_path(url: str) -> Path:
     if not rest or rest == "/":
         raise ValueError(f"l0: checkpoint store URL {url!r} names no file")
     return Path(os.path.expanduser(rest))
-
-
-def open_store(url: str | None = None, ttl_s: int = DEFAULT_TTL_S) -> CheckpointStore:
-    """Open the store a URL names. ``ValueError`` for an unknown scheme or a bad
-    URL (message never contains a password)."""
-    url = url or DEFAULT_URL
-    scheme = url.split(":", 1)[0].lower()
-    if scheme == "sqlite":
-        from l0.checkpoint.sqlite_store import SqliteStore
-        return SqliteStore(sqlite_path(url), ttl_s)
-    if scheme in ("redis", "rediss"):
-        from l0.checkpoint.redis_store import RedisStore
-        return RedisStore(url, ttl_s)
-    raise ValueError(f"l0: checkpoint store URL {redact(url)!r}: scheme must be sqlite, redis or rediss")

@@ -20,7 +20,7 @@ exactly, proven by ``tests/ops/test_detect.py``):
 Backends: ``"torch"`` (CPU or GPU, here), ``"cuda"`` (one CuPy/NVRTC kernel
 launch per step, :mod:`l0.ops.detect_cuda`), ``"cpu"`` (one fused C call per
 step, :mod:`l0.ops.detect_cpu`) and the plain-Python ``"reference"``.
-:func:`make_detector` with ``backend="auto"`` picks cuda on a GPU when CuPy is
+:func:`l0.ops.make_detector` with ``backend="auto"`` picks cuda on a GPU when CuPy is
 importable, cpu on the CPU when a C compiler works, else torch. The cuda and
 cpu backends return views of reused buffers: read a StepResult before the
 next step.
@@ -40,7 +40,7 @@ from l0.ops.detect_reference import (BLANK, ECHO, LOOP, NEAR, NEVER, NONE, Refer
 from l0.upload import upload
 from l0.vocab import TokenClasses
 
-__all__ = ["StepResult", "TorchDetector", "make_detector", "NONE", "LOOP", "NEAR", "BLANK", "ECHO"]
+__all__ = ["StepResult", "TorchDetector", "NONE", "LOOP", "NEAR", "BLANK", "ECHO"]
 
 
 @dataclass(frozen=True)
@@ -285,38 +285,3 @@ class TorchDetector:
         anyv = ok.any(dim=1)
         first = ok.to(torch.uint8).argmax(dim=1) + 1
         return anyv, first
-
-
-def make_detector(num_slots: int, max_period: int, classes: TokenClasses | None = None,
-                  device: torch.device | str = "cpu", backend: str = "auto",
-                  json: jsonstate.JsonTables | None = None):
-    """Build a detector. ``backend``: auto | torch | cpu | cuda | reference;
-    ``json``: tables for slots that track a JSON answer.
-
-    ``auto`` picks cuda on a GPU when CuPy is importable, the fused cpu kernel
-    on the CPU when a C compiler works, else torch. Raises ``ValueError`` for
-    an unknown backend and ``RuntimeError`` when ``cuda`` is asked for without
-    a CUDA device or CuPy, or ``cpu`` without CPU tensors or a C compiler.
-    """
-    dev = torch.device(device)
-    if backend == "auto":
-        backend = "torch"
-        if dev.type == "cuda":
-            from l0.ops import detect_cuda
-            if detect_cuda.available():
-                backend = "cuda"
-        elif dev.type == "cpu":
-            from l0.ops import detect_cpu
-            if detect_cpu.available():
-                backend = "cpu"
-    if backend == "torch":
-        return TorchDetector(num_slots, max_period, classes, dev, json)
-    if backend == "cuda":
-        from l0.ops.detect_cuda import CudaDetector
-        return CudaDetector(num_slots, max_period, classes, dev, json)
-    if backend == "cpu":
-        from l0.ops.detect_cpu import CpuDetector
-        return CpuDetector(num_slots, max_period, classes, dev, json)
-    if backend == "reference":
-        return ReferenceDetector(num_slots, max_period, classes, json)
-    raise ValueError(f"unknown detect backend {backend!r}; choose auto, torch, cpu, cuda or reference")

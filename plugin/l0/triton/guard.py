@@ -73,14 +73,14 @@ class Verdict:
 
 
 def make_stream_detector(max_period: int, classes: TokenClasses | None, device: str, backend: str):
-    """A one-slot detector. ``backend`` as :func:`l0.ops.detect.make_detector`;
+    """A one-slot detector. ``backend`` as :func:`l0.ops.make_detector`;
     ``auto`` without torch in this Python environment (a lean Triton Python
     backend environment) is the plain-Python reference — the spec itself.
     Raises ``RuntimeError`` for a torch backend without torch."""
     if backend == "reference":
         return ReferenceDetector(1, max_period, classes)
     try:
-        from l0.ops.detect import make_detector
+        from l0.ops import make_detector
     except ImportError as exc:  # no torch here
         if backend == "auto":
             return ReferenceDetector(1, max_period, classes)

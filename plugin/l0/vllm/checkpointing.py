@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from l0.checkpoint.record import ModelIdentity, Record
-from l0.checkpoint.store import open_store
+from l0.checkpoint import open_store
 from l0.checkpoint.writer import CheckpointWriter
 from l0.config import CheckpointConfig, RequestOptions
 from l0.contract import OPT_RESUME_FROM, SAMPLING_BUDGET, SAMPLING_COPIED

@@ -145,7 +145,7 @@ def authorized(headers, token_hashes: list[bytes]) -> bool:
 
 @functools.cache
 def _checkpoint_store():
-    from l0.checkpoint.store import open_store
+    from l0.checkpoint import open_store
     from l0.vllm.logits_processor import server_config
 
     cfg = server_config().checkpoint
