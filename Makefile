@@ -44,7 +44,7 @@ triton-torch: $(TRITON_STAMP)
 	echo "$(abspath $(VENV))/lib/python3.11/site-packages" > .venv-triton-torch/lib/python3.11/site-packages/zz-l0-main-venv.pth
 
 model: install
-	$(PY) -m l0.models
+	$(PY) -m l0.engine.models
 
 kernels-check:
 	@if command -v nvcc >/dev/null; then bash bench/check_kernels.sh; \

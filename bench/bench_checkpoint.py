@@ -29,11 +29,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "plugin"))
 
-from l0.checkpoint import open_store  # noqa: E402
-from l0.models import prepare_smollm2  # noqa: E402
-from l0.resume import continuation_body  # noqa: E402
-from l0.server import Server  # noqa: E402
-from l0.stream import stream_chat  # noqa: E402
+from l0.engine.checkpoint import open_store  # noqa: E402
+from l0.engine.models import prepare_smollm2  # noqa: E402
+from l0.client.resume import continuation_body  # noqa: E402
+from l0.engine.server import Server  # noqa: E402
+from l0.client.stream import stream_chat  # noqa: E402
 
 ARGS = ["--dtype", "float32", "--gpu-memory-utilization", "0.2", "--max-model-len", "2048",
         "--enforce-eager", "--max-num-seqs", "64", "--seed", "0"]

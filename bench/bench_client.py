@@ -64,7 +64,7 @@ async def timed_stream(create, max_tokens):
 async def overhead(url, model, rounds, max_tokens=256):
     import l0
 
-    from l0.checkpoint.store import new_key
+    from l0.engine.checkpoint.store import new_key
 
     raw = sdk(url)
     wrapped = l0.wrap(sdk(url))
@@ -169,8 +169,8 @@ def main() -> int:
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "bench_client.json"))
     ns = ap.parse_args()
     from faultproxy import FaultProxy
-    from l0.models import prepare_smollm2
-    from l0.server import Server
+    from l0.engine.models import prepare_smollm2
+    from l0.engine.server import Server
 
     model = str(prepare_smollm2())
     tmp = Path("/tmp/l0-bench-client")

@@ -26,9 +26,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "plugin"))
 
-from l0.config import DetectorParams  # noqa: E402
-from l0.ops import make_detector  # noqa: E402
-from l0.vocab import TokenClasses  # noqa: E402
+from l0.engine.config import DetectorParams  # noqa: E402
+from l0.engine.ops import make_detector  # noqa: E402
+from l0.engine.vocab import TokenClasses  # noqa: E402
 
 HISTORY = 1024
 VOCAB = 49152
@@ -76,7 +76,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=30)
     ns = ap.parse_args()
     gpu = torch.cuda.is_available()
-    from l0.ops import detect_cpu
+    from l0.engine.ops import detect_cpu
     have_cpu_kernel = detect_cpu.available()
     rows = []
     print(f"{'batch':>5} {'max_p':>5} {'cpu-kernel ms':>13} {'torch-cpu ms':>12} {'vllm ms':>9} "

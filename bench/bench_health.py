@@ -79,9 +79,9 @@ def run_in_process(ns, out) -> None:
 
 
 def tick_costs(source_name: str, source, n: int) -> dict:
-    from l0.config import HealthConfig
-    from l0.health.monitor import EngineMonitor
-    from l0.health.watchdog import Heartbeat
+    from l0.engine.config import HealthConfig
+    from l0.engine.health.monitor import EngineMonitor
+    from l0.engine.health.watchdog import Heartbeat
 
     hb = Heartbeat()
     mon = EngineMonitor(HealthConfig(), hb, str(TMP / "status-ticks"))
@@ -111,7 +111,7 @@ def tick_costs(source_name: str, source, n: int) -> dict:
 
 
 def run_ticks(ns, out) -> None:
-    from l0.health.telemetry import NvmlSource, ScriptedSource
+    from l0.engine.health.telemetry import NvmlSource, ScriptedSource
 
     print("(2) monitor thread cost per tick")
     sources = [("scripted (8 GPUs)", ScriptedSource.from_file(SCRIPT))]
@@ -130,7 +130,7 @@ def run_ticks(ns, out) -> None:
 
 
 def throughput(srv, model, rows) -> float:
-    from l0.stream import stream_chat
+    from l0.client.stream import stream_chat
 
     def one(r):
         return stream_chat(srv.url, model, r["prompt"], 1024, {"l0_action": "observe"})
@@ -141,8 +141,8 @@ def throughput(srv, model, rows) -> float:
 
 
 def run_end_to_end(ns, out) -> None:
-    from l0.models import prepare_smollm2
-    from l0.server import Server
+    from l0.engine.models import prepare_smollm2
+    from l0.engine.server import Server
 
     args = ["--dtype", "float32", "--gpu-memory-utilization", "0.2", "--max-model-len", "2048",
             "--enforce-eager", "--max-num-seqs", "64", "--seed", "0"]

@@ -2,7 +2,7 @@
 observe vs observe with an ``l0_key`` (checkpointed), same engine, order
 rotated every round.
 
-The tiny benchmark model (``l0.models.prepare_tiny``: 2 layers, SmolLM2's
+The tiny benchmark model (``l0.engine.models.prepare_tiny``: 2 layers, SmolLM2's
 49152-token vocabulary) makes the engine's own step so cheap that L0's host
 work per step shows: on a GPU, whose decode step is a few ms, that host work
 is most of what L0 costs. 64 requests x 256 tokens (greedy, ``ignore_eos``)
@@ -62,8 +62,8 @@ def main() -> None:
     os.environ["L0_CHECKPOINT_STORE"] = f"sqlite://{tempfile.mkdtemp(prefix='l0-hc-')}/ck.sqlite3"
     os.environ.pop("L0_CONFIG", None)
     from vllm import LLM, SamplingParams
-    from l0.models import prepare_tiny
-    from l0.vllm.v1_processor import L0V1Processor
+    from l0.engine.models import prepare_tiny
+    from l0.engine.vllm.v1_processor import L0V1Processor
 
     hook_s = [0.0]  # L0's time on the engine thread, all instances
 

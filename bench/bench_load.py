@@ -120,7 +120,7 @@ def measure(srv, model, prompts, conc, max_tokens, mode, sample_lag):
 
 
 def part_a(model_name, model, store_name, store_url, levels, rounds, max_tokens, prompts, tmp, log):
-    from l0.server import Server
+    from l0.engine.server import Server
 
     env = {"L0_ACTION": "stop", "L0_CHECKPOINT_STORE": store_url, "VLLM_CPU_KVCACHE_SPACE": "2"}
     rows = []
@@ -148,7 +148,7 @@ def part_a(model_name, model, store_name, store_url, levels, rounds, max_tokens,
 
 def part_b(model_name, model, levels, rounds, max_tokens, prompts, tmp, log):
     """vanilla vs l0 serve, one server up at a time, order alternated."""
-    from l0.server import Server
+    from l0.engine.server import Server
 
     rows = []
     for r in range(rounds):
@@ -181,7 +181,7 @@ def main(argv=None) -> None:
     ap.add_argument("--b-models", default=None, help="models for part (b) (default: --models)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "bench_load.json"))
     ns = ap.parse_args(argv)
-    from l0.models import prepare_smollm2, prepare_tiny
+    from l0.engine.models import prepare_smollm2, prepare_tiny
     from services import RedisProcess
 
     models = {"tiny": prepare_tiny, "smollm2": prepare_smollm2}

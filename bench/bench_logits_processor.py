@@ -35,8 +35,8 @@ VOCAB = 49152
 def make_lp(batch: int, store: str = "off"):
     os.environ["L0_ACTION"] = "observe"
     os.environ["L0_CHECKPOINT_STORE"] = store
-    from l0.models import prepare_smollm2
-    from l0.vllm import logits_processor as mod
+    from l0.engine.models import prepare_smollm2
+    from l0.engine.vllm import logits_processor as mod
     mod.server_config.cache_clear()
     model = str(prepare_smollm2())
     cfg = SimpleNamespace(

@@ -57,9 +57,9 @@ def _valid(text: str, schema: dict) -> tuple[bool, bool]:
 
 
 def part_a() -> list[dict]:
-    from l0.models import prepare_smollm2
-    from l0.server import Server
-    from l0.stream import stream_chat
+    from l0.engine.models import prepare_smollm2
+    from l0.engine.server import Server
+    from l0.client.stream import stream_chat
 
     prompts = {r["id"]: r for r in json.loads((DATA / "json_prompts.json").read_text())}
     recorded = [json.loads(x) for x in (DATA / "smollm2_json.jsonl").read_text().splitlines() if x.strip()]
@@ -102,10 +102,10 @@ def _core_rows(batch: int, mode: str, steps: int) -> float:
     """Host seconds per StepCore step for ``batch`` rows in ``mode``:
     plain | json (tracked, not closing) | closing (close bias every step)."""
     import torch
-    from l0.config import DetectorParams, RequestOptions
-    from l0.models import prepare_smollm2
-    from l0.step import StepCore
-    from l0.vocab import classes_from_texts
+    from l0.engine.config import DetectorParams, RequestOptions
+    from l0.engine.models import prepare_smollm2
+    from l0.engine.step import StepCore
+    from l0.engine.vocab import classes_from_texts
     from transformers import AutoTokenizer
 
     if "tok" not in _CACHE:
@@ -146,14 +146,14 @@ _CACHE: dict = {}
 
 
 def _texts(tok):
-    from l0.vocab import token_texts
+    from l0.engine.vocab import token_texts
     if "texts" not in _CACHE:
         _CACHE["texts"] = token_texts(tok)
     return _CACHE["texts"]
 
 
 def _tables(tok):
-    from l0 import jsonstate
+    from l0.engine import jsonstate
     if "tables" not in _CACHE:
         _CACHE["tables"] = jsonstate.tables_from_texts(_texts(tok), tok.all_special_ids)
     return _CACHE["tables"]

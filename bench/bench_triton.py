@@ -116,11 +116,11 @@ def bench_env(ns, python_env: Path | None) -> dict:
     """Every configuration on one tritonserver whose stub runs ``python_env``."""
     import subprocess
 
-    from l0.triton.server import TritonServer, default_python_env
+    from l0.engine.triton.server import TritonServer, default_python_env
 
     env = python_env or default_python_env()
     probe = subprocess.run([str(env / "bin" / "python"), "-c",
-                            "from l0.triton.guard import make_stream_detector as m; "
+                            "from l0.engine.triton.guard import make_stream_detector as m; "
                             "print(m(512, None, 'cpu', 'auto').backend)"], capture_output=True, text=True)
     backend = probe.stdout.strip() or f"unknown: {probe.stderr.strip()[-200:]}"
     print(f"Triton Python environment {env}: L0 detect backend {backend}")

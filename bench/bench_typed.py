@@ -77,8 +77,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "bench_typed.json"))
     args = ap.parse_args(argv)
 
-    from l0.models import prepare_smollm2
-    from l0.server import Server
+    from l0.engine.models import prepare_smollm2
+    from l0.engine.server import Server
     from structured_cases import CASES
 
     names = list(CASES)[:args.limit or None]

@@ -36,9 +36,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "plugin"))
 
-from l0.models import prepare_smollm2  # noqa: E402
-from l0.server import Server  # noqa: E402
-from l0.stream import stream_chat  # noqa: E402
+from l0.engine.models import prepare_smollm2  # noqa: E402
+from l0.engine.server import Server  # noqa: E402
+from l0.client.stream import stream_chat  # noqa: E402
 
 MAX_TOKENS = 1024
 ARGS = ["--dtype", "float32", "--gpu-memory-utilization", "0.2", "--max-model-len", "2048",

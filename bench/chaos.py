@@ -63,7 +63,7 @@ class Stream:
 class Replica:
     def __init__(self, i: int, model: str, tmp: Path, redis_url: str, stall_s: float) -> None:
         from faultproxy import FaultProxy
-        from l0.server import Server
+        from l0.engine.server import Server
 
         self.i = i
         self.script = tmp / f"telemetry-{i}.json"
@@ -114,7 +114,7 @@ class Chaos:
 
     # -- setup ---------------------------------------------------------------
     def setup(self, tmp: Path) -> None:
-        from l0.models import prepare_smollm2
+        from l0.engine.models import prepare_smollm2
         from services import RedisProcess
 
         self.model = str(prepare_smollm2())

@@ -209,9 +209,9 @@ def _kernels_per_call(fn, calls: int = 10) -> float | None:
 
 def bench_detect(steps: int = 200) -> list[dict]:
     import torch
-    from l0.config import DetectorParams
-    from l0.ops import make_detector
-    from l0.vocab import TokenClasses
+    from l0.engine.config import DetectorParams
+    from l0.engine.ops import make_detector
+    from l0.engine.vocab import TokenClasses
     vocab = 49152
     classes = TokenClasses(content=None, blank=[i in (220, 198) for i in range(vocab)],
                            number=[i % 10 == 0 for i in range(vocab)])
@@ -239,7 +239,7 @@ def bench_detect(steps: int = 200) -> list[dict]:
 def _json_tables(vocab: int):
     """JSON tables for a synthetic vocabulary (JSON pieces cycling over the
     ids): the close-mode bench needs the tracker and the bias, not a model."""
-    from l0 import jsonstate
+    from l0.engine import jsonstate
     pieces = ['{', '}', '[', ']', '"', ',', ':', ' ', 'ab', '12', '"}', '},{"', ', "', 'null', '\n  ']
     return jsonstate.tables_from_texts([pieces[i % len(pieces)] for i in range(vocab)])
 
@@ -250,8 +250,8 @@ def bench_step(steps: int = 100) -> list[dict]:
     and (``cuda_closing``) the same with every row a JSON answer closing at
     its budget: the tracker and the close bias over the vocabulary."""
     import torch
-    from l0.config import DetectorParams, RequestOptions
-    from l0.step import StepCore
+    from l0.engine.config import DetectorParams, RequestOptions
+    from l0.engine.step import StepCore
     tables = _json_tables(STEP_VOCAB)
     rows = []
     for dtype in (torch.bfloat16, torch.float32):
@@ -300,9 +300,9 @@ def _bench_step_v2(B: int, dtype, logits, base, steps: int) -> dict:
     The "model runner" part of the loop (the logits copy, writing each
     slot's sampled token and length) is timed alone and subtracted."""
     import torch
-    from l0.config import DetectorParams, RequestOptions
-    from l0.slot_tokens import SlotTokens
-    from l0.step import StepCore
+    from l0.engine.config import DetectorParams, RequestOptions
+    from l0.engine.slot_tokens import SlotTokens
+    from l0.engine.step import StepCore
     dev = torch.device("cuda")
     events = []
     core = StepCore(B + 1, max_period=512, device=dev, backend="cuda", on_event=events.append)
@@ -350,7 +350,7 @@ def sanitize_target() -> None:
     import torch
     sys.path.insert(0, str(ROOT / "tests" / "ops"))
     import detect_streams as ds
-    from l0.ops import make_detector
+    from l0.engine.ops import make_detector
     for n, P in ((9, 300), (8, 512)):
         streams, ops, T = ds.batch(n, P)
         det = make_detector(n, P, ds.classes(), device="cuda", backend="cuda")
@@ -361,8 +361,8 @@ def sanitize_target() -> None:
             ds.apply_ops(det, ops.get(t, []), P)
             det.step(toks[t])
     # The act kernel, every dtype, close mode included (rows closing from the start).
-    from l0.config import DetectorParams, RequestOptions
-    from l0.step import StepCore
+    from l0.engine.config import DetectorParams, RequestOptions
+    from l0.engine.step import StepCore
     for dtype in (torch.float32, torch.bfloat16, torch.float16):
         B, V = 5, 4099
         core = StepCore(B, max_period=64, device="cuda", backend="cuda", json=_json_tables(V),

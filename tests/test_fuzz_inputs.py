@@ -15,9 +15,9 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from l0.config import KNOWN_OPTIONS, OptionError, ServerConfig, load_server_config, params_from_xargs
-from l0.health.policy import policy_from_dict
-from l0.health.telemetry import ScriptedSource, check_script
+from l0.engine.config import KNOWN_OPTIONS, OptionError, ServerConfig, load_server_config, params_from_xargs
+from l0.engine.health.policy import policy_from_dict
+from l0.engine.health.telemetry import ScriptedSource, check_script
 
 FUZZ = settings(max_examples=300, deadline=None, derandomize=True,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])

@@ -1,8 +1,8 @@
 """/l0/metrics text: valid Prometheus exposition with the documented names."""
 from prometheus_client.parser import text_string_to_metric_families
 
-from l0.health.metrics import SERIES, render
-from l0.health.policy import Level
+from l0.engine.health.metrics import SERIES, render
+from l0.engine.health.policy import Level
 
 DOC = {"pid": 42, "in_flight": 3, "steps": 1200, "heartbeat_age_s": 0.02, "stall_timeout_s": 30.0,
        "stalled": False, "stalls": 1, "device": {"level": "degraded", "reasons": ["gpu 0: clocks slowed"]},

@@ -3,9 +3,9 @@ import json
 
 import pytest
 
-from l0.health.assess import DeviceHealth
-from l0.health.policy import Level, load_policy, policy_from_dict
-from l0.health.telemetry import GpuReading, ScriptedSource, open_source
+from l0.engine.health.assess import DeviceHealth
+from l0.engine.health.policy import Level, load_policy, policy_from_dict
+from l0.engine.health.telemetry import GpuReading, ScriptedSource, open_source
 
 
 class Clock:

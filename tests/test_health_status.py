@@ -6,8 +6,8 @@ import sys
 
 import pytest
 
-from l0.health.policy import Level
-from l0.health.status import combine, read_status, write_status
+from l0.engine.health.policy import Level
+from l0.engine.health.status import combine, read_status, write_status
 
 
 @pytest.fixture

@@ -2,7 +2,7 @@
 V1 runner's), on the fast path (every list grew by one) and off it."""
 from __future__ import annotations
 
-from l0.host_tokens import HostTokens
+from l0.engine.host_tokens import HostTokens
 
 
 def gather(h: HostTokens, B: int):

@@ -1,4 +1,4 @@
-"""The JSON state tracker (:mod:`l0.jsonstate`, carried by every detect
+"""The JSON state tracker (:mod:`l0.engine.jsonstate`, carried by every detect
 backend): per-token tables built from the tokenizer, O(1) per token, equal to
 Python's own JSON scanning (``json.decoder.scanstring`` finds the strings) at
 every token boundary, over random nested JSON cut by SmolLM2's tokenizer
@@ -18,9 +18,9 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from l0 import jsonstate as js
-from l0.config import DetectorParams
-from l0.ops import make_detector
+from l0.engine import jsonstate as js
+from l0.engine.config import DetectorParams
+from l0.engine.ops import make_detector
 
 NO_LOOPS = DetectorParams(min_repeats=0, near_min_repeats=0, echo_ngram=0, max_blank_run=0, max_period=8)
 
@@ -152,7 +152,7 @@ def tokenizer():
     from tokenizers import Tokenizer
     path = os.environ.get("L0_TOKENIZER_JSON")
     if not path:
-        from l0.models import prepare_smollm2
+        from l0.engine.models import prepare_smollm2
         path = str(prepare_smollm2() / "tokenizer.json")
     return Tokenizer.from_file(path)
 

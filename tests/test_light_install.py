@@ -17,8 +17,8 @@ import pytest
 pytestmark = pytest.mark.vllm
 
 ROOT = Path(__file__).resolve().parents[1]
-CLIENT_MODULES = ("l0", "l0.client", "l0.stream", "l0.resume", "l0.config", "l0.checkpoint.record", "l0.harden",
-                  "l0.session", "l0.policy", "l0.events", "l0.eventlog", "l0.chunks")
+CLIENT_MODULES = ("l0", "l0.client.failover", "l0.client.stream", "l0.client.resume", "l0.engine.config", "l0.contract", "l0.client.wrap",
+                  "l0.client.session", "l0.client.retry", "l0.client.events", "l0.client.eventlog", "l0.client.chunks")
 
 
 @pytest.fixture(scope="module")
@@ -74,8 +74,8 @@ def test_l0_serve_says_what_to_install(light):
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    from l0.models import prepare_smollm2
-    from l0.server import Server
+    from l0.engine.models import prepare_smollm2
+    from l0.engine.server import Server
 
     model = str(prepare_smollm2())
     args = ["--dtype", "float32", "--gpu-memory-utilization", "0.2", "--max-model-len", "1024", "--enforce-eager",
@@ -87,7 +87,7 @@ def server(tmp_path_factory):
 
 
 def test_the_light_client_streams_like_the_full_one(light, server):
-    from l0.stream import stream_chat
+    from l0.client.stream import stream_chat
 
     proc = subprocess.run([str(light), "-m", "pip", "install", "-q", "openai"], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]  # the application's own SDK, for l0.wrap
@@ -95,8 +95,8 @@ def test_the_light_client_streams_like_the_full_one(light, server):
     want = stream_chat(server.url, server.model, "Count from one to ten.", 48)
     out = run(light, f"""
         import asyncio, json
-        from l0.client import FailoverClient
-        from l0.stream import stream_chat
+        from l0.client.failover import FailoverClient
+        from l0.client.stream import stream_chat
         got = stream_chat({server.url!r}, {server.model!r}, "Count from one to ten.", 48)
         async def failover():
             ids = []

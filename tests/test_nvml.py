@@ -20,9 +20,9 @@ ALWAYS = ("uuid", "name", "temperature_c", "power_w", "memory_used_bytes", "memo
 
 
 def test_nvml_source_reads_every_field_without_error():
-    from l0.health.assess import DeviceHealth
-    from l0.health.policy import load_policy
-    from l0.health.telemetry import NvmlSource
+    from l0.engine.health.assess import DeviceHealth
+    from l0.engine.health.policy import load_policy
+    from l0.engine.health.telemetry import NvmlSource
 
     src = NvmlSource()
     try:

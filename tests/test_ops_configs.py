@@ -3,7 +3,7 @@
 Schema checks (promtool is not on this machine): alert rules have the fields
 Prometheus requires, the Grafana dashboard is valid JSON with targets, the
 Kubernetes manifests probe /l0/health, and every l0_* name referenced exists
-in l0.health.metrics.SERIES.
+in l0.engine.health.metrics.SERIES.
 """
 import json
 import re
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import yaml
 
-from l0.health.metrics import SERIES
+from l0.engine.health.metrics import SERIES
 
 ROOT = Path(__file__).resolve().parents[1]
 NAME = re.compile(r"\bl0_[a-z_]+\b")

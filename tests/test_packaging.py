@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from l0.kernels import kernel_path
+from l0.engine.kernels import kernel_path
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -29,7 +29,7 @@ def test_kernel_found_in_installed_wheel(tmp_path):
     assert "l0/kernels/detect.cu" in names
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)
-    code = "from l0.kernels import kernel_path; print(kernel_path('detect.cu'))"
+    code = "from l0.engine.kernels import kernel_path; print(kernel_path('detect.cu'))"
     out = subprocess.run([sys.executable, "-I", "-c", f"import sys; sys.path.insert(0, {str(site)!r}); {code}"],
                          capture_output=True, text=True, check=True).stdout.strip()
     assert out == str(site / "l0" / "kernels" / "detect.cu")
@@ -44,13 +44,13 @@ def test_cpu_kernel_builds_from_installed_wheel(tmp_path):
                    check=True, capture_output=True)
     site = tmp_path / "site"
     zipfile.ZipFile(next(tmp_path.glob("l0-*.whl"))).extractall(site)
-    code = ("import torch, l0.ops.detect as d; from l0.config import DetectorParams as P; "
+    code = ("import torch, l0.engine.ops as d; from l0.engine.config import DetectorParams as P; "
             "det = d.make_detector(1, 8, backend='cpu'); det.configure(0, P(min_span=1, near_min_repeats=0)); "
             "r = [det.step(torch.tensor([t])).kind.item() for t in [7, 9] * 3]; print(d.__file__, r)")
     env = {**os.environ, "L0_CACHE": str(tmp_path / "cache")}
     out = subprocess.run([sys.executable, "-I", "-c", f"import sys; sys.path.insert(0, {str(site)!r}); {code}"],
                          capture_output=True, text=True, check=True, env=env).stdout.strip()
-    assert out == f"{site / 'l0' / 'ops' / 'detect.py'} [0, 0, 0, 0, 0, 1]"
+    assert out == f"{site / 'l0' / 'engine' / 'ops' / '__init__.py'} [0, 0, 0, 0, 0, 1]"
     assert len(list((tmp_path / "cache" / "kernels").glob("detect_cpu-*.so"))) == 1
 
 

@@ -1,8 +1,8 @@
 """The pure part of exact resume: merging and the continuation request."""
 import pytest
 
-from l0.checkpoint.record import ModelIdentity, Record
-from l0.resume import ResumeError, check_model, continuation_body, merge, needs_regeneration, remaining
+from l0.contract import ModelIdentity, Record
+from l0.client.resume import ResumeError, check_model, continuation_body, merge, needs_regeneration, remaining
 
 
 def rec(**kw):

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from l0.cli import scan_lines
-from l0.config import DetectorParams
+from l0.engine.config import DetectorParams
 
 DATA = Path(__file__).resolve().parent / "data" / "smollm2_labelled.jsonl"
 
@@ -65,7 +65,7 @@ def test_scan_with_the_model_tokenizer_matches_the_labels():
     """Server defaults and the model's token classes, on every recorded output:
     the labelled set exactly (every runaway fires, no finished output does),
     the held-out set up to the pinned disagreements."""
-    from l0.models import prepare_smollm2
+    from l0.engine.models import prepare_smollm2
 
     model = prepare_smollm2()
     res = {}

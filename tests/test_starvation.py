@@ -2,7 +2,7 @@
 standing in for vLLM's live output lists (the same objects vLLM mutates)."""
 import pytest
 
-from l0.health.starvation import BUCKETS, Histogram, StarvationTracker
+from l0.engine.health.starvation import BUCKETS, Histogram, StarvationTracker
 
 
 class Clock:

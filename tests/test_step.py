@@ -1,4 +1,4 @@
-"""The engine-agnostic step core (:class:`l0.step.StepCore`) driven directly with
+"""The engine-agnostic step core (:class:`l0.engine.step.StepCore`) driven directly with
 plain tensors: the persistent-batch sequences the vLLM adapter's tests use,
 the grammar contract (never unmask), and a scripted differential scenario that
 runs the same batch on two cores and compares every step's logits and every
@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 import pytest
 import torch
 
-from l0 import jsonstate
-from l0.config import DetectorParams, RequestOptions
-from l0.step import StepCore
+from l0.engine import jsonstate
+from l0.engine.config import DetectorParams, RequestOptions
+from l0.engine.step import StepCore
 
 V = 16
 EOS = 2
@@ -384,7 +384,7 @@ def json_tables(vocab: int) -> jsonstate.JsonTables:
 
 
 def _classes():
-    from l0.vocab import TokenClasses
+    from l0.engine.vocab import TokenClasses
     # ids 10, 11 blank; 20..29 numbers; ids >= 100 content (tables padded by their last entry).
     return TokenClasses(content=[i >= 100 for i in range(101)], blank=[i in (10, 11) for i in range(101)] ,
                         number=[20 <= i < 30 for i in range(101)])
@@ -409,7 +409,7 @@ def compare(plan, eos, vocab, dtype, seed, a: tuple, b: tuple, slots: int, **b_k
 
 
 def test_scenario_torch_equals_cpu_kernel_on_the_cpu():
-    from l0.ops import detect_cpu
+    from l0.engine.ops import detect_cpu
     if not detect_cpu.available():
         pytest.skip("no C compiler: the cpu kernel can't be built")
     events = []
@@ -508,11 +508,11 @@ def rows_scenario(core, device, dtype, vocab, seed, steps=80, slots=12, max_len=
                   side_stream=None, feed_by_slots=True):
     """Requests in recycled slots of a ``[slots, max_len]`` token buffer on
     ``device`` (as Model Runner V2 keeps them), rows shuffled every step.
-    ``feed_by_slots``: drive ``step_rows`` with :class:`l0.slot_tokens.SlotTokens`
+    ``feed_by_slots``: drive ``step_rows`` with :class:`l0.engine.slot_tokens.SlotTokens`
     (the V2 way); else drive ``step`` with live lists, rows = slots (the V1
     way, the reference). Returns each step's logits per request id, and the
     number of requests stopped."""
-    from l0.slot_tokens import SlotTokens
+    from l0.engine.slot_tokens import SlotTokens
     rng = random.Random(seed)
     gen = torch.Generator().manual_seed(seed)
     ids = torch.zeros(slots, max_len, dtype=torch.int32, device=device)
@@ -603,7 +603,7 @@ def test_rows_in_any_order_equal_rows_as_slots(backend):
     """step_rows fed by SlotTokens (rows shuffled, tokens read from the slot
     buffer) gives every request the logits step gives it with live lists."""
     if backend == "cpu":
-        from l0.ops import detect_cpu
+        from l0.engine.ops import detect_cpu
         if not detect_cpu.available():
             pytest.skip("no C compiler: the cpu kernel can't be built")
     for seed in (3, 4):

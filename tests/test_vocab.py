@@ -1,6 +1,6 @@
 import pytest
 
-from l0.vocab import classes_from_texts, expected_items
+from l0.engine.vocab import classes_from_texts, expected_items
 
 
 @pytest.mark.parametrize("text,n", [

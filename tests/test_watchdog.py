@@ -3,7 +3,7 @@ import logging
 
 import pytest
 
-from l0.health.watchdog import Heartbeat, Watchdog
+from l0.engine.health.watchdog import Heartbeat, Watchdog
 
 
 class Clock:
@@ -72,7 +72,7 @@ def test_between_steps_is_not_in_flight_and_keeps_the_step_statistics():
     """Model Runner V2 has no removal hook: a step that only hands finished
     requests over calls ``apply_staged_writes`` (between_steps) and nothing
     after; it must not read as a stall. A hang after the logits still does."""
-    from l0.health.watchdog import Heartbeat, Watchdog
+    from l0.engine.health.watchdog import Heartbeat, Watchdog
     now = [0.0]
     hb = Heartbeat(clock=lambda: now[0])
     wd = Watchdog(hb, floor_s=30.0)

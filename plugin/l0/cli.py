@@ -8,7 +8,7 @@ import os
 import sys
 from typing import Sequence, TextIO
 
-from l0.config import ACTIONS, DetectorParams, OptionError, load_server_config
+from l0.engine.config import ACTIONS, DetectorParams, OptionError, load_server_config
 
 FQCN = "l0.vllm:L0LogitsProcessor"
 
@@ -43,7 +43,7 @@ def serve(argv: Sequence[str]) -> int:
     if ours.l0_store:
         env["L0_CHECKPOINT_STORE"] = ours.l0_store
     if not env.get("L0_STATUS_DIR"):
-        # Engines publish their health here; the HTTP server reads it (l0.health.status).
+        # Engines publish their health here; the HTTP server reads it (l0.engine.health.status).
         import tempfile
         env["L0_STATUS_DIR"] = tempfile.mkdtemp(prefix="l0-status-")
     try:  # refuse to start on a bad config, before vLLM spends time loading
@@ -60,7 +60,7 @@ def serve(argv: Sequence[str]) -> int:
     if "--host" not in args and not any(a.startswith("--host=") for a in args):
         args += ["--host", "127.0.0.1"]
     args += ["--logits-processors", FQCN]
-    from l0.server import vllm_server_argv
+    from l0.engine.server import vllm_server_argv
 
     cmd = vllm_server_argv(ours.model, args)
     sys.stdout.flush()
@@ -110,9 +110,9 @@ def scan_lines(lines, params: DetectorParams, out: TextIO, tokenizer=None) -> in
     number of bad lines (each reported as ``{"line": n, "error": ...}``)."""
     import torch
 
-    from l0.ops import make_detector
-    from l0.ops.detect_reference import KIND_NAMES
-    from l0.vocab import classes_from_tokenizer, expected_items
+    from l0.engine.ops import make_detector
+    from l0.engine.ops.detect_reference import KIND_NAMES
+    from l0.engine.vocab import classes_from_tokenizer, expected_items
 
     classes = classes_from_tokenizer(tokenizer) if tokenizer is not None else None
     det = make_detector(1, params.max_period, classes)  # the fused CPU kernel when a compiler works
@@ -158,7 +158,7 @@ def scan(argv: Sequence[str]) -> int:
     ns = p.parse_args(argv)
     try:
         params = _scan_params(ns)
-        from l0.config import check
+        from l0.engine.config import check
         check(params, max(params.max_period, 1))
     except OptionError as exc:
         print(f"l0 scan: {exc}", file=sys.stderr)
@@ -187,8 +187,8 @@ def replay(argv: Sequence[str]) -> int:
     ns = p.parse_args(argv)
     import time
 
-    from l0.chunks import parts
-    from l0.eventlog import read_log, replay_records
+    from l0.client.chunks import parts
+    from l0.client.eventlog import read_log, replay_records
 
     try:
         if ns.list:
@@ -241,7 +241,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from l0.demo import main as demo_main
         return demo_main(rest)
     if cmd == "triton-probe":
-        from l0.triton.probe import main as probe_main
+        from l0.engine.triton.probe import main as probe_main
         return probe_main(rest)
     print(f"l0: unknown command {cmd!r}", file=sys.stderr)
     return 2

@@ -40,9 +40,9 @@ def main(argv=()) -> int:
     p.add_argument("--kill-at", type=int, default=40, help="token at which replica 1 is killed")
     ns = p.parse_args(list(argv))
 
-    from l0.models import prepare_smollm2
-    from l0.server import Server
-    from l0.stream import stream_chat
+    from l0.engine.models import prepare_smollm2
+    from l0.engine.server import Server
+    from l0.client.stream import stream_chat
 
     _say("preparing the model (converted once, cached under ~/.cache/l0) ...")
     model = str(prepare_smollm2(progress=_say))
@@ -107,8 +107,8 @@ def _report_loop(ns, res) -> bool:
 
 
 def _failover(ns, model, args, env, first) -> bool:
-    from l0.client import FailoverClient, RetryPolicy
-    from l0.server import Server
+    from l0.client.failover import FailoverClient, RetryPolicy
+    from l0.engine.server import Server
 
     print()
     _say("starting a second replica on the same checkpoint store ...")

@@ -9,9 +9,9 @@ import sys
 
 import pytest
 
-from l0.checkpoint.record import CorruptRecord, ModelIdentity, Record
-from l0.checkpoint import open_store
-from l0.checkpoint.store import BadKey, StoreUnavailable, check_key, redact, sqlite_path
+from l0.contract import CorruptRecord, ModelIdentity, Record
+from l0.engine.checkpoint import open_store
+from l0.engine.checkpoint.store import BadKey, StoreUnavailable, check_key, redact, sqlite_path
 from l0.contract import new_key
 from services import RedisProcess
 
@@ -119,8 +119,8 @@ def test_sqlite_survives_kill_9_of_the_writer(tmp_path):
     db = tmp_path / "k.db"
     code = (
         "import sys, time; sys.path.insert(0, sys.argv[2]);"
-        "from l0.checkpoint import open_store;"
-        "from l0.checkpoint.record import Record, ModelIdentity;"
+        "from l0.engine.checkpoint import open_store;"
+        "from l0.contract import Record, ModelIdentity;"
         "s = open_store('sqlite://' + sys.argv[1], ttl_s=600);"
         "m = ModelIdentity('m', 't'); i = 0\n"
         "while True:\n"

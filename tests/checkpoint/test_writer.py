@@ -6,9 +6,9 @@ import threading
 
 import pytest
 
-from l0.checkpoint.record import ModelIdentity, Record
-from l0.checkpoint import open_store
-from l0.checkpoint.writer import CheckpointWriter
+from l0.contract import ModelIdentity, Record
+from l0.engine.checkpoint import open_store
+from l0.engine.checkpoint.writer import CheckpointWriter
 from services import RedisProcess
 
 MODEL = ModelIdentity("m", "t")
@@ -91,7 +91,7 @@ def test_bounded_pending_drops_finished_first(tmp_path):
 
 @pytest.mark.redis
 def test_redis_outage_serving_continues_then_writes_resume(tmp_path, caplog):
-    caplog.set_level(logging.WARNING, logger="l0.checkpoint")
+    caplog.set_level(logging.WARNING, logger="l0.engine.checkpoint")
     redis = RedisProcess(tmp_path).start()
     store = open_store(redis.url, 60)
     w = CheckpointWriter(lambda: store, backoff_s=(0.05, 0.2))

@@ -1,7 +1,7 @@
-"""l0.chunks: reading and making chunks, logprobs and usage carried across
+"""l0.client.chunks: reading and making chunks, logprobs and usage carried across
 the chat and completions forms (a checkpoint continuation is a completions
 request whatever the caller asked)."""
-from l0 import chunks as ck
+from l0.client import chunks as ck
 
 COMPLETION_LP = {"text_offset": [10, 11], "token_logprobs": [-0.5, -1.25], "tokens": ["\n", "é"],
                  "top_logprobs": [{"\n": -0.5, "<|im_start|>": -2.0}, {"é": -1.25}]}

@@ -1,13 +1,13 @@
-"""l0.content: one definition of "real content" for the session's zero-output
+"""l0.client.content: one definition of "real content" for the session's zero-output
 guard, its hold, the non-streaming path and the zero_output guardrail."""
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from l0 import chunks as ck
+from l0.client import chunks as ck
 from l0 import guardrails as g
-from l0.content import ContentScan, has_content
-from l0.session import Received
+from l0.client.content import ContentScan, has_content
+from l0.client.session import Received
 
 
 @pytest.mark.parametrize("text", ["", "  \n\t ... !?", "$", "+", "`", "^|~", "{", "[}", '"', "«»", "—", "“”"])

@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from l0.drift import (DRIFT_KINDS, as_monitors, format_collapse, hedging, meta_commentary, monitors, repetition,
+from l0.client.drift import (DRIFT_KINDS, as_monitors, format_collapse, hedging, meta_commentary, monitors, repetition,
                       tone_shift)
-from l0.guardrails import Guardrails, Violation
+from l0.client.guardrails import Guardrails, Violation
 
 WORDS = ("river mountain forest garden harbor bridge market village station library museum theatre kitchen "
          "window ladder candle mirror blue green quiet rapid gentle bright narrow steady careful simple robust "

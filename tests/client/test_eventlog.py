@@ -10,8 +10,8 @@ import sys
 import pytest
 
 import l0
-from l0.eventlog import EventLog, diverge, read_log, replay_records, stream_text
-from l0.policy import Retry
+from l0.client.eventlog import EventLog, diverge, read_log, replay_records, stream_text
+from l0.client.retry import Retry
 
 
 def chat_chunks(texts, ids=None, finish="stop"):

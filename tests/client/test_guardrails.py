@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from l0 import drift
-from l0.guardrails import (PATTERN_CATEGORIES, PATTERN_SEVERITY, PRESETS, SEVERITIES, Guardrails, Rule, Violation,
+from l0.client.guardrails import (PATTERN_CATEGORIES, PATTERN_SEVERITY, PRESETS, SEVERITIES, Guardrails, Rule, Violation,
                            as_guardrails, custom, json_structure, latex, markdown, patterns, preset, strict_json,
                            worst, zero_output)
 

@@ -10,7 +10,7 @@ import pytest
 
 import l0
 from l0 import guardrails as g
-from l0.policy import GuardrailFailed, GuardrailFatal, Retry
+from l0.client.retry import GuardrailFailed, GuardrailFatal, Retry
 
 
 def collect(stream, limit: float = 30.0):
@@ -159,10 +159,10 @@ def test_drift_monitors_report_as_drift_events():
 
 
 def test_the_servers_loop_verdict_becomes_a_drift_event():
-    from l0.session import Session
+    from l0.client.session import Session
 
-    s = Session([object.__new__(l0.harden.FactoryEndpoint)], drift=l0.drift.monitors())
-    s.verdict = {"action": "stop", "interventions": [   # the shapes l0.step writes
+    s = Session([object.__new__(l0.client.wrap.FactoryEndpoint)], drift=l0.client.drift.monitors())
+    s.verdict = {"action": "stop", "interventions": [   # the shapes l0.engine.step writes
         {"event": "l0.intervention", "kind": "near_loop", "period": 4, "token_index": 40, "action": "penalize"},
         {"event": "l0.intervention", "kind": "budget", "period": 0, "token_index": 90, "action": "close",
          "reason": "budget", "depth": 2},

@@ -1,4 +1,4 @@
-"""``l0.orchestrate``: race (hedging, winners, losers closed), parallel, pipe
+"""``l0.client.orchestrate``: race (hedging, winners, losers closed), parallel, pipe
 and consensus, over in-process async streams. Sleeps only order events
 (0.01 s against 0.5 s and more); no durations are asserted."""
 from __future__ import annotations
@@ -9,9 +9,9 @@ import json
 
 import pytest
 
-from l0 import events as ev
-from l0 import orchestrate as orc
-from l0.orchestrate import (Consensus, ConsensusFailed, EmptyStream, RaceFailed, Rejected, choices_of, consensus,
+from l0.client import events as ev
+from l0.client import orchestrate as orc
+from l0.client.orchestrate import (Consensus, ConsensusFailed, EmptyStream, RaceFailed, Rejected, choices_of, consensus,
                             consensus_of, normalize_text, parallel, pipe, race)
 
 ROLE = {"object": "chat.completion.chunk",
@@ -580,7 +580,7 @@ def test_choices_of():
 def test_module_imports_no_pydantic_at_import_time():
     import subprocess
     import sys
-    code = "import sys, l0.orchestrate; print('pydantic' in sys.modules)"
+    code = "import sys, l0.client.orchestrate; print('pydantic' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
     assert orc.CLOSE_TIMEOUT_S == 2.0

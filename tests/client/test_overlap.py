@@ -2,7 +2,7 @@
 start of a continuation is dropped, nothing else is."""
 from __future__ import annotations
 
-from l0.session import _Overlap
+from l0.client.session import _Overlap
 
 
 def feed(delivered, pieces, **kw):

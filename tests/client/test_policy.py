@@ -8,7 +8,7 @@ import openai
 import pytest
 import tenacity
 
-from l0.policy import (Category, FirstTokenTimeout, Retry, RetryState, Stalled, StreamEnded, Timeouts, ZeroOutput,
+from l0.client.retry import (Category, FirstTokenTimeout, Retry, RetryState, Stalled, StreamEnded, Timeouts, ZeroOutput,
                        backoff, classify, decide, retry_after_s, wait_openai)
 
 REQ = httpx.Request("POST", "http://127.0.0.1:1/v1/chat/completions")

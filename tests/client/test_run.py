@@ -9,7 +9,7 @@ import asyncio
 import pytest
 
 import l0
-from l0.policy import Retry, Timeouts, ZeroOutput
+from l0.client.retry import Retry, Timeouts, ZeroOutput
 
 
 def collect(stream, limit: float = 30.0):

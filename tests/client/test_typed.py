@@ -1,4 +1,4 @@
-"""The pure parts of ``l0.structured`` (``l0.typed``): parsing, validation
+"""The pure parts of ``l0.structured`` (``l0.client.structured``): parsing, validation
 against a Pydantic model or a JSON schema, json_repair in schema mode, the
 re-ask message. The whole call runs on a real server in
 tests/vllm/test_content_e2e.py."""
@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 from pydantic import BaseModel
 
-from l0.typed import _Schema, parse, reask_messages, repair
+from l0.client.structured import _Schema, parse, reask_messages, repair
 
 
 class Person(BaseModel):

@@ -30,9 +30,9 @@ def label(row: dict, finish_reason: str, text: str) -> str:
 
 def main() -> None:
     sys.path.insert(0, str(HERE.parents[1] / "plugin"))
-    from l0.models import prepare_smollm2
-    from l0.server import Server
-    from l0.stream import stream_chat
+    from l0.engine.models import prepare_smollm2
+    from l0.engine.server import Server
+    from l0.client.stream import stream_chat
 
     rows = json.loads((HERE / "json_prompts.json").read_text())
     model = str(prepare_smollm2())

@@ -18,7 +18,7 @@ MAX_TOKENS = 1024
 
 def main() -> None:
     sys.path.insert(0, str(HERE.parents[1] / "plugin"))
-    from l0.models import prepare_smollm2
+    from l0.engine.models import prepare_smollm2
     from vllm import LLM, SamplingParams
 
     holdout = "--holdout" in sys.argv[1:]

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import random
 
-from l0.config import DetectorParams
-from l0.ops.detect_reference import ReferenceDetector
-from l0.vocab import TokenClasses
+from l0.engine.config import DetectorParams
+from l0.engine.ops.detect_reference import ReferenceDetector
+from l0.engine.vocab import TokenClasses
 
 VOCAB = 49152
 PATTERNS = ("period1", "period_eq_max", "broken_last", "blank", "near_numbers", "echo", "random", "spliced")

@@ -10,9 +10,9 @@ import random
 import pytest
 import torch
 
-from l0 import jsonstate as js
-from l0.ops.act import CLOSE_AT_BUDGET, CLOSE_ON_LOOP, ActCuda, SlotState, act_torch
-from l0.ops.detect import StepResult
+from l0.engine import jsonstate as js
+from l0.engine.ops.act import CLOSE_AT_BUDGET, CLOSE_ON_LOOP, ActCuda, SlotState, act_torch
+from l0.engine.ops.detect import StepResult
 
 V = 16
 STOP, PENALIZE, OBSERVE = 2, 3, 1

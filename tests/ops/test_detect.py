@@ -7,11 +7,11 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from l0.config import DetectorParams
-from l0.ops import make_detector
-from l0.ops.detect import BLANK, ECHO, LOOP, NEAR, NONE
-from l0.ops.detect_reference import ReferenceDetector, scan
-from l0.vocab import TokenClasses
+from l0.engine.config import DetectorParams
+from l0.engine.ops import make_detector
+from l0.engine.ops.detect import BLANK, ECHO, LOOP, NEAR, NONE
+from l0.engine.ops.detect_reference import ReferenceDetector, scan
+from l0.engine.vocab import TokenClasses
 
 VOCAB = 12
 CONTENT = [i % 3 != 0 for i in range(VOCAB)]   # ids 0,3,6,9 are "punctuation"

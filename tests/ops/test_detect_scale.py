@@ -32,9 +32,9 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 import detect_streams as ds
-from l0.config import DetectorParams
-from l0.ops import make_detector
-from l0.ops.detect_reference import ReferenceDetector
+from l0.engine.config import DetectorParams
+from l0.engine.ops import make_detector
+from l0.engine.ops.detect_reference import ReferenceDetector
 
 pytestmark = pytest.mark.gpu
 
@@ -111,7 +111,7 @@ def test_detect_at_scale(references, n, P):
         assert msg is None, msg
     if Tt == T:
         assert cuda[3] == torch_cuda[3]
-    from l0.ops import detect_cpu
+    from l0.engine.ops import detect_cpu
     if detect_cpu.available():
         cpu = _run("cpu", "cpu", n, P, streams, ops, T)
         for i, what in enumerate(("kind", "period", "next_token")):

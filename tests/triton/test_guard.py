@@ -5,9 +5,9 @@ import random
 
 import pytest
 
-from l0.config import OptionError, ServerConfig
-from l0.ops.detect_reference import scan
-from l0.triton.guard import ERR_PENALIZE, StreamGuard, StreamTable, parse_options
+from l0.engine.config import OptionError, ServerConfig
+from l0.engine.ops.detect_reference import scan
+from l0.engine.triton.guard import ERR_PENALIZE, StreamGuard, StreamTable, parse_options
 
 SERVER = ServerConfig(action="stop")
 
@@ -36,7 +36,7 @@ def _feed_chunked(guard, tokens, rng):
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_stop_cuts_where_the_spec_fires_whatever_the_chunking(backend, seed):
     if backend == "cpu":
-        from l0.ops import detect_cpu
+        from l0.engine.ops import detect_cpu
         if not detect_cpu.available():
             pytest.skip("no C compiler")
     tokens = _loop(period=3 + seed * 5, seed=seed)

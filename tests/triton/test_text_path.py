@@ -4,16 +4,16 @@ stop cuts the text at the token where the loop became certain. Driven
 without Triton (the tensor glue is exercised by test_triton_e2e.py)."""
 import pytest
 
-from l0.config import ServerConfig
-from l0.triton.guard import StreamGuard, parse_options
-from l0.triton.model import StepModel, _Text
+from l0.engine.config import ServerConfig
+from l0.engine.triton.guard import StreamGuard, parse_options
+from l0.engine.triton.model import StepModel, _Text
 
 pytestmark = pytest.mark.vllm  # needs the SmolLM2 tokenizer (make model)
 
 
 @pytest.fixture(scope="module")
 def text():
-    from l0.models import prepare_smollm2
+    from l0.engine.models import prepare_smollm2
     return _Text(str(prepare_smollm2()))
 
 
@@ -47,7 +47,7 @@ def test_text_chunks_are_tokenized_and_a_stop_cuts_the_text(text):
 
 
 def test_text_without_a_tokenizer_is_a_clear_error():
-    from l0.config import OptionError
+    from l0.engine.config import OptionError
     np = pytest.importorskip("numpy")
     m = _model(None)
     with pytest.raises(OptionError, match="set the model's tokenizer parameter"):

@@ -23,9 +23,9 @@ import httpx
 import numpy as np
 import pytest
 
-from l0.config import ServerConfig
-from l0.ops.detect_reference import scan
-from l0.triton.guard import parse_options
+from l0.engine.config import ServerConfig
+from l0.engine.ops.detect_reference import scan
+from l0.engine.triton.guard import parse_options
 
 pytestmark = pytest.mark.triton
 
@@ -36,7 +36,7 @@ MAX_TOKENS = 64
 
 @pytest.fixture(scope="module")
 def triton(tmp_path_factory):
-    from l0.triton.server import TritonServer
+    from l0.engine.triton.server import TritonServer
 
     tmp = tmp_path_factory.mktemp("triton")
     repo = tmp / "repo"

@@ -43,7 +43,7 @@ BASE = ["--dtype", "float32", "--enforce-eager", "--seed", "0"]
 
 
 def _server(model, tmp, name, args, env, cache_gib="1"):
-    from l0.server import Server
+    from l0.engine.server import Server
     env = {"L0_ACTION": "stop", "VLLM_CPU_KVCACHE_SPACE": cache_gib, **env}
     return Server(model, BASE + args, env=env, log_path=tmp / f"{name}.log", port=free_port())
 
@@ -75,8 +75,8 @@ def zero_lora(model: str, path) -> str:
 
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory):
-    from l0.checkpoint import open_store
-    from l0.models import prepare_smollm2
+    from l0.engine.checkpoint import open_store
+    from l0.engine.models import prepare_smollm2
 
     model = str(prepare_smollm2())
     tmp = tmp_path_factory.mktemp("compat")
@@ -379,7 +379,7 @@ def test_fuzzed_request_options_are_200_or_400(fleet):
     from hypothesis import given
     from hypothesis import strategies as st
 
-    from l0.config import KNOWN_OPTIONS
+    from l0.engine.config import KNOWN_OPTIONS
 
     @_fuzz(60)
     @given(xargs=st.dictionaries(st.one_of(st.sampled_from(KNOWN_OPTIONS), st.text(max_size=10)), _values(),

@@ -39,8 +39,8 @@ ARGS = ["--dtype", "float32", "--gpu-memory-utilization", "0.25", "--max-model-l
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    from l0.models import prepare_smollm2
-    from l0.server import Server
+    from l0.engine.models import prepare_smollm2
+    from l0.engine.server import Server
 
     model = str(prepare_smollm2())
     tmp = tmp_path_factory.mktemp("content")
@@ -328,7 +328,7 @@ def _engine(server):
 
 def test_race_with_a_stalled_replica_returns_the_other_and_aborts_the_stalled_request(server):
     import l0
-    from l0.checkpoint import open_store
+    from l0.engine.checkpoint import open_store
 
     a, b = server.proxy["a"], server.proxy["b"]
     a.clear(), b.clear()
@@ -377,7 +377,7 @@ def test_consensus_of_five_seeded_samples_in_one_request(server):
     """n = 5 samples (temperature 0.8, seed 0) in one vLLM request: 4 say
     Canberra, 1 says "**Orc**"."""
     import l0
-    from l0.orchestrate import choices_of
+    from l0.client.orchestrate import choices_of
 
     async def go():
         client = sdk(server.url)
@@ -404,7 +404,7 @@ def test_field_level_consensus_of_five_structured_samples(server):
     question 1.0, overall 0.9); five invented fruits agree on nothing, and
     resolve="fail" says so."""
     import l0
-    from l0.orchestrate import ConsensusFailed
+    from l0.client.orchestrate import ConsensusFailed
     from structured_cases import CASES
 
     async def go(name):

@@ -10,7 +10,7 @@ pytestmark = pytest.mark.vllm
 def _app():
     from fastapi import FastAPI, Request
 
-    from l0.vllm.endpoint import L0EndpointPlugin
+    from l0.engine.vllm.endpoint import L0EndpointPlugin
 
     app = FastAPI()
 
@@ -61,7 +61,7 @@ def test_any_body_is_passed_on_or_refused_with_a_message():
     from hypothesis import HealthCheck, given, settings
     from hypothesis import strategies as st
 
-    from l0.config import KNOWN_OPTIONS
+    from l0.engine.config import KNOWN_OPTIONS
 
     scalars = st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70), st.floats(), st.text(max_size=30))
     values = st.recursive(scalars, lambda inner: st.one_of(st.lists(inner, max_size=3),
@@ -92,7 +92,7 @@ def ck_app(monkeypatch, tmp_path):
     """The plugin's route on a bare FastAPI app, reading a real SQLite store."""
     from fastapi import FastAPI
 
-    from l0.vllm import endpoint, logits_processor
+    from l0.engine.vllm import endpoint, logits_processor
     monkeypatch.setenv("L0_CHECKPOINT_STORE", f"sqlite://{tmp_path}/ck.db")
     monkeypatch.delenv("L0_CONFIG", raising=False)
     logits_processor.server_config.cache_clear()
@@ -116,12 +116,12 @@ def _get(app, path, headers=None):
 
 
 def _put(tmp_rec):
-    from l0.vllm.endpoint import _checkpoint_store
+    from l0.engine.vllm.endpoint import _checkpoint_store
     _checkpoint_store().put_many([tmp_rec])
 
 
 def _rec(key="abc-1"):
-    from l0.checkpoint.record import ModelIdentity, Record
+    from l0.contract import ModelIdentity, Record
     return Record(key=key, model=ModelIdentity("m", "sha256:x"), prompt_ids=(1, 2), output_ids=(3,),
                   sampling={"max_tokens": 8})
 
@@ -149,7 +149,7 @@ def test_checkpoint_route_is_guarded_by_the_api_key(ck_app):
 
 
 def test_checkpoint_route_without_a_store_is_503(ck_app, monkeypatch):
-    from l0.vllm import endpoint, logits_processor
+    from l0.engine.vllm import endpoint, logits_processor
     app, _ = ck_app
     monkeypatch.setenv("L0_CHECKPOINT_STORE", "off")
     logits_processor.server_config.cache_clear()
@@ -164,7 +164,7 @@ def _fetch(app, key, wait_s, during=None, ready=None):
     first request (a record landing late). Returns (found, requests made)."""
     import httpx
 
-    from l0.harden import fetch_record
+    from l0.client.wrap import fetch_record
 
     asked = []
 
@@ -206,7 +206,7 @@ def test_a_record_that_is_not_ready_is_asked_for_again(ck_app):
 
 
 def test_a_server_without_checkpoints_is_not_waited_for(ck_app, monkeypatch):
-    from l0.vllm import endpoint, logits_processor
+    from l0.engine.vllm import endpoint, logits_processor
     app, _ = ck_app
     monkeypatch.setenv("L0_CHECKPOINT_STORE", "off")
     logits_processor.server_config.cache_clear()

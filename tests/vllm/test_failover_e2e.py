@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from l0.checkpoint.record import ModelIdentity, Record
-from l0.checkpoint import open_store
-from l0.client import FailoverClient, RetryPolicy
-from l0.resume import ResumeError
+from l0.contract import ModelIdentity, Record
+from l0.engine.checkpoint import open_store
+from l0.client.failover import FailoverClient, RetryPolicy
+from l0.client.resume import ResumeError
 from services import RedisProcess, free_port, settled_record
 
 pytestmark = [pytest.mark.vllm, pytest.mark.redis]
@@ -29,8 +29,8 @@ FAST = RetryPolicy(max_attempts=4, backoff_s=0.05, backoff_max_s=0.2, jitter_s=0
 
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory):
-    from l0.models import prepare_smollm2
-    from l0.server import Server
+    from l0.engine.models import prepare_smollm2
+    from l0.engine.server import Server
 
     model = str(prepare_smollm2())
     tmp = tmp_path_factory.mktemp("fleet")
@@ -110,7 +110,7 @@ def test_sigkill_mid_stream_resumes_exactly_on_the_other_replica(fleet, referenc
 
 
 def test_sqlite_replica_killed_and_restarted_on_the_same_port(fleet, reference):
-    from l0.server import Server
+    from l0.engine.server import Server
 
     db = fleet["tmp"] / "ck.sqlite3"
     env = {"L0_ACTION": "stop", "L0_CHECKPOINT_STORE": f"sqlite://{db}", **_freezable(fleet["tmp"] / "freeze-solo")}

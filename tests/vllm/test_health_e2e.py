@@ -13,7 +13,7 @@ import time
 import httpx
 import pytest
 
-from l0.client import FailoverClient, RetryPolicy
+from l0.client.failover import FailoverClient, RetryPolicy
 from services import RedisProcess, free_port
 
 pytestmark = [pytest.mark.vllm, pytest.mark.redis]
@@ -30,8 +30,8 @@ POLICY = RetryPolicy(max_attempts=4, backoff_s=0.05, backoff_max_s=0.2, jitter_s
 
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory):
-    from l0.models import prepare_smollm2
-    from l0.server import Server
+    from l0.engine.models import prepare_smollm2
+    from l0.engine.server import Server
 
     model = str(prepare_smollm2())
     tmp = tmp_path_factory.mktemp("health")

@@ -26,7 +26,7 @@ def lp(monkeypatch, tmp_path):
     monkeypatch.setenv("L0_ACTION", "stop")
     monkeypatch.setenv("L0_CHECKPOINT_STORE", f"sqlite://{tmp_path}/ck.db")
     monkeypatch.delenv("L0_CONFIG", raising=False)
-    from l0.vllm import logits_processor as mod
+    from l0.engine.vllm import logits_processor as mod
     mod.server_config.cache_clear()
     proc = mod.L0LogitsProcessor(fake_vllm_config(), torch.device("cpu"), False)
     yield proc
@@ -168,11 +168,11 @@ def ck_lp(monkeypatch, tmp_path):
     monkeypatch.setenv("L0_CONFIG", str(tmp_path / "l0.yaml"))
     monkeypatch.setenv("L0_CHECKPOINT_STORE", f"sqlite://{tmp_path}/ck.db")
     monkeypatch.delenv("L0_ACTION", raising=False)
-    from l0.vllm import logits_processor as mod
+    from l0.engine.vllm import logits_processor as mod
     mod.server_config.cache_clear()
     proc = mod.L0LogitsProcessor(fake_vllm_config(model="tiny", served_model_name="tiny"), torch.device("cpu"),
                                  False)
-    from l0.checkpoint import open_store
+    from l0.engine.checkpoint import open_store
     yield proc, open_store(f"sqlite://{tmp_path}/ck.db")
     proc.ckpt.close()
     mod.server_config.cache_clear()
@@ -251,8 +251,8 @@ def test_tensor_parallel_ranks_decide_alike_only_rank0_logs_and_checkpoints(monk
     monkeypatch.setenv("L0_ACTION", "stop")
     monkeypatch.setenv("L0_CHECKPOINT_STORE", f"sqlite://{tmp_path}/ck.db")
     monkeypatch.delenv("L0_CONFIG", raising=False)
-    from l0.vllm import host
-    from l0.vllm import logits_processor as mod
+    from l0.engine.vllm import host
+    from l0.engine.vllm import logits_processor as mod
     procs = []
     for rank in (0, 1):
         mod.server_config.cache_clear()
@@ -284,8 +284,8 @@ def test_snapshots_encode_as_their_records_however_the_answer_grows():
     """The writer encodes a request's output ids incrementally; every
     snapshot's JSON must still equal its record's (the stores write it)."""
     import random
-    from l0.checkpoint.record import ModelIdentity, Record
-    from l0.vllm.checkpointing import _Encoding, _Snapshot
+    from l0.contract import ModelIdentity, Record
+    from l0.engine.vllm.checkpointing import _Encoding, _Snapshot
     rng = random.Random(0)
     for prefix in ((), (7,), (7, 8, 9)):
         base = Record(key="k", model=ModelIdentity("m", "sha256:x"), prompt_ids=(1, 2), output_ids=(),
@@ -306,9 +306,9 @@ def test_snapshots_land_at_the_step_a_per_step_check_would(tmp_path, growth):
     each could next be due): while no step adds more than the host's
     ``tokens_per_step`` (speculative decoding: several), each snapshot lands
     at the step, and length, that checking every request every step gives."""
-    from l0.checkpoint.record import ModelIdentity
-    from l0.config import CheckpointConfig, params_from_xargs, load_server_config
-    from l0.vllm.checkpointing import Checkpointer
+    from l0.contract import ModelIdentity
+    from l0.engine.config import CheckpointConfig, params_from_xargs, load_server_config
+    from l0.engine.vllm.checkpointing import Checkpointer
     every = 4
     ck = Checkpointer(CheckpointConfig(store=f"sqlite://{tmp_path}/ck.db", every=every),
                       ModelIdentity("m", "sha256:x"), finish_poll_s=0, tokens_per_step=max(growth))

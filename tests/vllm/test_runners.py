@@ -62,7 +62,7 @@ def test_the_v2_frontend_validator_builds_and_rejects_a_bad_option(monkeypatch):
     with L0 merely installed (entry point only) and with L0 named."""
     from vllm.exceptions import VLLMValidationError
     from vllm.v1.worker.gpu.sample.logits_processor import build_custom_logits_processors_params_validator
-    from l0.vllm import host
+    from l0.engine.vllm import host
     host.server_config.cache_clear()
     monkeypatch.delenv("L0_CONFIG", raising=False)
     for named in (None, [FQCN]):
@@ -83,7 +83,7 @@ def l0_env(monkeypatch, tmp_path):
     monkeypatch.setenv("L0_ACTION", "stop")
     monkeypatch.setenv("L0_CHECKPOINT_STORE", "off")
     monkeypatch.delenv("L0_CONFIG", raising=False)
-    from l0.vllm import host
+    from l0.engine.vllm import host
     host.server_config.cache_clear()
     yield tmp_path
     host.server_config.cache_clear()
@@ -95,8 +95,8 @@ def test_each_runner_builds_its_own_adapter(l0_env):
     runner's adapter; the entry point stands down where the name is given."""
     from vllm.v1.worker.gpu.sample.logits_processor import build_custom_logits_processors
     from l0.vllm import L0EntryPoint, L0LogitsProcessor
-    from l0.vllm.v1_processor import L0V1EntryPoint, L0V1Processor
-    from l0.vllm.v2_processor import L0V2EntryPoint, L0V2Processor
+    from l0.engine.vllm.v1_processor import L0V1EntryPoint, L0V1Processor
+    from l0.engine.vllm.v2_processor import L0V2EntryPoint, L0V2Processor
 
     cfg = fake_vllm_config(SLOTS, V, named=[FQCN])
     built = build_custom_logits_processors(cfg, _v2_state(), False, [FQCN])
@@ -168,9 +168,9 @@ def _events_by_step(proc, sink: list, step_of: list) -> None:
 def run_both(reqs: list[Req], seed: int, tmp_path, monkeypatch, every: int = 4, vocab: int = V,
              tokenizer: str = "/nonexistent"):
     """The same requests on the V1 runner, then on the V2 runner."""
-    from l0.checkpoint import open_store
-    from l0.vllm import host
-    from l0.vllm.logits_processor import L0LogitsProcessor
+    from l0.engine.checkpoint import open_store
+    from l0.engine.vllm import host
+    from l0.engine.vllm.logits_processor import L0LogitsProcessor
     results = {}
     for runner in ("v1", "v2"):
         store = f"sqlite://{tmp_path}/{runner}.sqlite3"
@@ -241,7 +241,7 @@ def json_requests(tok, seed: int) -> list[Req]:
 @pytest.mark.parametrize("seed", range(2))
 def test_v2_equals_v1_on_json_and_prompt_counts(seed, tmp_path, monkeypatch):
     from transformers import AutoTokenizer
-    from l0.models import prepare_smollm2
+    from l0.engine.models import prepare_smollm2
     path = str(prepare_smollm2())
     tok = AutoTokenizer.from_pretrained(path)
     reqs = json_requests(tok, seed)
@@ -293,7 +293,7 @@ def _record(rec):
 
 def _spec_proc(k: int, monkeypatch):
     from types import SimpleNamespace
-    from l0.vllm import L0LogitsProcessor, host
+    from l0.engine.vllm import L0LogitsProcessor, host
     monkeypatch.setenv("L0_ACTION", "stop")
     monkeypatch.setenv("L0_CHECKPOINT_STORE", "off")
     monkeypatch.delenv("L0_CONFIG", raising=False)

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from l0.config import ERR_RANGE
-from l0.stream import stream_chat
+from l0.engine.config import ERR_RANGE
+from l0.client.stream import stream_chat
 
 pytestmark = pytest.mark.vllm
 
@@ -31,8 +31,8 @@ KNOWN_CHANGED_FINISHED: set[str] = set()
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    from l0.models import prepare_smollm2
-    from l0.server import Server
+    from l0.engine.models import prepare_smollm2
+    from l0.engine.server import Server
 
     model = str(prepare_smollm2())
     log = tmp_path_factory.mktemp("serve") / "server.log"

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from l0.stream import stream_chat
+from l0.client.stream import stream_chat
 from services import settled_record
 
 pytestmark = pytest.mark.vllm
@@ -35,8 +35,8 @@ CLOSE_MARGIN = 8  # the server default
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    from l0.models import prepare_smollm2
-    from l0.server import Server
+    from l0.engine.models import prepare_smollm2
+    from l0.engine.server import Server
 
     model = str(prepare_smollm2())
     tmp = tmp_path_factory.mktemp("structured")
@@ -103,7 +103,7 @@ def interventions(server, key=None) -> list[dict]:
 # -- a loop in a JSON answer ----------------------------------------------------
 
 def test_planets_loop_ends_in_valid_closed_json(server):
-    from l0.checkpoint import open_store
+    from l0.engine.checkpoint import open_store
 
     off, on = run_all(server, [(PLANETS_PROMPT, 600, "off"), (PLANETS_PROMPT, 600, "stop", "planets-1")])
     assert off.status == 200 and off.finish_reason == "length" and len(off.token_ids) == 600
@@ -164,7 +164,7 @@ def test_json_runaways_end_valid(server):
 # -- the budget -------------------------------------------------------------------
 
 def margin(tokenizer, row) -> int:
-    from l0 import jsonstate
+    from l0.engine import jsonstate
     return jsonstate.schema_margin(PROMPTS[row["id"]]["schema"],
                                    lambda t: tokenizer.encode(t, add_special_tokens=False), CLOSE_MARGIN)
 

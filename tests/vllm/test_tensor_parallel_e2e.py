@@ -16,7 +16,7 @@ import re
 import httpx
 import pytest
 
-from l0.stream import stream_chat
+from l0.client.stream import stream_chat
 from services import settled_record
 
 pytestmark = pytest.mark.vllm
@@ -27,8 +27,8 @@ MAX_TOKENS = 300
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    from l0.models import prepare_smollm2
-    from l0.server import Server
+    from l0.engine.models import prepare_smollm2
+    from l0.engine.server import Server
 
     model = str(prepare_smollm2())
     log = tmp_path_factory.mktemp("tp") / "server.log"

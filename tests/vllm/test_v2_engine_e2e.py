@@ -38,7 +38,7 @@ MAX_TOKENS = 400
 
 @pytest.fixture(scope="module")
 def v2_run(tmp_path_factory):
-    from l0.models import prepare_smollm2
+    from l0.engine.models import prepare_smollm2
     work = tmp_path_factory.mktemp("v2")
     store = f"sqlite://{work}/ck.sqlite3"
     spec = {"model": str(prepare_smollm2()), "logits_processors": ["l0.vllm:L0LogitsProcessor"], "store": store,

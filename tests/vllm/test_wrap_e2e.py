@@ -30,8 +30,8 @@ MAX_TOKENS = 64
 
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory):
-    from l0.models import prepare_smollm2
-    from l0.server import Server
+    from l0.engine.models import prepare_smollm2
+    from l0.engine.server import Server
 
     model = str(prepare_smollm2())
     tmp = tmp_path_factory.mktemp("wrap-fleet")
@@ -319,7 +319,7 @@ def test_completions_resume_and_keep_their_type(fleet, proxies):
 
 def test_the_log_replays_the_live_stream_byte_for_byte(fleet, reference, proxies, tmp_path):
     import l0
-    from l0.eventlog import diverge, read_log
+    from l0.client.eventlog import diverge, read_log
 
     cut_log, clean_log = tmp_path / "cut.jsonl", tmp_path / "clean.jsonl"
     proxies["r1"].inject(Cut(after_events=25))

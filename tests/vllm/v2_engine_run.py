@@ -35,7 +35,7 @@ if __name__ == "__main__":
     # finisher thread (V2 has no removal hook): polled while the engine lives.
     records = {}
     if spec.get("records"):
-        from l0.checkpoint import open_store
+        from l0.engine.checkpoint import open_store
         store = open_store(spec["store"])
         t1 = time.time()
         for key in spec["records"]:

@@ -1,2 +1,2 @@
-"""L0 for NVIDIA Triton Inference Server: Python-backend models (ensemble
-step, BLS wrapper), the stub probe, and a launcher for tests/benchmarks."""
+"""The public path of L0's Triton models (``configs/triton/*/1/model.py``
+import ``l0.triton.model``). The adapter lives in :mod:`l0.engine.triton`."""
