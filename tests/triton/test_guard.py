@@ -106,3 +106,19 @@ def test_table_keys_streams_and_evicts_idle_and_excess():
     with pytest.raises(OptionError):
         table.get("e", lambda: parse_options('{"l0_x": 1}', SERVER))
     assert len(table) == 1  # a refused stream is not kept
+
+
+def test_without_torch_auto_is_the_reference_and_torch_backends_say_so():
+    """Triton's Python environment for L0's models has no torch: ``auto`` must
+    fall back to the plain-Python reference there (seen: the lazy detector
+    factory imported fine and torch failed only when a detector was made)."""
+    import subprocess
+    import sys
+    code = ("import sys; sys.modules['torch'] = None\n"
+            "from l0.engine.triton.guard import make_stream_detector\n"
+            "print(type(make_stream_detector(8, None, 'cpu', 'auto')).__name__)\n"
+            "try:\n    make_stream_detector(8, None, 'cpu', 'cpu')\n"
+            "except RuntimeError as e:\n    print(e)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.splitlines() == ["ReferenceDetector", "l0: detect backend 'cpu' needs torch (import of torch halted; "
+                                "None in sys.modules)"]

@@ -80,11 +80,12 @@ def make_stream_detector(max_period: int, classes: TokenClasses | None, device: 
     if backend == "reference":
         return ReferenceDetector(1, max_period, classes)
     try:
-        from l0.engine.ops import make_detector
+        import torch  # noqa: F401 - the torch backends need it; the factory imports it only when called
     except ImportError as exc:  # no torch here
         if backend == "auto":
             return ReferenceDetector(1, max_period, classes)
         raise RuntimeError(f"l0: detect backend {backend!r} needs torch ({exc})") from None
+    from l0.engine.ops import make_detector
     return make_detector(1, max_period, classes, device, backend)
 
 
