@@ -31,8 +31,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Awaitable, Callable, Sequence
 
-from l0.contract import Record
-from l0.contract import new_key
+from l0.contract import Record, new_key
 from l0.client.resume import ResumeError
 
 

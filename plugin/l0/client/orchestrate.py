@@ -35,8 +35,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
 
-from l0.client import chunks as ck
-from l0.client import events as ev
+from l0.client import chunks as ck, events as ev
 
 CLOSE_TIMEOUT_S = 2.0
 WINS = ("first_token", "complete")

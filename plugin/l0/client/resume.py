@@ -22,8 +22,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from l0.contract import Record
-from l0.contract import OPT_KEY, OPT_RESUME_FROM, SAMPLING_COPIED
+from l0.contract import OPT_KEY, OPT_RESUME_FROM, SAMPLING_COPIED, Record
 
 
 class ResumeError(RuntimeError):

@@ -19,7 +19,7 @@ from typing import Callable
 from l0.engine.rows import move_entry, move_value
 
 _last = itemgetter(-1)
-_plus_one = (1).__add__
+plus_one = (1).__add__  # n -> n + 1, callable from map() at C speed
 
 
 @dataclass
@@ -81,7 +81,7 @@ class HostTokens:
         if lens == batch.expect and (not batch.slots or batch.slots[-1] < B):
             last = list(map(_last, lists))
             if not last or min(last) >= 0:
-                batch.expect = list(map(_plus_one, lens))
+                batch.expect = list(map(plus_one, lens))
                 if batch.dense:
                     return last + [-1] * (B - len(last))
                 toks = [-1] * B

@@ -23,8 +23,7 @@ from pathlib import Path
 from typing import Iterable, Protocol, runtime_checkable
 from urllib.parse import urlsplit, urlunsplit
 
-from l0.contract import Record
-from l0.contract import KEY_RULE, is_key
+from l0.contract import KEY_RULE, Record, is_key
 
 ERR_KEY = f"l0: checkpoint key must be {KEY_RULE}"
 DEFAULT_TTL_S = 24 * 3600

@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
+from l0.engine.host_tokens import plus_one
 from l0.engine.rows import move_entry
 
 # Seconds. Step times on a GPU are ~10-50 ms; starvation worth an alert is seconds.
@@ -49,9 +50,6 @@ class Histogram:
             cum.append(total)
         # count from the same copy, so +Inf == count even when read mid-observe
         return {"le": [*self.bounds, "+Inf"], "cumulative": cum, "sum": self.sum, "count": total}
-
-
-_plus_one = (1).__add__
 
 
 @dataclass
@@ -130,7 +128,7 @@ class StarvationTracker:
                 if last is not None:
                     self._observe(now - last, len(lens))
                 b.times = [now] * len(lens)
-                b.expect = list(map(_plus_one, lens))
+                b.expect = list(map(plus_one, lens))
                 return
         now = None
         gaps: dict[float, int] = {}  # rows that got their previous token together share one gap
