@@ -133,7 +133,7 @@ def main() -> None:
     print(f"cpu:  observe/off {cpu_r['observe']} (quartiles {cpu_q['observe']})  "
           f"keyed/off {cpu_r['keyed']} (quartiles {cpu_q['keyed']})")
     off_s = statistics.median(times["off"]) / steps * 1e6
-    print(f"L0 on the engine thread, us per step: " + ", ".join(f"{m} {hook_us[m]}" for m in MODES)
+    print("L0 on the engine thread, us per step: " + ", ".join(f"{m} {hook_us[m]}" for m in MODES)
           + f"  (an off step takes {off_s:.0f} us)")
     import torch
     meta = {"host": platform.node(), "torch": torch.__version__, "threads": torch.get_num_threads(),

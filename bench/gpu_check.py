@@ -42,8 +42,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "plugin"))
 
 # The pieces: what a CPU test checks imports and collects without a GPU.
-TEST_FILES = ("tests/ops/test_act.py", "tests/test_step.py", "tests/test_jsonstate.py", "tests/ops/test_detect.py",
-              "tests/test_nvml.py", "tests/ops/test_detect_scale.py")
+TEST_FILES = ("tests/engine/ops/test_act.py", "tests/engine/test_step.py", "tests/engine/test_jsonstate.py", "tests/engine/ops/test_detect.py",
+              "tests/engine/health/test_nvml.py", "tests/engine/ops/test_detect_scale.py")
 BUDGET_S = 330  # the whole check, under the 6 minutes it is given
 TEST_BUDGET_S = 230
 BENCH_BATCHES = (1, 64, 256)
@@ -94,8 +94,8 @@ def device_info() -> dict:
 
 # Each file runs in its own pytest process with its own time box, so a hang
 # or a crash in one loses only that file's results.
-FILE_BUDGET_S = {"tests/ops/test_detect.py": 45, "tests/ops/test_act.py": 45, "tests/test_step.py": 60,
-                 "tests/test_jsonstate.py": 40, "tests/test_nvml.py": 20, "tests/ops/test_detect_scale.py": 150}
+FILE_BUDGET_S = {"tests/engine/ops/test_detect.py": 45, "tests/engine/ops/test_act.py": 45, "tests/engine/test_step.py": 60,
+                 "tests/engine/test_jsonstate.py": 40, "tests/engine/health/test_nvml.py": 20, "tests/engine/ops/test_detect_scale.py": 150}
 
 
 def required_markers() -> str:

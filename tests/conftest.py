@@ -129,7 +129,7 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         for name, check in CHECKS.items():
             # Markers, not keywords: keywords also hold directory names
-            # (tests/triton/ must not make every test in it need tritonserver).
+            # (tests/engine/triton/ must not make every test in it need tritonserver).
             if item.get_closest_marker(name) is None:
                 continue
             if name not in reasons:

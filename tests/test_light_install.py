@@ -17,7 +17,7 @@ import pytest
 pytestmark = pytest.mark.vllm
 
 ROOT = Path(__file__).resolve().parents[1]
-CLIENT_MODULES = ("l0", "l0.client.failover", "l0.client.stream", "l0.client.resume", "l0.engine.config", "l0.contract", "l0.client.wrap",
+CLIENT_MODULES = ("l0", "l0.client.http", "l0.client.sse", "l0.client.failover", "l0.client.stream", "l0.client.resume", "l0.engine.config", "l0.contract", "l0.client.wrap",
                   "l0.client.session", "l0.client.retry", "l0.client.events", "l0.client.eventlog", "l0.client.chunks")
 
 
@@ -84,6 +84,32 @@ def server(tmp_path_factory):
     with Server(model, args, env={"L0_ACTION": "stop"}, log_path=log) as srv:
         srv.model = model
         yield srv
+
+
+def test_wrap_over_plain_http_needs_no_sdk(light, server):
+    """Before the application adds the OpenAI SDK: ``l0.wrap(l0.http(url))``
+    streams the same tokens as a plain read, openai never imported."""
+    from l0.client.stream import stream_chat
+
+    want = stream_chat(server.url, server.model, "Count from one to ten.", 48)
+    out = run(light, f"""
+        import asyncio, json, sys
+        import l0
+        async def go():
+            client = l0.wrap(l0.http({server.url!r}))
+            stream = await client.chat.completions.create(
+                model={server.model!r}, messages=[{{"role": "user", "content": "Count from one to ten."}}],
+                max_tokens=48, temperature=0.0, stream=True)
+            text = ""
+            async for chunk in stream:
+                assert isinstance(chunk, dict)
+                text += chunk["choices"][0]["delta"].get("content") or "" if chunk["choices"] else ""
+            return [text, stream.token_ids]
+        got = asyncio.run(go())
+        print(json.dumps([got, "openai" in sys.modules]))
+    """)
+    (text, ids), sdk_loaded = json.loads(out)
+    assert (text, ids, sdk_loaded) == (want.text, want.token_ids, False)
 
 
 def test_the_light_client_streams_like_the_full_one(light, server):

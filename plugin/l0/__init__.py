@@ -1,7 +1,7 @@
 """L0: reliability for LLM serving, built into the inference engine.
 
 Importing ``l0`` is cheap and side-effect free: no vLLM, no CUDA, no files.
-The client API is loaded on first use: ``l0.wrap``, ``l0.run``,
+The client API is loaded on first use: ``l0.wrap``, ``l0.http``, ``l0.run``,
 ``l0.replay``, ``l0.diverge``, ``l0.Retry``, ``l0.Timeouts``; content
 reliability: ``l0.structured``, ``l0.guardrails``, ``l0.drift``, ``l0.race``,
 ``l0.parallel``, ``l0.pipe``, ``l0.consensus``.
@@ -11,6 +11,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "wrap": ("l0.client.wrap", "wrap"),
     "run": ("l0.client.wrap", "run"),
+    "http": ("l0.client.http", "http"),
     "replay": ("l0.client.eventlog", "replay"),
     "diverge": ("l0.client.eventlog", "diverge"),
     "read_log": ("l0.client.eventlog", "read_log"),
@@ -26,12 +27,12 @@ _LAZY = {
     "StructuredFailed": ("l0.client.structured", "StructuredFailed"),
     "guardrails": ("l0.client.guardrails", None),
     "drift": ("l0.client.drift", None),
-    "race": ("l0.client.orchestrate", "race"),
-    "parallel": ("l0.client.orchestrate", "parallel"),
-    "pipe": ("l0.client.orchestrate", "pipe"),
-    "consensus": ("l0.client.orchestrate", "consensus"),
-    "consensus_of": ("l0.client.orchestrate", "consensus_of"),
-    "samples": ("l0.client.orchestrate", "samples"),
+    "race": ("l0.client.race", "race"),
+    "parallel": ("l0.client.race", "parallel"),
+    "pipe": ("l0.client.race", "pipe"),
+    "consensus": ("l0.client.consensus", "consensus"),
+    "consensus_of": ("l0.client.consensus", "consensus_of"),
+    "samples": ("l0.client.consensus", "samples"),
 }
 
 

@@ -6,8 +6,8 @@ prompt and a normal prompt side by side (each with L0 stop and with L0 off for
 comparison, greedy), prints where L0 stopped the loop and how many tokens it
 saved, shows that the normal answer is untouched. Then (unless
 ``--no-failover``) it starts a second replica sharing the first one's
-checkpoint store (one SQLite file), streams a story through the failover
-client, SIGKILLs the first replica mid-stream, and shows the stream finishing
+checkpoint store (one SQLite file), streams a story through
+``l0.wrap(l0.http(replica 1), fallbacks=[l0.http(replica 2)])``, SIGKILLs the first replica mid-stream, and shows the stream finishing
 on the second one token-identical to an uninterrupted run. Servers are shut
 down at the end.
 """
@@ -107,36 +107,42 @@ def _report_loop(ns, res) -> bool:
 
 
 def _failover(ns, model, args, env, first) -> bool:
-    from l0.client.failover import FailoverClient, RetryPolicy
+    import l0
+    from l0.client import events as ev
+    from l0.client.chunks import parts
     from l0.engine.server import Server
 
     print()
     _say("starting a second replica on the same checkpoint store ...")
     second = Server(model, args, env=env, progress=_say).start()
     try:
-        policy = RetryPolicy(backoff_s=0.05, jitter_s=0.0)
         msgs = [{"role": "user", "content": STORY}]
+        retry = l0.Retry(max_retries=0)   # a dead replica: straight to the next one
 
         async def run(client, kill_at=None):
             ids, text = [], ""
-            async for d in client.stream_chat(msgs, max_tokens=96, temperature=0.0):
-                ids += d.token_ids
-                text += d.text
+            stream = await client.chat.completions.create(model=model, messages=msgs, max_tokens=96,
+                                                          temperature=0.0, stream=True)
+            async for chunk in stream:
+                p = parts(chunk)
+                ids += list(p.token_ids or ())
+                text += p.text
                 if kill_at is not None and len(ids) >= kill_at and first.proc.poll() is None:
                     _say(f"token {len(ids)} received: SIGKILL to replica 1 ({first.url})")
                     first.kill()
             return ids, text
 
         _say("uninterrupted reference run on replica 2 ...")
-        ref_ids, ref_text = asyncio.run(run(FailoverClient([second.url], model, policy=policy)))
+        ref_ids, ref_text = asyncio.run(run(l0.wrap(l0.http(second.url), retry=retry)))
 
         def show(e):
-            detail = {"attempt": f"mode={e.mode}", "failure": f"reason={e.reason}", "resume": f"offset={e.offset}",
-                      "complete": f"tokens={e.offset} finish={e.reason}"}.get(e.kind, e.reason or "")
-            _say(f"  event {e.kind:<8} replica={e.replica or '-'} {detail}")
+            if isinstance(e, (ev.AttemptStart, ev.Failure, ev.FallbackStart, ev.Resume, ev.Complete)):
+                detail = {k: v for k, v in e.__dict__.items() if k not in ("stream_id", "ts") and v not in (None, "")}
+                _say(f"  event {e.type:<13} {detail}")
 
-        _say(f"streaming through the failover client [replica 1, replica 2]; kill at token {ns.kill_at} ...")
-        client = FailoverClient([first.url, second.url], model, policy=policy, on_event=show)
+        _say(f"streaming through l0.wrap(l0.http(replica 1), fallbacks=[l0.http(replica 2)]); "
+             f"kill at token {ns.kill_at} ...")
+        client = l0.wrap(l0.http(first.url), fallbacks=[l0.http(second.url)], retry=retry, on_event=show)
         ids, text = asyncio.run(run(client, ns.kill_at))
     finally:
         second.stop()

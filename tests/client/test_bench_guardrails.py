@@ -1,4 +1,4 @@
-"""bench/bench_guardrails.py runs (tiny sizes) and writes what the README reads.
+"""bench/bench_guardrails.py runs (tiny sizes) and writes what docs/benchmarks.md reads.
 No timing assertions: timings are the bench's job."""
 from __future__ import annotations
 

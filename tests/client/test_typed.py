@@ -1,7 +1,7 @@
 """The pure parts of ``l0.structured`` (``l0.client.structured``): parsing, validation
 against a Pydantic model or a JSON schema, json_repair in schema mode, the
 re-ask message. The whole call runs on a real server in
-tests/vllm/test_content_e2e.py."""
+tests/engine/vllm/test_content_e2e.py."""
 from __future__ import annotations
 
 import pytest

@@ -1,4 +1,4 @@
-"""Schemas and prompts for l0.structured on SmolLM2 (tests/vllm/test_content_e2e.py,
+"""Schemas and prompts for l0.structured on SmolLM2 (tests/engine/vllm/test_content_e2e.py,
 bench/bench_structured.py): Pydantic models of the kinds applications ask
 for (flat records, enums, lists, nested objects, optional fields, numbers
 with bounds, a cross-field rule the JSON schema can't state)."""

@@ -1,12 +1,18 @@
 """The client wing: what ``pip install l0`` is (httpx, no torch, no vLLM).
 
-``wrap`` (``l0.wrap``/``l0.run``: a hardened stream that retries, fails over
-and resumes), ``session``/``resume``/``chunks``/``events``/``retry`` (its
-parts), ``eventlog`` (record, replay, diverge), ``structured`` (typed
-answers), ``guardrails``/``drift``/``content`` (content checks),
-``orchestrate`` (race, parallel, pipe, consensus), ``failover``
-(``FailoverClient``, plain HTTP), ``stream`` (an SSE reader). It speaks to the
-engine only through :mod:`l0.contract`.
+One client, two transports: ``wrap`` (``l0.wrap``/``l0.run``) hardens a
+client with the OpenAI SDK's surface, ``openai.AsyncOpenAI``/``OpenAI`` or
+``http`` (``l0.http(url)``: plain HTTP, no SDK), read by the one SSE reader
+``sse``. Its parts: ``options``, ``endpoints`` (probing and planning each
+attempt: fresh, checkpoint, regenerate, text), ``session`` (the attempt
+loop), ``resume`` (the checkpoint arithmetic), ``retry``, ``events``,
+``chunks``, ``whole`` (non-streaming calls), ``sync`` (the synchronous twin).
+Around it: ``eventlog`` (record, replay, diverge), ``structured`` (typed
+answers), ``guardrails``/``drift``/``content`` (content checks), ``race``
+(race, parallel, pipe), ``consensus``, ``stream`` (one unhardened read, the
+tests' measuring stick) and ``failover`` (``FailoverClient``, kept for code
+written against it: a thin layer over ``l0.wrap(l0.http(...))``). It speaks
+to the engine only through :mod:`l0.contract`.
 
 ``from l0.client import FailoverClient, RetryPolicy`` (the path the failover
 client was published under) still works: those names load on first use.

@@ -204,3 +204,21 @@ def with_token_ids(chunk: Any, kept: list[int], text: str) -> Any:
                 c["text"] = text
     d["choices"] = choices
     return rebuild(d) if not isinstance(chunk, dict) else d
+
+
+def choices_of(completion: Any) -> list[str]:
+    """The text of every choice of a non-streamed ``ChatCompletion`` (message
+    content) or ``Completion`` (text), SDK object or dict, in choice-index
+    order; a choice without text (tool calls only) gives ``""``. Raises
+    TypeError for anything ``l0.client.chunks.as_dict`` can't read."""
+    d = as_dict(completion)
+    if not isinstance(d, dict):
+        raise TypeError(f"l0: not a completion: {type(completion).__name__}")
+    choices = list(d.get("choices") or ())
+    order = sorted(range(len(choices)), key=lambda p: (choices[p].get("index", p), p))
+    out = []
+    for p in order:
+        c = choices[p]
+        msg = c.get("message")
+        out.append(((msg or {}).get("content") if msg is not None else c.get("text")) or "")
+    return out

@@ -16,8 +16,9 @@ from __future__ import annotations
 import re
 from collections import deque
 
-from .guardrails import (EXCERPT_MAX, _BUILTIN_MAX, _COMPILED, Guardrails, Rule, Violation, _Patterns, _Scanner, _width,
-                         combine)
+from l0.client.guardrails.framework import (BUILTIN_MAX, EXCERPT_MAX, Guardrails, Rule, Scanner, Violation, combine,
+                                            match_width)
+from l0.client.guardrails.patterns import CATEGORY_PATTERNS, PatternRule
 
 DRIFT_KINDS = ("repetition", "format_collapse", "meta_commentary", "hedging", "tone_shift")
 
@@ -308,9 +309,9 @@ def meta_commentary(severity: str = "warning") -> Rule:
     """The model talks about itself ("As an AI language model..."), rule
     ``drift:meta_commentary``: the ``meta_commentary`` patterns of
     :data:`~l0.client.guardrails.PATTERN_CATEGORIES`, on the first hit."""
-    pattern = _COMPILED["meta_commentary"]
-    return _Patterns("drift:meta_commentary", severity,
-                     [("drift:meta_commentary", severity, pattern, _width(pattern, _BUILTIN_MAX)[1])])
+    pattern = CATEGORY_PATTERNS["meta_commentary"]
+    return PatternRule("drift:meta_commentary", severity,
+                     [("drift:meta_commentary", severity, pattern, match_width(pattern, BUILTIN_MAX)[1])])
 
 
 class _Hedging(Rule):
@@ -318,12 +319,12 @@ class _Hedging(Rule):
         _positive("threshold", threshold)
         _positive("window", window)
         self.threshold, self.window = threshold, window
-        self._pattern = _COMPILED["hedging"]
-        self._pattern_width = _width(self._pattern, _BUILTIN_MAX)[1]
+        self._pattern = CATEGORY_PATTERNS["hedging"]
+        self._pattern_width = match_width(self._pattern, BUILTIN_MAX)[1]
         super().__init__("drift:hedging", severity)
 
     def _reset(self) -> None:
-        self._scan = _Scanner(self._pattern, self._pattern_width, first_only=False)
+        self._scan = Scanner(self._pattern, self._pattern_width, first_only=False)
         self._hits: deque = deque()   # (start, text) of the hedges in the window
 
     def _feed(self, text: str, start: int, out: list[Violation]) -> None:

@@ -6,8 +6,11 @@ replicas, without the OpenAI SDK.
         print(delta.text, end="")
     client.last.token_ids, client.last.finish_reason
 
-A thin layer on the same core as ``l0.wrap`` (:class:`l0.client.session.Session`,
-planning in :class:`l0.client.wrap.ServerEndpoint`): attempt k runs on replica
+Kept for code written against it; new code uses the one client,
+``l0.wrap(l0.http(url), fallbacks=[l0.http(other)])``, which this is a thin
+layer over (:class:`~l0.client.session.Session`, planning in
+:class:`~l0.client.endpoints.ServerEndpoint`, transport
+:class:`~l0.client.http.HttpClient`). Attempt k runs on replica
 ``(k - 1) % len(replicas)``, each replica known to run L0 (no probe). Every
 request carries an ``l0_key``; a broken stream (connection refused or reset,
 the server killed, HTTP 408/429/5xx, no token within
@@ -26,13 +29,13 @@ offset), ``complete``, ``give_up``.
 from __future__ import annotations
 
 import asyncio
-import json
 import random
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Awaitable, Callable, Sequence
 
 from l0.contract import Record, new_key
 from l0.client.resume import ResumeError
+from l0.client.sse import StreamError
 
 
 @dataclass(frozen=True)
@@ -78,49 +81,7 @@ class StreamOutcome:
     events: list[Event] = field(default_factory=list)
 
 
-class HTTPStatus(Exception):
-    """A non-200 answer (``status_code``, ``response.headers``: what
-    :func:`l0.client.retry.classify` and ``Retry-After`` read)."""
-
-    def __init__(self, status_code: int, headers: dict, message: str) -> None:
-        super().__init__(f"HTTP {status_code}: {message[:500]}")
-        self.status_code = status_code
-        self.response = type("Response", (), {"headers": headers, "status_code": status_code})()
-
-
-def _http_endpoint_class():
-    from l0.client.wrap import ServerEndpoint
-
-    class HttpEndpoint(ServerEndpoint):
-        """A replica reached with httpx: SSE parsed into chunk dicts."""
-
-        def __init__(self, http, base_url: str, *args, **kwargs) -> None:
-            super().__init__(base_url, dict(http.headers), *args, **kwargs)
-            self.http = http
-
-        def open(self, plan, session):
-            async def ready():
-                return self._chunks(plan)
-            return ready()
-
-        async def _chunks(self, plan) -> AsyncIterator[dict]:
-            req = plan.request
-            body = {k: v for k, v in req["params"].items() if k != "extra_body"}
-            body.update(req["params"].get("extra_body") or {})
-            body["stream"] = True
-            path = "/v1/chat/completions" if req["call"] == "chat" else "/v1/completions"
-            async with self.http.stream("POST", self.root + path, json=body) as resp:
-                if resp.status_code != 200:
-                    await resp.aread()
-                    raise HTTPStatus(resp.status_code, dict(resp.headers), resp.text)
-                async for line in resp.aiter_lines():
-                    if not line.startswith("data: ") or line == "data: [DONE]":
-                        continue
-                    chunk = json.loads(line[6:])
-                    if "error" in chunk:  # an error event after the 200: the engine failed mid-stream
-                        raise HTTPStatus(500, {}, f"server error in stream: {chunk['error']}")
-                    yield chunk
-    return HttpEndpoint
+HTTPStatus = StreamError   # the name this module published for a non-200 answer
 
 
 _OLD_MODES = {"checkpoint": "resume"}
@@ -151,7 +112,7 @@ class FailoverClient:
         ``start`` on (a 404 is an answer: None)."""
         import httpx
 
-        from l0.client.wrap import fetch_record
+        from l0.client.endpoints import fetch_record
 
         own = client is None
         client = client or httpx.AsyncClient(timeout=self.policy.connect_timeout_s, headers=self.headers)
@@ -165,11 +126,11 @@ class FailoverClient:
 
     # -- the stream -------------------------------------------------------------
     async def _stream(self, kind: str, params: dict, key: str | None) -> AsyncIterator[Delta]:
-        import httpx
-
         from l0.client import events as ev
         from l0.client.chunks import parts
-        from l0.client.wrap import Options
+        from l0.client.endpoints import SDKEndpoint
+        from l0.client.http import HttpClient
+        from l0.client.options import Options
         from l0.client.retry import Retry, Timeouts
         from l0.client.session import Session
 
@@ -179,7 +140,6 @@ class FailoverClient:
                           timeout=Timeouts(first_token_s=pol.first_token_timeout_s,
                                            inter_token_s=pol.inter_token_timeout_s),
                           sleep=pol.sleep, check_zero_output=False)
-        HttpEndpoint = _http_endpoint_class()
         replica_of: dict[str, str] = {}
 
         def translate(e) -> None:
@@ -199,34 +159,33 @@ class FailoverClient:
                 if self.on_event is not None:
                     self.on_event(old)
 
-        timeout = httpx.Timeout(connect=pol.connect_timeout_s, read=None, write=30.0, pool=30.0)
-        async with httpx.AsyncClient(timeout=timeout, headers=self.headers) as http:
-            endpoints: list = []
-            for i in range(pol.max_attempts):
-                replica = self.replicas[i % len(self.replicas)]
-                ep = HttpEndpoint(http, replica + "/v1", kind, dict(params), options, endpoints, assume_l0=True)
-                replica_of[ep.name] = replica
-                endpoints.append(ep)
-            session = Session(endpoints, kind=kind, retry=options.retry, timeouts=options.timeout, emit=translate,
-                              sleep=pol.sleep, check_zero_output=False, l0_key=out.key,
-                              fallback_delay=lambda i: pol.delay(i + 1))
-            try:
-                async for chunk in session:
-                    p = parts(chunk)
-                    if p.text or p.token_ids:
-                        ids = list(p.token_ids or ())
-                        out.token_ids.extend(ids)
-                        out.text += p.text
-                        yield Delta(p.text, ids)
-                out.finish_reason = session.finish_reason
-            except ResumeError as exc:
-                exc.token_ids, exc.text = list(out.token_ids), out.text
-                raise
-            except Exception as exc:  # noqa: BLE001 - every failure reaches the caller as ResumeError
-                reason = f"{type(exc).__name__}: {exc}"
-                e = Event("give_up", attempt=session.attempts, reason=reason, offset=len(out.token_ids))
-                out.events.append(e)
-                if self.on_event is not None:
-                    self.on_event(e)
-                raise ResumeError(f"l0: gave up after {session.attempts} attempts: {reason}", out.token_ids,
-                                  out.text) from exc
+        endpoints: list = []
+        for i in range(pol.max_attempts):
+            replica = self.replicas[i % len(self.replicas)]
+            http = HttpClient(replica, headers=self.headers, connect_timeout_s=pol.connect_timeout_s)
+            ep = SDKEndpoint(http, kind, dict(params), options, endpoints, assume_l0=True)
+            replica_of[ep.name] = replica
+            endpoints.append(ep)
+        session = Session(endpoints, kind=kind, retry=options.retry, timeouts=options.timeout, emit=translate,
+                          sleep=pol.sleep, check_zero_output=False, l0_key=out.key,
+                          fallback_delay=lambda i: pol.delay(i + 1))
+        try:
+            async for chunk in session:
+                p = parts(chunk)
+                if p.text or p.token_ids:
+                    ids = list(p.token_ids or ())
+                    out.token_ids.extend(ids)
+                    out.text += p.text
+                    yield Delta(p.text, ids)
+            out.finish_reason = session.finish_reason
+        except ResumeError as exc:
+            exc.token_ids, exc.text = list(out.token_ids), out.text
+            raise
+        except Exception as exc:  # noqa: BLE001 - every failure reaches the caller as ResumeError
+            reason = f"{type(exc).__name__}: {exc}"
+            e = Event("give_up", attempt=session.attempts, reason=reason, offset=len(out.token_ids))
+            out.events.append(e)
+            if self.on_event is not None:
+                self.on_event(e)
+            raise ResumeError(f"l0: gave up after {session.attempts} attempts: {reason}", out.token_ids,
+                              out.text) from exc

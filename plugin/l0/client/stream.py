@@ -1,13 +1,14 @@
-"""A minimal streaming chat call over HTTP (SSE) that keeps exact token ids.
-
-Used by ``l0 demo``, the end-to-end tests and the benchmarks. (The failover
-client with retries and resume is separate work.)
+"""One synchronous streaming chat call with no retries, keeping exact token
+ids: the measuring stick of ``l0 demo``, the end-to-end tests and the
+benchmarks, which need to see a server's answer as it is (a hardened stream
+is ``l0.wrap(l0.http(url))``). SSE read by :mod:`l0.client.sse`.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any, Callable
+
+from l0.client.sse import StreamError, chunks, error_of
 
 
 @dataclass
@@ -39,22 +40,19 @@ def stream_chat(url: str, model: str, prompt: str, max_tokens: int, xargs: dict[
         out.status = resp.status_code
         if resp.status_code != 200:
             resp.read()
-            try:
-                out.error = resp.json()["error"]["message"]
-            except Exception:
-                out.error = resp.text
+            out.error = error_of(resp.status_code, {}, resp.text).message
             return out
-        for line in resp.iter_lines():
-            if not line.startswith("data: ") or line == "data: [DONE]":
-                continue
-            chunk = json.loads(line[6:])
-            for choice in chunk.get("choices", []):
-                ids = choice.get("token_ids") or []
-                delta = (choice.get("delta") or {}).get("content") or ""
-                out.token_ids += ids
-                out.text += delta
-                if choice.get("finish_reason"):
-                    out.finish_reason = choice["finish_reason"]
-                if on_delta and (ids or delta):
-                    on_delta(delta, ids)
+        try:
+            for chunk in chunks(resp.iter_lines()):
+                for choice in chunk.get("choices", []):
+                    ids = choice.get("token_ids") or []
+                    delta = (choice.get("delta") or {}).get("content") or ""
+                    out.token_ids += ids
+                    out.text += delta
+                    if choice.get("finish_reason"):
+                        out.finish_reason = choice["finish_reason"]
+                    if on_delta and (ids or delta):
+                        on_delta(delta, ids)
+        except StreamError as exc:   # the engine failed mid-stream: what came before is kept
+            out.error = str(exc)
     return out

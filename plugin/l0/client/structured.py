@@ -244,7 +244,8 @@ def structured_sync(client: Any, schema: Any, **kw: Any) -> Any:
     """:func:`structured` for synchronous code: ``client`` is
     ``l0.wrap(openai.OpenAI(...))`` (its loop thread runs the call) or a
     plain ``openai.OpenAI`` (wrapped for this call, then closed)."""
-    from l0.client.wrap import SyncWrappedClient, wrap
+    from l0.client.sync import SyncWrappedClient
+    from l0.client.wrap import wrap
 
     owned = not isinstance(client, SyncWrappedClient)
     wrapped = wrap(client) if owned else client

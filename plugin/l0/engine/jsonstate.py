@@ -5,7 +5,7 @@ ends such an answer by the shortest valid route ("close mode").
 
 Pure Python (the spec). The detect op's backends carry the tracker (one table
 lookup per token and row, O(1), on the device: ``jstate``/``jdepth``); the act
-op applies the close bias. ``tests/test_jsonstate.py`` proves the tracker equal
+op applies the close bias. ``tests/engine/test_jsonstate.py`` proves the tracker equal
 to Python's own JSON scanner (``json.decoder.scanstring`` for string spans)
 over random nested JSON cut by a real tokenizer.
 

@@ -1,5 +1,5 @@
 """Device ops. One name per op across layers: ``l0/engine/ops/<op>.py`` ↔
-``kernels/<op>.cu`` ↔ ``tests/ops/test_<op>.py`` ↔ ``bench/bench_<op>.py``.
+``kernels/<op>.cu`` ↔ ``tests/engine/ops/test_<op>.py`` ↔ ``bench/bench_<op>.py``.
 
 The detector factory lives here, above its backends (``detect`` the torch
 spec, ``detect_cpu``, ``detect_cuda``, ``detect_reference``), which it

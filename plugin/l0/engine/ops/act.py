@@ -1,7 +1,7 @@
 """The ``act`` op: apply one step's detections to the logits, in place.
 
 Contract (``act_torch`` is the spec; ``ActCuda`` runs ``kernels/act.cu`` and
-equals it bit for bit, proven by ``tests/ops/test_act.py`` on a GPU):
+equals it bit for bit, proven by ``tests/engine/ops/test_act.py`` on a GPU):
 
 * ``logits`` ``[B, V]`` float32, bfloat16 or float16. :class:`SlotState`
   holds the per-slot tensors (at least ``B`` rows): ``latch`` int32 (the first

@@ -1,7 +1,7 @@
 """The ``detect`` op: batched loop / near-loop / echo / no-progress detection on a torch device.
 
 Contract (the spec is :mod:`l0.engine.ops.detect_reference`; every backend equals it
-exactly, proven by ``tests/ops/test_detect.py``):
+exactly, proven by ``tests/engine/ops/test_detect.py``):
 
 * A detector holds state for ``num_slots`` request slots (rows of vLLM's
   persistent batch) and periods ``1..max_period``.

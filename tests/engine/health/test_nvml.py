@@ -14,7 +14,7 @@ import pytest
 
 pytestmark = [pytest.mark.gpu, pytest.mark.nvml]
 
-RESULTS = Path(__file__).resolve().parents[1] / "bench" / "results"
+RESULTS = Path(__file__).resolve().parents[3] / "bench" / "results"
 # Fields every data-centre card supports; the rest may be NotSupported (None) on some generations.
 ALWAYS = ("uuid", "name", "temperature_c", "power_w", "memory_used_bytes", "memory_total_bytes")
 

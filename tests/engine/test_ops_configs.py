@@ -13,7 +13,7 @@ import yaml
 
 from l0.engine.health.metrics import SERIES
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 NAME = re.compile(r"\bl0_[a-z_]+\b")
 
 

@@ -10,7 +10,7 @@ import pytest
 from l0.cli import scan_lines
 from l0.engine.config import DetectorParams
 
-DATA = Path(__file__).resolve().parent / "data" / "smollm2_labelled.jsonl"
+DATA = Path(__file__).resolve().parents[1] / "data" / "smollm2_labelled.jsonl"
 
 
 def test_scan_reports_each_line_and_bad_lines():
@@ -50,7 +50,7 @@ def test_scan_cli_rejects_bad_option():
 
 HOLDOUT = DATA.parent / "smollm2_holdout.jsonl"
 # Held-out outputs (never used to choose defaults) where the server defaults
-# disagree with the label. Pinned so the list can only shrink (README, Limits):
+# disagree with the label. Pinned so the list can only shrink (docs/limits.md):
 # h27 "Write the alphabet backwards." 25 lines "X: Reverse the alphabet
 # backwards to make it easier to remember the alphabet backwards." that the
 # model ends at Y by itself (a near-loop L0 cuts at token 332); h28 "Give me 20

@@ -45,7 +45,7 @@ def only(row, tok=EOS):
     return torch.isfinite(row).nonzero().flatten().tolist() == [tok]
 
 
-# -- the sequences of tests/vllm/test_logits_processor.py, without vLLM --------
+# -- the sequences of tests/engine/vllm/test_logits_processor.py, without vLLM --------
 
 def test_stop_allows_only_eos_after_min_repeats(core):
     out = []

@@ -24,7 +24,7 @@ from services import settled_record
 
 pytestmark = pytest.mark.vllm
 
-DATA = Path(__file__).resolve().parents[1] / "data"
+DATA = Path(__file__).resolve().parents[2] / "data"
 sys.path.insert(0, str(DATA))
 
 # The server's verdict is read from the request's checkpoint record, whose
@@ -377,7 +377,7 @@ def test_consensus_of_five_seeded_samples_in_one_request(server):
     """n = 5 samples (temperature 0.8, seed 0) in one vLLM request: 4 say
     Canberra, 1 says "**Orc**"."""
     import l0
-    from l0.client.orchestrate import choices_of
+    from l0.client.chunks import choices_of
 
     async def go():
         client = sdk(server.url)
@@ -404,7 +404,7 @@ def test_field_level_consensus_of_five_structured_samples(server):
     question 1.0, overall 0.9); five invented fruits agree on nothing, and
     resolve="fail" says so."""
     import l0
-    from l0.client.orchestrate import ConsensusFailed
+    from l0.client.consensus import ConsensusFailed
     from structured_cases import CASES
 
     async def go(name):

@@ -14,7 +14,7 @@ import pytest
 
 pytestmark = pytest.mark.nvrtc
 
-KERNELS = sorted((Path(__file__).resolve().parents[1] / "kernels").glob("*.cu"))
+KERNELS = sorted((Path(__file__).resolve().parents[2] / "kernels").glob("*.cu"))
 
 
 def nvrtc_library() -> str | None:

@@ -164,7 +164,7 @@ def _fetch(app, key, wait_s, during=None, ready=None):
     first request (a record landing late). Returns (found, requests made)."""
     import httpx
 
-    from l0.client.wrap import fetch_record
+    from l0.client.endpoints import fetch_record
 
     asked = []
 

@@ -21,7 +21,7 @@ from services import settled_record
 
 pytestmark = pytest.mark.vllm
 
-DATA = Path(__file__).resolve().parents[1] / "data"
+DATA = Path(__file__).resolve().parents[2] / "data"
 PROMPTS = {r["id"]: r for r in json.loads((DATA / "json_prompts.json").read_text())}
 RECORDED = [json.loads(line) for line in (DATA / "smollm2_json.jsonl").read_text().splitlines() if line.strip()]
 CLEAN = [r for r in RECORDED if r["label"] == "clean"]

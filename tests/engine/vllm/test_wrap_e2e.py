@@ -96,10 +96,19 @@ def sdk(url):
     return AsyncOpenAI(base_url=url + "/v1", api_key="test", max_retries=0)
 
 
+def http(url):
+    import l0
+    return l0.http(url + "/v1", api_key="test")
+
+
+TRANSPORTS = {"sdk": sdk, "http": http}   # one client, two transports: every behaviour the same
+
+
 def wrapped_run(fleet, url, kind="chat", kill_at=None, victim=None, fallbacks=(), messages=PROMPT,
-                max_tokens=MAX_TOKENS, hook=None, request=None, **options) -> Run:
+                max_tokens=MAX_TOKENS, hook=None, request=None, transport="sdk", **options) -> Run:
     """One wrapped stream; ``hook(event)`` runs on every event as it happens;
-    ``request`` adds fields to the create call (e.g. ``stop``)."""
+    ``request`` adds fields to the create call (e.g. ``stop``); ``transport``:
+    the OpenAI SDK or ``l0.http`` (plain HTTP)."""
     import l0
 
     run = Run()
@@ -115,7 +124,7 @@ def wrapped_run(fleet, url, kind="chat", kill_at=None, victim=None, fallbacks=()
         freeze.write_text(str(kill_at))
 
     async def go():
-        clients = [sdk(url)] + [sdk(f) for f in fallbacks]
+        clients = [TRANSPORTS[transport](u) for u in (url, *fallbacks)]
         client = l0.wrap(clients[0], fallbacks=clients[1:], sleep=run.sleep, on_event=on_event, **options)
         try:
             await consume(client)
@@ -181,10 +190,11 @@ def reference(fleet):
     return text, ids, n
 
 
-def test_a_healthy_stream_is_the_sdk_stream(fleet, reference, proxies):
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_a_healthy_stream_is_the_sdk_stream(fleet, reference, proxies, transport):
     from openai.types.chat import ChatCompletionChunk
 
-    run = wrapped_run(fleet, fleet["r1"].url)
+    run = wrapped_run(fleet, fleet["r1"].url, transport=transport)
     assert (run.text, run.ids) == reference[:2]
     assert len(run.chunks) == reference[2] and all(isinstance(c, ChatCompletionChunk) for c in run.chunks)
     assert run.types() == ["session_start", "attempt_start", "first_token", "complete"]
@@ -194,10 +204,11 @@ def test_a_healthy_stream_is_the_sdk_stream(fleet, reference, proxies):
     assert (done.finish_reason, done.tokens, done.attempts) == ("length", MAX_TOKENS, 1)
 
 
-@pytest.mark.parametrize("after", [2, 30, MAX_TOKENS], ids=["early", "middle", "last-token"])
-def test_a_cut_stream_resumes_from_the_checkpoint_token_for_token(fleet, reference, proxies, after):
+@pytest.mark.parametrize("after,transport", [(2, "sdk"), (30, "sdk"), (MAX_TOKENS, "sdk"), (30, "http")],
+                         ids=["early", "middle", "last-token", "middle-http"])
+def test_a_cut_stream_resumes_from_the_checkpoint_token_for_token(fleet, reference, proxies, after, transport):
     proxies["r1"].inject(Cut(after_events=after))
-    run = wrapped_run(fleet, proxies["r1"].url)
+    run = wrapped_run(fleet, proxies["r1"].url, transport=transport)
     assert (run.text, run.ids) == reference[:2]
     assert len({c.id for c in run.chunks}) == 1  # one stream, one identity
     assert run.types()[:5] == ["session_start", "attempt_start", "first_token", "failure", "retry_scheduled"]
@@ -239,10 +250,11 @@ def test_a_stall_is_interrupted_by_the_inter_token_timeout(fleet, reference, pro
         assert [e.mode for e in run.of("attempt_start")] == ["fresh"] and fetched[0].finished
 
 
-def test_429_and_503_retry_after_honoured_and_capped(fleet, reference, proxies):
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_429_and_503_retry_after_honoured_and_capped(fleet, reference, proxies, transport):
     proxies["r1"].inject(Status(429, {"retry-after": "7"}), Status(503, {"retry-after": "500"}),
                          Status(503, {"retry-after-ms": "1500"}))
-    run = wrapped_run(fleet, proxies["r1"].url)
+    run = wrapped_run(fleet, proxies["r1"].url, transport=transport)
     assert (run.text, run.ids) == reference[:2]
     assert run.sleeps == [7.0, 120.0, 1.5]
     assert [(e.category, e.delay_s) for e in run.of("retry_scheduled")] == [
@@ -283,11 +295,12 @@ def test_401_and_400_are_never_retried(fleet, proxies):
     assert proxies["r1"].seen.count("POST /v1/chat/completions -> Status") == 1
 
 
-def test_sigkill_of_the_primary_resumes_on_the_fallback(fleet, reference, proxies):
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_sigkill_of_the_primary_resumes_on_the_fallback(fleet, reference, proxies, transport):
     import l0
 
     run = wrapped_run(fleet, fleet["r1"].url, kill_at=24, victim=fleet["r1"], fallbacks=[fleet["r2"].url],
-                      retry=l0.Retry(max_retries=1))
+                      retry=l0.Retry(max_retries=1), transport=transport)
     assert (run.text, run.ids) == reference[:2]
     assert [f.category for f in run.of("failure")] == ["network", "network"]  # the cut, then refused
     assert [(e.index, e.endpoint) for e in run.of("fallback")] == [(1, fleet["r2"].url + "/v1/")]
@@ -336,7 +349,32 @@ def test_the_log_replays_the_live_stream_byte_for_byte(fleet, reference, proxies
     assert diverge(cut_log, clean_log) is None  # a cut and resumed run is the clean run, token for token
 
 
-def test_non_streaming_retries_by_category(fleet, proxies):
+def test_401_and_400_over_plain_http_are_never_retried(fleet, proxies):
+    from l0.client.sse import StreamError
+
+    proxies["r1"].inject(Status(401))
+    with pytest.raises(StreamError) as refused:
+        wrapped_run(fleet, proxies["r1"].url, transport="http")
+    assert refused.value.status_code == 401
+    run = Run()
+
+    async def go():
+        import l0
+        client = l0.wrap(http(fleet["r1"].url), sleep=run.sleep, on_event=run.events.append)
+        stream = await client.chat.completions.create(model=fleet["model"], messages=PROMPT, max_tokens=8,
+                                                      temperature=-1.0, stream=True)
+        async for _ in stream:
+            pass
+    with pytest.raises(StreamError) as bad:
+        asyncio.run(go())
+    assert bad.value.status_code == 400 and "temperature" in bad.value.message
+    assert run.sleeps == []
+    assert run.types() == ["session_start", "attempt_start", "failure", "retry_given_up", "error"]
+    assert proxies["r1"].seen.count("POST /v1/chat/completions -> Status") == 1
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_non_streaming_retries_by_category(fleet, proxies, transport):
     import openai
 
     async def plain():
@@ -349,12 +387,15 @@ def test_non_streaming_retries_by_category(fleet, proxies):
 
     async def go():
         import l0
-        client = l0.wrap(sdk(proxies["r1"].url), sleep=run.sleep, on_event=run.events.append)
+        client = l0.wrap(TRANSPORTS[transport](proxies["r1"].url), sleep=run.sleep, on_event=run.events.append)
         return await client.chat.completions.create(model=fleet["model"], messages=PROMPT, max_tokens=16,
                                                     temperature=0.0)
     resp = asyncio.run(go())
-    assert isinstance(resp, openai.types.chat.ChatCompletion)
-    assert resp.choices[0].message.content == want
+    if transport == "sdk":
+        assert isinstance(resp, openai.types.chat.ChatCompletion)
+        assert resp.choices[0].message.content == want
+    else:   # l0.http answers the response JSON
+        assert resp["choices"][0]["message"]["content"] == want
     assert [f.category for f in run.of("failure")] == ["transient", "network"]
     assert run.of("complete")[0].attempts == 3
 

@@ -59,7 +59,7 @@ def test_yaml_unknown_key_refused(tmp_path):
 def test_shipped_config_loads(monkeypatch):
     from pathlib import Path
     monkeypatch.delenv("L0_ACTION", raising=False)
-    cfg = load_server_config(Path(__file__).resolve().parents[1] / "configs" / "l0.yaml")
+    cfg = load_server_config(Path(__file__).resolve().parents[2] / "configs" / "l0.yaml")
     assert cfg.action == "stop" and cfg.defaults == DetectorParams()
 
 

@@ -3,7 +3,7 @@ bad one gets L0's own error with a message (OptionError / ValueError), never
 another exception — on a server that other exception is a 500, a dead
 health monitor, or a start-up traceback instead of a refusal.
 
-The same inputs against a running server: tests/vllm/test_compat_e2e.py.
+The same inputs against a running server: tests/engine/vllm/test_compat_e2e.py.
 """
 from __future__ import annotations
 

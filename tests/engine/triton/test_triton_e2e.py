@@ -29,7 +29,7 @@ from l0.engine.triton.guard import parse_options
 
 pytestmark = pytest.mark.triton
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 PROMPT = [5, 6, 7]
 MAX_TOKENS = 64
 

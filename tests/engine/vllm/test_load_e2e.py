@@ -16,7 +16,7 @@ import pytest
 
 pytestmark = [pytest.mark.vllm, pytest.mark.redis]
 
-BENCH = Path(__file__).resolve().parents[2] / "bench" / "bench_load.py"
+BENCH = Path(__file__).resolve().parents[3] / "bench" / "bench_load.py"
 
 
 def test_every_mode_decodes_everything_and_the_writer_keeps_up(tmp_path):

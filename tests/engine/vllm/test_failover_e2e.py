@@ -216,7 +216,7 @@ def test_guided_json_closed_by_l0_is_regenerated_exactly(fleet):
 
 
 def test_seeded_sampling_keeps_the_exact_prefix_and_loses_nothing(fleet):
-    """What the README claims for seeded sampling: the tokens delivered before
+    """What docs/checkpoints.md claims for seeded sampling: the tokens delivered before
     the kill are kept exactly, nothing is duplicated or missing, and the output
     runs to the same length; the continuation itself is a fresh sample."""
     r1, r2 = fleet["r1"], fleet["r2"]

@@ -3,7 +3,7 @@
 vLLM's CPU build falls back to the V1 runner because Triton has no CPU
 backend here; V2's Triton kernels run in Triton's interpreter instead
 (``TRITON_INTERPRET=1``), and a test-only ``sitecustomize``
-(``tests/vllm/v2_cpu/``) answers vLLM's "is Triton usable" check. The model
+(``tests/engine/vllm/v2_cpu/``) answers vLLM's "is Triton usable" check. The model
 runner, its sampler, its logits-processor loader and L0 are the real ones;
 only the kernels run slowly (about 8 tokens/s for a batch of four).
 
@@ -28,8 +28,8 @@ import pytest
 pytestmark = pytest.mark.vllm
 
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parents[1]
-DATA = HERE.parent / "data" / "smollm2_labelled.jsonl"
+ROOT = HERE.parents[2]
+DATA = HERE.parents[1] / "data" / "smollm2_labelled.jsonl"
 ROWS = {r["id"]: r for r in map(json.loads, DATA.read_text().splitlines()) if r}
 # Two runaways, two short finished answers, and one with L0 off.
 PICK = {"p00": "stop", "p20": "stop", "p14": "stop", "p11": "off"}
@@ -89,7 +89,7 @@ def test_runaways_are_stopped_where_the_v1_runner_stops_them(v2_run):
               if '{"event": "l0.intervention"' in ln and not ln.startswith("RESULT ")]
     pluto = [e for e in events if e["key"] == "v2-p00"]
     assert pluto and pluto[0]["action"] == "stop" and pluto[0]["kind"] == "near_loop"
-    # README, under V1: {"kind": "near_loop", "period": 5, "token_index": 237, "action": "stop"}
+    # docs/engine.md, under V1: {"kind": "near_loop", "period": 5, "token_index": 237, "action": "stop"}
     assert (pluto[0]["period"], pluto[0]["token_index"]) == (5, 237)
     assert len(by_id["p00"]["token_ids"]) == 238
 

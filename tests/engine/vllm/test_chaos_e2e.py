@@ -16,7 +16,7 @@ import pytest
 
 pytestmark = [pytest.mark.vllm, pytest.mark.redis]
 
-BENCH = Path(__file__).resolve().parents[2] / "bench" / "chaos.py"
+BENCH = Path(__file__).resolve().parents[3] / "bench" / "chaos.py"
 
 
 def _chaos():

@@ -1,0 +1,431 @@
+"""Where a hardened stream's attempts go, and how each is planned.
+
+:class:`ServerEndpoint` is an OpenAI-compatible server and the request: it
+probes the server once (``GET /l0/health``; ``GET /version`` for vLLM,
+cached per base URL) and plans every attempt: fresh (with an ``l0_key`` on
+L0 servers), from the checkpoint (token for token), regenerated (greedy, the
+delivered tokens checked and skipped) or continued from the text.
+:class:`SDKEndpoint` opens attempts through a client with the SDK's surface
+(``openai.AsyncOpenAI``, or :class:`l0.client.http.HttpClient` with no SDK);
+:class:`FactoryEndpoint` through an ``l0.run`` factory.
+"""
+from __future__ import annotations
+
+import asyncio
+import inspect
+import time
+from dataclasses import dataclass
+from typing import Any, AsyncIterator, Callable, Sequence
+
+from l0.client import chunks as ck
+from l0.client import events as ev
+from l0.client.options import Options
+from l0.client.session import Endpoint, Plan, Session
+from l0.contract import CHECKPOINTS_OFF, CHECKPOINTS_ROUTE, OPT_KEY
+
+_PROBES: dict[str, "ServerInfo"] = {}
+PROBE_TIMEOUT_S = 5.0
+RECORD_LAG_S = 2.0   # how long a record known to exist is asked for before regenerating instead
+
+# Request fields the SDK's create() does not know as keywords: sent through extra_body.
+_COMPLETION_KEYS = {"model", "prompt", "stream", "max_tokens", "temperature", "top_p", "seed", "stop",
+                    "presence_penalty", "frequency_penalty", "logit_bias", "n", "logprobs", "echo", "best_of",
+                    "suffix", "user", "stream_options"}
+
+
+@dataclass(frozen=True)
+class ServerInfo:
+    l0: bool = False
+    vllm: bool = False
+    known: bool = False      # False: not probed, or the probe could not reach it
+
+def _root(base_url: str) -> str:
+    url = str(base_url).rstrip("/")
+    return url[:-3] if url.endswith("/v1") else url
+
+
+def _headers(client: Any) -> dict[str, str]:
+    out = {}
+    for source in (getattr(client, "default_headers", None) or {}, getattr(client, "auth_headers", None) or {}):
+        for k, v in source.items():
+            if isinstance(v, str) and not k.lower().startswith("x-stainless"):
+                out[k] = v
+    return out
+
+
+async def probe(client: Any, refresh: bool = False) -> ServerInfo:
+    """Is the server behind ``client`` (an SDK client) an L0 server
+    (``/l0/health`` answers 200 or 503 with JSON), a vLLM server
+    (``/version``)? Cached per base URL; a server that can't be reached is
+    not cached (``known`` False)."""
+    return await probe_root(_root(client.base_url), _headers(client), refresh)
+
+
+async def probe_root(root: str, headers: dict[str, str], refresh: bool = False) -> ServerInfo:
+    import httpx
+
+    if not refresh and root in _PROBES:
+        return _PROBES[root]
+    l0 = vllm = False
+    try:
+        async with httpx.AsyncClient(timeout=PROBE_TIMEOUT_S, headers=headers) as http:
+            r = await http.get(root + "/l0/health")
+            if r.status_code in (200, 503):
+                try:
+                    l0 = isinstance(r.json(), dict)
+                except ValueError:
+                    l0 = False
+            r = await http.get(root + "/version")
+            if r.status_code == 200:
+                try:
+                    vllm = "version" in r.json()
+                except ValueError:
+                    vllm = False
+    except httpx.HTTPError:
+        return ServerInfo()
+    info = _PROBES[root] = ServerInfo(l0=l0, vllm=vllm or l0, known=True)
+    return info
+
+
+class ServerEndpoint(Endpoint):
+    """An OpenAI-compatible server and the request (with overrides): how to
+    plan each attempt (fresh, checkpoint, regenerate, text). Subclasses
+    open the stream (:class:`SDKEndpoint`).
+    ``assume_l0``: the caller knows the server runs L0 (no probe)."""
+
+    def __init__(self, base_url: str, headers: dict[str, str], kind: str, params: dict, options: Options,
+                 peers: list["ServerEndpoint"], assume_l0: bool = False) -> None:
+        self.kind = kind
+        self.params = params
+        self.model = params.get("model")
+        self.name = str(base_url)
+        self.root = _root(base_url)
+        self.headers = headers
+        self.options = options
+        self.peers = peers
+        self.assume_l0 = assume_l0
+        self.info = ServerInfo(l0=True, vllm=True, known=True) if assume_l0 else ServerInfo()
+        self.l0 = assume_l0
+
+    async def prepare(self) -> None:
+        if not self.info.known:
+            self.info = await probe_root(self.root, self.headers)
+        self.l0 = self.info.l0 and self.options.l0_resume  # off: an L0 server is used as plain vLLM
+
+    # -- planning -------------------------------------------------------------
+    async def plan(self, session: Session) -> Plan | None:
+        got = session.received
+        if got.empty and not self.info.known:
+            await self.prepare()  # the server was unreachable at the first probe
+        if not got.empty and not self.options.resume:
+            raise ResumeRefused("l0: resume is off and the stream broke mid-way")
+        same_model = session.key_model in (None, self.model)
+        if (self.l0 and session.l0_key and session.attempts and got.token_ids is not None and self.options.resume
+                and same_model):
+            # a keyed attempt was made: its checkpoint may hold tokens never delivered
+            return await self._plan_l0(session)
+        if got.empty:
+            if self.l0 and (session.l0_key is None or not same_model):
+                from l0.contract import new_key
+                session.l0_key = new_key()  # (a fallback to another model starts its own record)
+            if self.l0:
+                session.key_model = self.model
+            return Plan("fresh", self._fresh_request(session))
+        return self._plan_text(session)  # token ids of another model mean nothing here: text
+
+    def _fresh_request(self, session: Session) -> dict:
+        params = dict(self.params)
+        if self.l0:
+            extra = dict(params.get("extra_body") or {})
+            xargs = dict(extra.get("vllm_xargs") or {})
+            xargs[OPT_KEY] = session.l0_key
+            extra["vllm_xargs"] = xargs
+            extra["return_token_ids"] = True
+            params["extra_body"] = extra
+        return {"call": self.kind, "params": params}
+
+    async def _plan_l0(self, session: Session) -> Plan | None:
+        from l0.client.resume import check_model, continuation_body, merge, needs_regeneration, remaining
+
+        got = session.received
+        # Tokens came for the key: its record exists, perhaps not yet readable.
+        record = await self._fetch_checkpoint(session, wait_s=RECORD_LAG_S if got.token_ids else 0.0)
+        greedy = self.params.get("temperature") == 0 or (self.params.get("extra_body") or {}).get("temperature") == 0
+        # A chat request with tools: the server's tool parser reads the chat stream; a continuation
+        # on /v1/completions would hand a later tool call to the caller as raw text.
+        tools = self.kind == "chat" and bool(self.params.get("tools") or self.params.get("functions"))
+        if record is None or needs_regeneration(record) or tools:
+            if got.empty:
+                return Plan("fresh", self._fresh_request(session))
+            if greedy:
+                return Plan("regenerate", self._fresh_request(session), skip_ids=len(got.token_ids),
+                            skip_chars=len(got.text), convert=True)
+            return self._plan_text(session)
+        check_model(record, self.model, got.token_ids)
+        outputs = merge(got.token_ids, record.output_ids, session.l0_key)
+        extra = outputs[len(got.token_ids):]
+        if extra:  # generated and checkpointed, never delivered: deliver first
+            text = await self.detokenize_tail(got.token_ids, outputs, delivered=got.text)
+            p = ck.Parts(text=text, token_ids=tuple(extra))
+            session.take(p)
+            session.pending.append(session._restamp(p))
+        left = remaining(record, outputs)
+        if record.finished or (left is not None and left <= 0):
+            session.finish_reason = record.finish_reason or "length"
+            session.pending.append(session._restamp(ck.Parts(finish_reason=session.finish_reason)))
+            return None
+        body = continuation_body(record, outputs, self.model)
+        if self.params.get("stream_options") is not None:   # e.g. include_usage: the caller wants the usage chunk
+            body["stream_options"] = self.params["stream_options"]
+        return Plan("checkpoint", {"call": "completion", "params": _split(body)}, convert=True,
+                    resume_from=len(outputs))
+
+    def _plan_text(self, session: Session) -> Plan:
+        got = session.received
+        params = {k: v for k, v in self.params.items()}
+        extra = dict(params.get("extra_body") or {})
+        left = _reduce(params, extra, got.tokens)
+        if left is not None and left <= 0:
+            raise ResumeRefused("l0: the token budget is spent")
+        if self.kind == "chat":
+            messages = list(params["messages"]) + [{"role": "assistant", "content": got.text}]
+            if self.info.vllm:
+                extra.update(continue_final_message=True, add_generation_prompt=False)
+                overlap = False
+            else:
+                messages.append({"role": "user", "content": CONTINUE_PROMPT})
+                overlap = True
+            params["messages"] = messages
+        else:
+            prompt = params.get("prompt")
+            if not isinstance(prompt, str):
+                raise ResumeRefused("l0: text continuation needs a string prompt")
+            params["prompt"] = prompt + got.text
+            overlap = False
+        if extra:
+            params["extra_body"] = extra
+        return Plan("text", {"call": self.kind, "params": params}, convert=True, drop_overlap=overlap)
+
+    async def open(self, plan: Plan, session: Session) -> AsyncIterator[Any]:
+        raise NotImplementedError
+
+    def _l0_peers(self) -> list["ServerEndpoint"]:
+        """This endpoint, then the other L0 servers of the session (each
+        server once): where checkpoints and ``/detokenize`` are asked for."""
+        out, roots = [], set()
+        for ep in [self] + [p for p in self.peers if p.l0]:
+            if ep.root not in roots:
+                roots.add(ep.root)
+                out.append(ep)
+        return out
+
+    async def finished(self, session: Session) -> None:
+        if (self.options.verdict or self.options.drift is not None) and self.l0 and session.l0_key:
+            await self.verdict(session)
+
+    async def verdict(self, session: Session, wait_s: float | None = None) -> dict | None:
+        """The server's verdict on the stream from its checkpoint record:
+        ``{"action", "interventions", "finished", "finish_reason", "key"}``
+        (``action``: the last intervention's, ``"none"`` without one). Polls
+        up to ``wait_s`` for the record to show the finish (its final
+        snapshot lands after the last token: the row's removal reaches L0 in
+        a later engine step). Emits :class:`~l0.client.events.Verdict`. None when
+        no record can be read."""
+        wait = self.options.verdict_wait_s if wait_s is None else wait_s
+        record = await self._fetch_checkpoint(session, emit=False, wait_s=wait, ready=lambda r: r.finished,
+                                              every_s=0.05)
+        if record is None:
+            return None
+        items = [dict(i) for i in record.interventions]
+        verdict = {"key": session.l0_key, "action": str(items[-1].get("action")) if items else "none",
+                   "interventions": items, "finished": bool(record.finished),
+                   "finish_reason": record.finish_reason}
+        session.verdict = verdict
+        session.emit(ev.Verdict, action=verdict["action"], reason=items[-1].get("reason") if items else None,
+                     detail=verdict)
+        return verdict
+
+    async def fix_text(self, chunk: Any, kept: list[int], session: Session) -> str:
+        have = session.received.token_ids or []
+        return await self.detokenize_tail(have, list(have) + list(kept), delivered=session.received.text)
+
+    async def detokenize_tail(self, have: list[int], full: list[int], delivered: str | None = None) -> str:
+        """Text of ``full[len(have):]`` as it continues ``have``, rendered as
+        the stream renders it: L0's ``/l0/detokenize`` (special tokens
+        skipped unless the request says ``skip_special_tokens: false``), on
+        this endpoint or an L0 peer; vLLM's ``/detokenize`` (which keeps
+        them) only on servers without it. ``delivered``: the text the caller
+        already has for ``have``. A stream holds back the bytes of a
+        character split across tokens (and a space before them), so the
+        text is what the whole output decodes to past ``delivered``, less a
+        character still incomplete at the end (it comes with the next
+        token): cut there, decoding ``have`` alone lost that space."""
+        import httpx
+
+        extra = self.params.get("extra_body") or {}
+        skip = extra.get("skip_special_tokens", self.params.get("skip_special_tokens", True)) is not False
+
+        async def detok(http, ids):
+            if not ids:
+                return ""
+            for ep in self._l0_peers():
+                try:
+                    r = await http.post(ep.root + "/l0/detokenize", json={"tokens": ids, "skip_special_tokens": skip})
+                    if r.status_code == 200:
+                        return r.json()["text"]
+                    if r.status_code in (404, 405):  # an L0 server from before the route
+                        r = await http.post(ep.root + "/detokenize", json={"model": self.model, "tokens": ids})
+                        if r.status_code == 200:
+                            return r.json()["prompt"]
+                except httpx.HTTPError:
+                    continue
+            raise ConnectionError("l0: no endpoint could detokenize")
+
+        async with httpx.AsyncClient(timeout=PROBE_TIMEOUT_S, headers=self.headers) as http:
+            b = await detok(http, list(full))
+            if delivered is not None and b.startswith(delivered):
+                return b[len(delivered):].rstrip("\ufffd")
+            a = await detok(http, list(have))
+        return b[len(a):] if b.startswith(a) else b[len(a.rstrip("\ufffd")):]
+
+    async def _fetch_checkpoint(self, session: Session, emit: bool = True, wait_s: float = 0.0,
+                                ready: "Callable[[Any], bool] | None" = None, every_s: float = 0.1):
+        import httpx
+
+        key = session.l0_key
+        peers = self._l0_peers()
+        async with httpx.AsyncClient(timeout=PROBE_TIMEOUT_S) as http:
+            found = await fetch_record(http, key, [(ep.root, ep.headers) for ep in peers], wait_s, ready, every_s)
+        if found is None:
+            return None
+        record, i = found
+        if emit:
+            session.emit(ev.CheckpointFetched, key=key, endpoint=peers[i].name, tokens=len(record.output_ids),
+                         finished=bool(record.finished))
+        return record
+
+
+async def fetch_record(http: Any, key: str, targets: Sequence[tuple[str, dict]], wait_s: float = 0.0,
+                       ready: "Callable[[Any], bool] | None" = None,
+                       every_s: float = 0.1) -> "tuple[Any, int] | None":
+    """The checkpoint record of ``key`` from the first of ``targets`` (server
+    root URL, headers) that answers, and that target's index. A 404 is an
+    answer (None); an unreachable server or a corrupt record: the next one.
+
+    ``wait_s`` > 0: the caller knows the record exists (a server streamed
+    tokens for the key, and a keyed request is snapshotted when admitted),
+    so finding none is a lag, not an answer: every target is asked again
+    every ``every_s`` seconds for up to ``wait_s`` seconds. The engine writes
+    records from a background thread and a store can be briefly slow, and a
+    miss here turns an exact resume into a whole regeneration. ``ready``: a
+    record found that fails it (not finished yet, for a verdict) is asked
+    for again the same way; at the deadline the last one found is returned."""
+    import httpx
+
+    from l0.contract import CorruptRecord, Record
+
+    deadline = time.monotonic() + wait_s
+    live = list(enumerate(targets))
+    found = None
+    while live:
+        for i, (root, headers) in list(live):
+            try:
+                r = await http.get(f"{root}{CHECKPOINTS_ROUTE}/{key}", headers=headers)
+            except httpx.HTTPError:
+                continue
+            if r.status_code == 404:
+                break
+            if r.status_code == 200:
+                try:
+                    found = Record.from_dict(r.json()), i
+                except (CorruptRecord, ValueError):
+                    continue
+                if ready is None or ready(found[0]):
+                    return found
+                break
+            if _checkpoints_off(r):
+                live.remove((i, (root, headers)))   # will never have it: not asked again
+        if time.monotonic() >= deadline:
+            return found
+        await asyncio.sleep(every_s)
+    return found
+
+
+def _checkpoints_off(r: Any) -> bool:
+    try:
+        return r.status_code == 503 and r.json()["error"]["type"] == CHECKPOINTS_OFF
+    except (ValueError, KeyError, TypeError):
+        return False
+
+
+class SDKEndpoint(ServerEndpoint):
+    """A client with the SDK's surface (``openai.AsyncOpenAI``, or
+    :class:`l0.client.http.HttpClient`): attempts run through its own
+    ``create`` (SDK retries off: this layer counts them)."""
+
+    def __init__(self, client: Any, kind: str, params: dict, options: Options, peers: list[ServerEndpoint],
+                 assume_l0: bool = False) -> None:
+        super().__init__(str(client.base_url), _headers(client), kind, params, options, peers, assume_l0)
+        self.client = client.with_options(max_retries=0)
+
+    async def open(self, plan: Plan, session: Session) -> AsyncIterator[Any]:
+        req = plan.request
+        params = dict(req["params"])
+        params["stream"] = True
+        api = self.client.chat.completions if req["call"] == "chat" else self.client.completions
+        return await api.create(**params)
+
+
+CONTINUE_PROMPT = ("Continue your previous answer exactly where it stopped, without repeating any of it "
+                   "and without any preamble.")
+
+
+class ResumeRefused(Exception):
+    """The stream can't be continued (resume off, no budget left)."""
+
+
+def _split(body: dict) -> dict:
+    """A raw ``/v1/completions`` body as SDK keywords plus ``extra_body``."""
+    params = {k: v for k, v in body.items() if k in _COMPLETION_KEYS}
+    extra = {k: v for k, v in body.items() if k not in _COMPLETION_KEYS}
+    if extra:
+        params["extra_body"] = extra
+    return params
+
+
+def _reduce(params: dict, extra: dict, used: int) -> int | None:
+    """Lower the token budget (max_tokens / max_completion_tokens) by ``used``."""
+    left = None
+    for holder in (params, extra):
+        for name in ("max_tokens", "max_completion_tokens"):
+            if holder.get(name) is not None:
+                left = int(holder[name]) - used
+                holder[name] = max(1, left)
+        if holder.get("min_tokens"):
+            holder["min_tokens"] = max(0, int(holder["min_tokens"]) - used)
+    return left
+
+class FactoryEndpoint(Endpoint):
+    """A stream factory: ``factory()`` or, if it takes one argument,
+    ``factory(received_text)`` (the text to continue from; "" at first)."""
+
+    def __init__(self, factory: Callable[..., Any], name: str) -> None:
+        self.factory = factory
+        self.name = name
+        try:
+            self.takes_text = len(inspect.signature(factory).parameters) >= 1
+        except (TypeError, ValueError):
+            self.takes_text = False
+
+    async def plan(self, session: Session) -> Plan:
+        if session.received.empty:
+            return Plan("fresh")
+        if not self.takes_text:
+            raise ResumeRefused("l0: the stream broke mid-way and its factory takes no text to continue from")
+        return Plan("text", convert=True)
+
+    async def open(self, plan: Plan, session: Session) -> AsyncIterator[Any]:
+        got = self.factory(session.received.text) if self.takes_text else self.factory()
+        if inspect.isawaitable(got):
+            got = await got
+        return got

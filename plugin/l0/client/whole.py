@@ -1,0 +1,92 @@
+"""The non-streaming path of ``l0.wrap``: one whole response with
+classified retries, the zero-output check, guardrails and fallbacks, and the
+same events as a stream."""
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any, Callable
+
+from l0.client import chunks as ck
+from l0.client import events as ev
+from l0.client.content import has_content
+from l0.client.endpoints import SDKEndpoint
+from l0.client.options import Options
+from l0.client.retry import RetryState, ZeroOutput, classify, decide, status_of
+from l0.client.session import end_checks, judge
+
+
+async def respond(endpoints: list[SDKEndpoint], kind: str, o: Options) -> Any:
+    """One response with classified retries, zero-output check and fallbacks."""
+    emit = o.callbacks
+    sid = "s-" + uuid.uuid4().hex[:16]
+
+    def send(cls, **kw):
+        e = cls(stream_id=sid, ts=o.clock(), **kw)
+        if o.log is not None:
+            o.log.event(e)
+        emit(e)
+
+    send(ev.SessionStart, kind=kind, model=endpoints[0].model, endpoint=endpoints[0].name)
+    attempts, last = 0, None
+    try:
+        for index, ep in enumerate(endpoints):
+            if index:
+                send(ev.FallbackStart, index=index, endpoint=ep.name, model=ep.model)
+            state = RetryState()
+            while True:
+                attempts += 1
+                send(ev.AttemptStart, attempt=attempts, endpoint=ep.name, mode="fresh")
+                api = ep.client.chat.completions if kind == "chat" else ep.client.completions
+                try:
+                    coro = api.create(**ep.params)
+                    limit = o.timeout.first_token_s
+                    resp = await (asyncio.wait_for(coro, limit) if limit else coro)
+                    whole = ck.as_dict(resp)     # an SDK object, or l0.http's dict
+                    choice = (whole.get("choices") or [{}])[0]
+                    message = choice.get("message") or {}
+                    text = (message.get("content") if kind == "chat" else choice.get("text")) or ""
+                    tools = bool(message.get("tool_calls"))
+                    if o.check_zero_output and not tools and not has_content(text):
+                        raise ZeroOutput(f"zero output ({len(text)} chars)")
+                    _judge_whole(text, o, send, attempts, tools)
+                    send(ev.Complete, finish_reason=choice.get("finish_reason"), attempts=attempts,
+                         chars=len(text), usage=whole.get("usage"))
+                    return resp
+                except (asyncio.CancelledError, GeneratorExit):
+                    raise
+                except Exception as exc:  # noqa: BLE001
+                    last = exc
+                    if isinstance(exc, asyncio.TimeoutError):
+                        send(ev.Timeout, attempt=attempts, which="first_token", after_s=o.timeout.first_token_s)
+                    cat = classify(exc)
+                    send(ev.Failure, attempt=attempts, category=cat.value, error=str(exc)[:300], status=status_of(exc))
+                    d = decide(o.retry, state, exc, cat, clock=o.clock)
+                    if not d.retry:
+                        send(ev.RetryGivenUp, attempt=attempts, category=cat.value, why=d.why, error=str(exc)[:300])
+                        if d.why in ("fatal", "vetoed"):
+                            raise
+                        break
+                    send(ev.RetryScheduled, attempt=attempts, category=cat.value, delay_s=d.delay_s,
+                         retries=state.retries, model_failures=state.model_failures)
+                    if d.delay_s > 0:
+                        await o.sleep(d.delay_s)
+        assert last is not None
+        raise last
+    except Exception as exc:
+        send(ev.Error, category=classify(exc).value, error=str(exc)[:300])
+        raise
+    finally:
+        if o.log is not None:
+            o.log.end_stream(sid)
+
+
+def _judge_whole(text: str, o: Options, send: Callable[..., Any], attempt: int, tools: bool = False) -> None:
+    """A whole answer through the guardrails and drift monitors (non-streaming
+    calls): events, and GuardrailFailed/GuardrailFatal for the worst."""
+    found = []
+    for spec in (o.guardrails, o.drift):
+        if spec is not None:
+            g = spec.fresh()
+            found += g.feed(text) + end_checks(g, tools)
+    judge(found, send, attempt)

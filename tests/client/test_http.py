@@ -1,0 +1,171 @@
+"""The client's one SSE reader (l0/client/sse.py) and its plain-HTTP transport
+(``l0.http``, l0/client/http.py) against a real HTTP server on loopback that
+speaks OpenAI's stream format: a stream broken mid-way by an error event is
+retried through ``l0.wrap`` exactly as an SDK stream is; refusals carry their
+status, headers and message."""
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+import l0
+from l0.client import sse
+from l0.client.sse import StreamError
+
+
+def test_chunk_of_reads_data_lines_only():
+    assert sse.chunk_of('data: {"a": 1}') == {"a": 1}
+    assert sse.chunk_of('data:{"a": 2}') == {"a": 2}
+    for other in ("data: [DONE]", "", ": keep-alive", "event: message", "data: "):
+        assert sse.chunk_of(other) is None
+    with pytest.raises(ValueError):
+        sse.chunk_of("data: {not json")
+
+
+def test_an_error_event_raises_a_transient_stream_error():
+    from l0.client.retry import Category, classify
+
+    with pytest.raises(StreamError) as got:
+        list(sse.chunks(['data: {"x": 1}', 'data: {"error": {"message": "engine died", "code": 500}}']))
+    assert got.value.status_code == 500 and "engine died" in got.value.message
+    assert classify(got.value) is Category.TRANSIENT
+
+
+def test_error_of_keeps_the_servers_words():
+    e = sse.error_of(429, {"retry-after": "3"}, json.dumps({"error": {"message": "slow down"}}))
+    assert (e.status_code, e.message, e.response.headers["retry-after"]) == (429, "slow down", "3")
+    assert sse.error_of(502, {}, "<html>bad gateway</html>").message == "<html>bad gateway</html>"
+
+
+def test_http_rejects_what_is_not_a_url():
+    with pytest.raises(ValueError, match="http"):
+        l0.http("127.0.0.1:8000")
+    assert l0.http("http://h:1").base_url == "http://h:1/v1/"
+    assert l0.http("http://h:1/v1/").base_url == "http://h:1/v1/"
+
+
+WORDS = ["Once", " upon", " a", " time", "."]
+
+
+class _Handler(BaseHTTPRequestHandler):
+    """Answers /v1/chat/completions from a script the test sets on the server:
+    ``"ok"`` streams WORDS, ``"break"`` streams two words then an error event,
+    ``"busy"`` answers 429 with Retry-After, ``"whole"`` one JSON response."""
+
+    def log_message(self, *a):
+        pass
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        srv = self.server
+        srv.bodies.append((self.path, body, self.headers.get("Authorization")))
+        act = srv.script.pop(0) if srv.script else "ok"
+        if act == "busy":
+            data = json.dumps({"error": {"message": "busy", "type": "rate"}}).encode()
+            self.send_response(429)
+            self.send_header("Retry-After", "2")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+            return
+        if act == "whole":
+            data = json.dumps({"id": "c1", "object": "chat.completion", "created": 1, "model": "m",
+                               "choices": [{"index": 0, "finish_reason": "stop",
+                                            "message": {"role": "assistant", "content": "".join(WORDS)}}],
+                               "usage": {"prompt_tokens": 3, "completion_tokens": 5, "total_tokens": 8}}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.end_headers()
+        # a text continuation (the server is not L0) starts after the words it was given
+        done = "".join(m.get("content") or "" for m in body["messages"] if m["role"] == "assistant")
+        i = 0
+        while done.startswith("".join(WORDS[:i + 1])) and i < len(WORDS):
+            i += 1
+        for n, w in enumerate(WORDS[i:]):
+            if act == "break" and n == 2:
+                self.wfile.write(b'data: {"error": {"message": "engine died", "code": 500}}\n\n')
+                return
+            last = i + n == len(WORDS) - 1
+            chunk = {"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "m",
+                     "choices": [{"index": 0, "delta": {"content": w}, "finish_reason": "stop" if last else None}]}
+            self.wfile.write(b": keep-alive\n\n" + f"data: {json.dumps(chunk)}\n\n".encode())
+            self.wfile.flush()
+        self.wfile.write(b"data: [DONE]\n\n")
+
+
+@pytest.fixture()
+def server():
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    srv.script, srv.bodies = [], []
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    srv.url = f"http://127.0.0.1:{srv.server_address[1]}"
+    yield srv
+    srv.shutdown()
+    srv.server_close()
+
+
+def _text(chunk) -> str:
+    from l0.client.chunks import parts
+    return parts(chunk).text
+
+
+def _stream(client, **kw):
+    async def go():
+        stream = await client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}],
+                                                      stream=True, **kw)
+        return [c async for c in stream], stream
+    return asyncio.run(go())
+
+
+def test_unwrapped_http_streams_and_merges_extra_body(server):
+    chunks, _ = _stream(l0.http(server.url, api_key="k"), extra_body={"top_k": 3})
+    assert "".join(_text(c) for c in chunks) == "".join(WORDS)
+    path, body, auth = server.bodies[0]
+    assert (path, body["top_k"], body["stream"], auth) == ("/v1/chat/completions", 3, True, "Bearer k")
+    assert "extra_body" not in body
+
+
+def test_a_broken_stream_is_continued_by_wrap(server):
+    server.script = ["break"]
+    events, sleeps = [], []
+
+    async def sleep(s):
+        sleeps.append(s)
+    client = l0.wrap(l0.http(server.url), on_event=events.append, sleep=sleep, l0_resume=False)
+    chunks, stream = _stream(client)
+    assert stream.text == "".join(WORDS) == "".join(_text(c) for c in chunks)
+    failure = [e for e in events if e.type == "failure"]
+    assert [(f.category, f.status) for f in failure] == [("transient", 500)]
+    assert [e.mode for e in events if e.type == "attempt_start"] == ["fresh", "text"]
+    # the continuation carried what was delivered
+    assert server.bodies[1][1]["messages"][-1]["role"] in ("assistant", "user")
+
+
+def test_a_refusal_is_retried_after_retry_after(server):
+    server.script = ["busy"]
+    sleeps = []
+
+    async def sleep(s):
+        sleeps.append(s)
+    client = l0.wrap(l0.http(server.url), sleep=sleep, l0_resume=False)
+    chunks, stream = _stream(client)
+    assert stream.text == "".join(WORDS) and sleeps == [2.0]
+
+
+def test_a_whole_response_through_wrap(server):
+    server.script = ["whole"]
+    resp = asyncio.run(l0.wrap(l0.http(server.url), l0_resume=False).chat.completions.create(
+        model="m", messages=[{"role": "user", "content": "hi"}]))
+    assert resp["choices"][0]["message"]["content"] == "".join(WORDS)
+    assert "stream" not in server.bodies[0][1]
