@@ -63,7 +63,7 @@ test: install model kernels-check services triton
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing on purpose"; exit 1; fi; exit $$rc
 
 # The inner loop: every test but the *_e2e.py files (those start real vLLM
-# engines, tritonservers and fleets); ~2 minutes on the 2-core CI VM, ~660
+# engines, tritonservers and fleets); ~2 minutes on the 2-core CI VM, ~710
 # tests. `make test` (what CI runs) is the whole suite.
 test-fast: install model
 	$(PY) -m pytest -q --ignore-glob='*_e2e.py'

@@ -147,3 +147,24 @@ def test_the_light_client_streams_like_the_full_one(light, server):
     ids, text, failover_ids, (wrapped_text, wrapped_ids) = json.loads(out)
     assert ids == want.token_ids and text == want.text and failover_ids == want.token_ids
     assert (wrapped_text, wrapped_ids) == (want.text, want.token_ids)
+
+
+def test_the_readme_client_in_ten_lines_runs_as_written(light, server):
+    """The README's client snippet, verbatim but for its placeholders (the
+    replica URLs, KEY, the model, the messages), in the light install with the
+    application's SDK: it streams an answer (sampled: the snippet sets no
+    temperature) and ends; the unreachable second replica is never needed."""
+    from services import free_port
+
+    readme = (ROOT / "README.md").read_text()
+    snippet = readme.split("## The client in ten lines", 1)[1].split("```python", 1)[1].split("```", 1)[0]
+    assert "l0.wrap(" in snippet and "await client.chat.completions.create(" in snippet
+    code = (snippet.replace("http://10.0.0.1:8000", server.url)
+            .replace("http://10.0.0.2:8000", f"http://127.0.0.1:{free_port()}")
+            .replace('"my-model"', repr(server.model)))
+    body = textwrap.indent(code.strip(), "    ")
+    out = run(light, "import asyncio\nKEY = 'x'\nmessages = [{'role': 'user', 'content': 'Name three colours.'}]\n"
+                     f"async def main():\n{body}\n    print()\n    print('DONE', stream.session.finish_reason)\n"
+                     "asyncio.run(main())\n")
+    text, _, last = out.rstrip("\n").rpartition("\n")
+    assert text.strip() and last.startswith("DONE ") and last.split()[1] in ("stop", "length")

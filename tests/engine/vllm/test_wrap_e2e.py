@@ -10,7 +10,6 @@ Sleeps are injected and recorded: no test waits for a backoff.
 from __future__ import annotations
 
 import asyncio
-import json
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -272,23 +271,35 @@ def test_a_reset_before_headers_is_a_network_retry(fleet, reference, proxies):
     assert len(run.sleeps) == 1 and 0.375 <= run.sleeps[0] <= 0.5  # the SDK's first backoff
 
 
-def test_401_and_400_are_never_retried(fleet, proxies):
-    import openai
+def _refusals(transport):
+    """What a 401 and a 400 raise through each transport: the SDK's own
+    exception types, or l0.http's StreamError with the status."""
+    if transport == "sdk":
+        import openai
+        return openai.AuthenticationError, openai.BadRequestError
+    from l0.client.sse import StreamError
+    return StreamError, StreamError
 
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_401_and_400_are_never_retried(fleet, proxies, transport):
+    unauthorized, bad_request = _refusals(transport)
     proxies["r1"].inject(Status(401))
-    with pytest.raises(openai.AuthenticationError):
-        wrapped_run(fleet, proxies["r1"].url)
+    with pytest.raises(unauthorized) as refused:
+        wrapped_run(fleet, proxies["r1"].url, transport=transport)
+    assert refused.value.status_code == 401
     run = Run()
 
-    with pytest.raises(openai.BadRequestError):
-        async def go():
-            import l0
-            client = l0.wrap(sdk(fleet["r1"].url), sleep=run.sleep, on_event=run.events.append)
-            stream = await client.chat.completions.create(model=fleet["model"], messages=PROMPT, max_tokens=8,
-                                                          temperature=-1.0, stream=True)
-            async for _ in stream:
-                pass
+    async def go():
+        import l0
+        client = l0.wrap(TRANSPORTS[transport](fleet["r1"].url), sleep=run.sleep, on_event=run.events.append)
+        stream = await client.chat.completions.create(model=fleet["model"], messages=PROMPT, max_tokens=8,
+                                                      temperature=-1.0, stream=True)
+        async for _ in stream:
+            pass
+    with pytest.raises(bad_request) as bad:
         asyncio.run(go())
+    assert bad.value.status_code == 400 and "temperature" in str(bad.value)
     assert run.sleeps == []
     assert run.types() == ["session_start", "attempt_start", "failure", "retry_given_up", "error"]
     assert (run.of("failure")[0].status, run.of("retry_given_up")[0].why) == (400, "fatal")
@@ -347,30 +358,6 @@ def test_the_log_replays_the_live_stream_byte_for_byte(fleet, reference, proxies
     assert read_log(cut_log).torn == 0
     wrapped_run(fleet, fleet["r1"].url, log=str(clean_log))
     assert diverge(cut_log, clean_log) is None  # a cut and resumed run is the clean run, token for token
-
-
-def test_401_and_400_over_plain_http_are_never_retried(fleet, proxies):
-    from l0.client.sse import StreamError
-
-    proxies["r1"].inject(Status(401))
-    with pytest.raises(StreamError) as refused:
-        wrapped_run(fleet, proxies["r1"].url, transport="http")
-    assert refused.value.status_code == 401
-    run = Run()
-
-    async def go():
-        import l0
-        client = l0.wrap(http(fleet["r1"].url), sleep=run.sleep, on_event=run.events.append)
-        stream = await client.chat.completions.create(model=fleet["model"], messages=PROMPT, max_tokens=8,
-                                                      temperature=-1.0, stream=True)
-        async for _ in stream:
-            pass
-    with pytest.raises(StreamError) as bad:
-        asyncio.run(go())
-    assert bad.value.status_code == 400 and "temperature" in bad.value.message
-    assert run.sleeps == []
-    assert run.types() == ["session_start", "attempt_start", "failure", "retry_given_up", "error"]
-    assert proxies["r1"].seen.count("POST /v1/chat/completions -> Status") == 1
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
