@@ -418,11 +418,21 @@ class FactoryEndpoint(Endpoint):
             self.takes_text = False
 
     async def plan(self, session: Session) -> Plan:
-        if session.received.empty:
+        """Fresh at first. After a break: a factory that takes the text
+        continues it; one that doesn't starts over when nothing reached the
+        caller (``hold``, or only blanks so far), else is replayed from the
+        start with the delivered text checked against its new output and
+        skipped (a differing replay raises ``NotResumable``: the session
+        then moves on to the next fallback)."""
+        got = session.received
+        if got.empty:
             return Plan("fresh")
-        if not self.takes_text:
-            raise ResumeRefused("l0: the stream broke mid-way and its factory takes no text to continue from")
-        return Plan("text", convert=True)
+        if self.takes_text:
+            return Plan("text", convert=True)
+        if not session.delivered:
+            session.start_over()
+            return Plan("fresh")
+        return Plan("regenerate", skip_chars=len(got.text))
 
     async def open(self, plan: Plan, session: Session) -> AsyncIterator[Any]:
         got = self.factory(session.received.text) if self.takes_text else self.factory()

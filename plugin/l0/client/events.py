@@ -194,6 +194,18 @@ class Error(Event):
 
 
 @dataclass(frozen=True)
+class Cancelled(Event):
+    """The caller cancelled the consuming task (``how``: cancelled) or closed
+    the stream before its end (closed): the source was closed, nothing is
+    retried."""
+    type: ClassVar[str] = "cancelled"
+    attempt: int = 0
+    how: str = "cancelled"          # cancelled | closed
+    delivered_tokens: int = 0
+    delivered_chars: int = 0
+
+
+@dataclass(frozen=True)
 class RaceStart(Event):
     """``l0.race`` started op ``index``; ``reason``: initial | hedge |
     failover (an earlier op failed)."""
@@ -246,7 +258,7 @@ class PipeError(Event):
 
 EVENT_TYPES: dict[str, type[Event]] = {c.type: c for c in (
     SessionStart, AttemptStart, FirstToken, Timeout, Failure, RetryScheduled, RetryGivenUp, FallbackStart,
-    CheckpointFetched, Resume, Verdict, GuardrailViolation, Drift, StructuredStep, Complete, Error,
+    CheckpointFetched, Resume, Verdict, GuardrailViolation, Drift, StructuredStep, Complete, Error, Cancelled,
     RaceStart, RaceError, RaceCancel, RaceWinner, PipeStep, PipeStepDone, PipeError)}
 
 

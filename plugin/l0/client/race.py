@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 from l0.client import chunks as ck, events as ev
+from l0.client.deadline import within
 
 CLOSE_TIMEOUT_S = 2.0
 WINS = ("first_token", "complete")
@@ -71,7 +72,7 @@ async def _close(stream: Any) -> bool:
     try:
         res = fn()
         if inspect.isawaitable(res):
-            await asyncio.wait_for(res, CLOSE_TIMEOUT_S)
+            await within(res, CLOSE_TIMEOUT_S)
     except Exception:   # a loser's close errors (or timeout) are not the caller's business
         pass
     return True

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import inspect
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -45,8 +46,12 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Sequence
 from l0.client import chunks as ck
 from l0.client import events as ev
 from l0.client.content import ContentScan
+from l0.client.deadline import within
 from l0.client.retry import (Category, FirstTokenTimeout, GuardrailFailed, GuardrailFatal, Retry, RetryState, Stalled,
                        StreamEnded, Timeouts, ZeroOutput, classify, decide, status_of)
+
+
+CLOSE_TIMEOUT_S = 2.0   # how long a source stream's close() is waited for before it is abandoned
 
 
 @dataclass
@@ -258,8 +263,12 @@ class Session:
                         if plan.mode != "fresh":
                             self.emit(ev.Resume, attempt=self.attempts, mode=plan.mode,
                                       token_offset=self.received.tokens, char_offset=len(self.received.text))
-                        async for chunk in self._attempt(endpoint, plan):
-                            yield self._deliver(chunk)
+                        attempt = self._attempt(endpoint, plan)
+                        try:
+                            async for chunk in attempt:
+                                yield self._deliver(chunk)
+                        finally:   # now, not when the loop collects it: a close shuts the source before returning
+                            await attempt.aclose()
                         if self.finish_reason is None and not self.require_finish:
                             self.finish_reason = "stop"
                         if self.finish_reason is None:
@@ -294,17 +303,17 @@ class Session:
                                                  "were delivered: not retried; hold=True checks before delivery)")
                             last_exc = exc
                         if isinstance(exc, (ZeroOutput, GuardrailFailed)):
-                            # nothing of value reached the caller: start over, new key, held chunks dropped
-                            self.received = Received()
-                            self.held = []
-                            self.finish_reason = None
-                            self.l0_key = None
-                            self.guards = [g.fresh() for g in self.checks]
+                            self.start_over()   # nothing of value reached the caller
                         elif self.received.tool_calls:
                             category = Category.FATAL
                             exc = NotResumable(f"l0: the stream broke after tool-call pieces were delivered "
                                                f"({_short(exc)}); tool calls can't be continued")
                             last_exc = exc
+                        if isinstance(exc, NotResumable) and index + 1 < len(self.endpoints):
+                            # this endpoint can't continue what was delivered: the next one may
+                            self.emit(ev.RetryGivenUp, attempt=self.attempts, category=category.value,
+                                      why="not_resumable", error=_short(exc))
+                            break
                         decision = decide(self.retry, rstate, exc, category, clock=self.clock)
                         if not decision.retry:
                             self.emit(ev.RetryGivenUp, attempt=self.attempts, category=category.value,
@@ -319,7 +328,11 @@ class Session:
                             await self.sleep(decision.delay_s)
             assert last_exc is not None
             raise last_exc
-        except (GeneratorExit, asyncio.CancelledError):
+        except (GeneratorExit, asyncio.CancelledError) as stop:
+            # the caller cancelled its task or closed the stream: never retried, said once
+            self.emit(ev.Cancelled, attempt=self.attempts,
+                      how="closed" if isinstance(stop, GeneratorExit) else "cancelled",
+                      delivered_tokens=self.received.tokens, delivered_chars=len(self.received.text))
             raise
         except Exception as exc:
             try:
@@ -332,6 +345,15 @@ class Session:
         finally:
             if self.log is not None:
                 self.log.end_stream(self.stream_id)
+
+    def start_over(self) -> None:
+        """Forget the answer so far (nothing of it reached the caller): the
+        next attempt is fresh, under a new key, with held chunks dropped."""
+        self.received = Received()
+        self.held = []
+        self.finish_reason = None
+        self.l0_key = None
+        self.guards = [g.fresh() for g in self.checks]
 
     def take(self, p: ck.Parts) -> None:
         """Count ``p`` as received and run the guardrails on its text (raises
@@ -375,7 +397,7 @@ class Session:
         try:
             opening = endpoint.open(plan, self)
             try:
-                stream = await asyncio.wait_for(opening, first_s) if first_s else await opening
+                stream = await within(opening, first_s or None)
             except asyncio.TimeoutError:
                 self.emit(ev.Timeout, attempt=self.attempts, which="first_token", after_s=first_s)
                 raise FirstTokenTimeout(f"no response within {first_s:g} s") from None
@@ -395,7 +417,7 @@ class Session:
                 else:
                     limit = inter_s
                 try:
-                    chunk = await (asyncio.wait_for(it.__anext__(), limit) if limit is not None else it.__anext__())
+                    chunk = await within(it.__anext__(), limit)
                 except StopAsyncIteration:
                     break
                 except asyncio.TimeoutError:
@@ -447,7 +469,7 @@ class Session:
                         kept, rest = ids[n_old:], text[c_old:]
                         if not kept and not rest and not p.finish_reason and not p.usage and not p.delta_extra:
                             continue
-                        chunk = ck.with_token_ids(chunk, kept, rest)
+                        chunk = rest if isinstance(chunk, str) else ck.with_token_ids(chunk, kept, rest)
                         p = ck.parts(chunk)
                 elif refix and p.token_ids:
                     refix -= 1
@@ -477,8 +499,10 @@ class Session:
             if stream is not None:
                 close = getattr(stream, "close", None) or getattr(stream, "aclose", None)
                 if close is not None:
-                    try:
-                        await asyncio.wait_for(close(), 2.0)
+                    try:   # in this task, before the cancel or close goes on up: the source is shut when we return
+                        res = close()
+                        if inspect.isawaitable(res):
+                            await within(res, CLOSE_TIMEOUT_S)
                     except Exception:
                         pass
 

@@ -10,6 +10,7 @@ from typing import Any, Callable
 from l0.client import chunks as ck
 from l0.client import events as ev
 from l0.client.content import has_content
+from l0.client.deadline import within
 from l0.client.endpoints import SDKEndpoint
 from l0.client.options import Options
 from l0.client.retry import RetryState, ZeroOutput, classify, decide, status_of
@@ -41,7 +42,7 @@ async def respond(endpoints: list[SDKEndpoint], kind: str, o: Options) -> Any:
                 try:
                     coro = api.create(**ep.params)
                     limit = o.timeout.first_token_s
-                    resp = await (asyncio.wait_for(coro, limit) if limit else coro)
+                    resp = await within(coro, limit or None)
                     whole = ck.as_dict(resp)     # an SDK object, or l0.http's dict
                     choice = (whole.get("choices") or [{}])[0]
                     message = choice.get("message") or {}
