@@ -20,6 +20,7 @@ _LAZY = {
     "Timeouts": ("l0.client.retry", "Timeouts"),
     "Category": ("l0.client.retry", "Category"),
     "Callbacks": ("l0.client.events", "Callbacks"),
+    "Tracing": ("l0.client.tracing", "Tracing"),
     "backoff": ("l0.client.retry", "backoff"),
     "structured": ("l0.client.structured", "structured"),
     "structured_sync": ("l0.client.structured", "structured_sync"),

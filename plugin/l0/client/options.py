@@ -4,6 +4,7 @@ unknown one)."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
@@ -34,7 +35,7 @@ class Options:
 
 def options_from(retry=None, timeout=None, fallbacks=(), log=None, log_fsync="end", callbacks=None,
              resume=True, check_zero_output=True, l0_resume=True, verdict=False, verdict_wait_s=2.0,
-             guardrails=None, drift=None, hold=False, sleep=None, clock=None, **cbs) -> Options:
+             guardrails=None, drift=None, hold=False, sleep=None, clock=None, trace=None, **cbs) -> Options:
     from l0.client.eventlog import EventLog
 
     if callbacks is None:
@@ -45,6 +46,10 @@ def options_from(retry=None, timeout=None, fallbacks=(), log=None, log_fsync="en
         callbacks = ev.Callbacks(**cbs)
     elif cbs:
         raise TypeError("l0: pass callbacks= or on_* keywords, not both")
+    if trace:   # True (the global OpenTelemetry providers) or an l0.Tracing
+        from l0.client.tracing import Tracing
+        tracing = trace if isinstance(trace, Tracing) else Tracing()
+        callbacks = dataclasses.replace(callbacks, on_event=tracing.chain(callbacks.on_event))
     if isinstance(retry, dict):
         retry = Retry(**retry)
     if isinstance(timeout, dict):

@@ -159,7 +159,9 @@ def wrap(client: Any, **options: Any) -> "WrappedClient | Any":
     ``hold`` (streams: deliver once the answer passed its end checks, so an
     ``error`` violation is retried unseen), callbacks ``on_start`` ...
     ``on_violation``, ``on_drift``, ``on_event`` (or
-    ``callbacks=Callbacks(...)``), ``sleep`` and ``clock`` (injectable).
+    ``callbacks=Callbacks(...)``), ``trace`` (True or an ``l0.Tracing``:
+    OpenTelemetry spans and metrics, :mod:`l0.client.tracing`), ``sleep`` and
+    ``clock`` (injectable).
     Raises TypeError for another object or an unknown option."""
     from l0.client.http import HttpClient
 

@@ -658,3 +658,99 @@ def test_the_synchronous_client_is_hardened_too(fleet, reference, proxies):
     assert wrapped.models.list().data[0].id == fleet["model"]  # the rest is the SDK client's own
     wrapped.close()
     client.close()
+
+
+def _engine_counts(server):
+    """(requests running, generation tokens so far) from vLLM's /metrics."""
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+
+    samples = [s for f in text_string_to_metric_families(httpx.get(server.url + "/metrics", timeout=5).text)
+               for s in f.samples]
+    running = sum(s.value for s in samples if s.name == "vllm:num_requests_running")
+    tokens = sum(s.value for s in samples if s.name == "vllm:generation_tokens_total")
+    return running, tokens
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_cancelling_the_consumer_aborts_the_request_on_the_engine(fleet, proxies, transport):
+    """A web server cancels the task streaming to a client that went away:
+    the cancel reaches the HTTP stream, vLLM aborts the request (nothing
+    running, its generation counter stops far short of max_tokens), a
+    ``cancelled`` event is logged and nothing is retried."""
+    import time
+
+    import l0
+
+    server = fleet["r2"]
+    events = []
+
+    async def go():
+        client = l0.wrap(TRANSPORTS[transport](server.url), on_event=events.append)
+        stream = await client.chat.completions.create(model=fleet["model"], messages=PROMPT, max_tokens=1500,
+                                                      temperature=0.0, stream=True, extra_body={"ignore_eos": True})
+        got = asyncio.Event()
+        n = 0
+
+        async def consume():
+            nonlocal n
+            async for chunk in stream:
+                n += 1
+                if n == 8:
+                    got.set()
+        task = asyncio.create_task(consume())
+        await got.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return n
+    before = _engine_counts(server)[1]
+    delivered = asyncio.run(asyncio.wait_for(go(), 300))
+    # the abort lands off the caller's path: poll until nothing runs and the counter holds still
+    deadline, last, still = time.monotonic() + 60, None, 0
+    while time.monotonic() < deadline:
+        running, tokens = _engine_counts(server)
+        still = still + 1 if (running == 0 and tokens == last) else 0
+        if still >= 3:
+            break
+        last = tokens
+        time.sleep(0.5)
+    assert still >= 3, f"the engine still generates: running={running}, tokens={tokens}"
+    assert tokens - before < 1000       # of 1500 asked for: aborted, not run to its end
+    types = [e.type for e in events]
+    assert types[-1] == "cancelled" and events[-1].how == "cancelled"
+    assert types.count("attempt_start") == 1 and "retry_scheduled" not in types
+    assert delivered >= 8
+
+
+def test_a_cut_stream_is_traced_with_opentelemetry(fleet, reference, proxies):
+    """The SDK's in-memory exporter against the real server: one l0.stream
+    span (key, tokens, the server's verdict) and an l0.attempt span per
+    attempt, fresh then checkpoint, the cut one with an error status."""
+    import l0
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter = InMemorySpanExporter()
+    tp = TracerProvider()
+    tp.add_span_processor(SimpleSpanProcessor(exporter))
+    tracing = l0.Tracing(tracer_provider=tp, meter_provider=MeterProvider(metric_readers=[InMemoryMetricReader()]))
+    proxies["r1"].inject(Cut(after_events=30))
+    run = wrapped_run(fleet, proxies["r1"].url, trace=tracing, verdict=True)
+    assert (run.text, run.ids) == reference[:2]
+    finished = exporter.get_finished_spans()
+    (session,) = [s for s in finished if s.name == "l0.stream"]
+    attempts = [s for s in finished if s.name == "l0.attempt"]
+    key = run.of("session_start")[0].l0_key
+    assert session.attributes["l0.key"] == key and session.attributes["l0.outcome"] == "complete"
+    assert session.attributes["l0.tokens"] == MAX_TOKENS
+    modes = [a.attributes["l0.mode"] for a in attempts]
+    assert modes[0] == "fresh" and attempts[0].status.status_code.name == "ERROR"
+    assert modes[1:] in ([], ["checkpoint"])   # [] when the checkpoint already held the finished answer
+    if modes[1:]:   # a stream that ran to its end: the server's verdict (no intervention) rides on the span
+        assert session.attributes["l0.verdict.action"] == "none"
+    assert "l0.checkpoint_fetched" in [e.name for a in attempts for e in a.events]
+    assert all(a.parent.span_id == session.context.span_id for a in attempts)
