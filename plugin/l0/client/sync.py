@@ -7,7 +7,7 @@ import asyncio
 from typing import Any
 
 from l0.client.session import Session
-from l0.client.wrap import L0Stream, WrappedClient, Namespace
+from l0.client.wrap import L0Stream, Namespace, PassThrough, WrappedClient
 
 
 def async_twin(client: Any) -> Any:
@@ -66,6 +66,10 @@ class SyncL0Stream:
     def __exit__(self, *exc) -> None:
         self.close()
 
+    @property
+    def hardened(self) -> bool:
+        return self._stream.hardened
+
     def verdict(self, wait_s: float | None = None) -> dict | None:
         return self._loop.run(self._stream.verdict(wait_s))
 
@@ -94,7 +98,7 @@ class SyncWrappedClient:
     def _creator(self, kind: str):
         def create(**params: Any) -> Any:
             got = self._loop.run(self._inner._create(kind, params))
-            return SyncL0Stream(got, self._loop) if isinstance(got, L0Stream) else got
+            return SyncL0Stream(got, self._loop) if isinstance(got, (L0Stream, PassThrough)) else got
         return create
 
     @property

@@ -22,6 +22,7 @@ elsewhere the text received is continued.
 """
 from __future__ import annotations
 
+import warnings
 from typing import Any, AsyncIterator, Callable, Sequence
 
 from l0.client.endpoints import FactoryEndpoint, ResumeRefused, SDKEndpoint, ServerEndpoint, ServerInfo, probe
@@ -34,6 +35,8 @@ class L0Stream:
     """What a wrapped streaming ``create`` returns: iterate it like the SDK's
     ``AsyncStream``. ``session`` holds the events, attempts, token ids and
     the server's verdict."""
+
+    hardened = True
 
     def __init__(self, session: Session) -> None:
         self.session = session
@@ -122,7 +125,7 @@ class WrappedClient:
             from l0.client.whole import respond
             return await respond(self._endpoints(kind, params), kind, o)
         if (params.get("n") or 1) > 1:
-            raise ValueError("l0: streaming with n > 1 is not hardened; ask for one choice per request")
+            return await self._pass_through(kind, params)
         params = {k: v for k, v in params.items() if k != "stream"}
         session = Session(self._endpoints(kind, params), kind=kind, retry=o.retry, timeouts=o.timeout,
                           emit=o.callbacks, log=o.log, sleep=o.sleep, clock=o.clock,
@@ -130,6 +133,58 @@ class WrappedClient:
                           hold=o.hold)
         self.last = session
         return L0Stream(session)
+
+
+    async def _pass_through(self, kind: str, params: dict) -> "PassThrough":
+        """A valid call L0 does not harden (streamed ``n > 1``): sent as it is
+        to the wrapped client, said once per process as a warning and on the
+        stream (``hardened`` False, ``reason``)."""
+        global _WARNED
+        reason = ("streaming with n > 1 is passed through unhardened (no retry, timeout, fallback or resume): "
+                  "ask for one choice per request, or use l0.samples / l0.consensus_of, to harden it")
+        if not _WARNED:
+            _WARNED = True
+            warnings.warn("l0: " + reason, L0Warning, stacklevel=3)
+        api = self._client.chat.completions if kind == "chat" else self._client.completions
+        self.last = None
+        return PassThrough(await api.create(**params), reason)
+
+
+class L0Warning(UserWarning):
+    """A valid call that ``l0.wrap`` passes through without hardening it."""
+
+
+_WARNED = False
+
+
+class PassThrough:
+    """The wrapped client's own stream, not hardened (``hardened`` False,
+    ``reason`` says why): iterate and close it as the SDK's; every other
+    attribute is the SDK stream's."""
+
+    hardened = False
+    session = None
+
+    def __init__(self, stream: Any, reason: str) -> None:
+        self._stream, self.reason = stream, reason
+
+    def __aiter__(self) -> AsyncIterator[Any]:
+        return self._stream.__aiter__()
+
+    async def __anext__(self) -> Any:
+        return await self._stream.__anext__()
+
+    async def close(self) -> None:
+        await self._stream.close()
+
+    async def __aenter__(self) -> "PassThrough":
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
 
 
 def _fallback(f: Any, primary: Any) -> tuple[Any, dict]:

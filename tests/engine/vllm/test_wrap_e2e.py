@@ -754,3 +754,38 @@ def test_a_cut_stream_is_traced_with_opentelemetry(fleet, reference, proxies):
         assert session.attributes["l0.verdict.action"] == "none"
     assert "l0.checkpoint_fetched" in [e.name for a in attempts for e in a.events]
     assert all(a.parent.span_id == session.context.span_id for a in attempts)
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_a_streamed_n_2_is_passed_through_with_a_warning_not_refused(fleet, transport):
+    """A valid call L0 can't harden is sent as it is: both choices stream
+    from the server, the stream says it is not hardened, and a warning says
+    so once per process."""
+    import warnings
+
+    import l0
+    from l0.client import wrap as wrap_module
+    from l0.client.chunks import as_dict
+
+    wrap_module._WARNED = False
+
+    async def go():
+        client = l0.wrap(TRANSPORTS[transport](fleet["r2"].url))
+        texts = {0: "", 1: ""}
+        streams = []
+        for _ in range(2):
+            stream = await client.chat.completions.create(model=fleet["model"], messages=PROMPT, max_tokens=12,
+                                                          n=2, temperature=0.0, stream=True)
+            streams.append(stream)
+            async for chunk in stream:
+                for c in as_dict(chunk).get("choices") or ():
+                    texts[c["index"]] += (c.get("delta") or {}).get("content") or ""
+            await stream.close()
+        return texts, streams, client.last
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        texts, streams, last = asyncio.run(go())
+    assert texts[0] and texts[1]
+    assert [s.hardened for s in streams] == [False, False] and "n > 1" in streams[0].reason and last is None
+    said = [w for w in caught if issubclass(w.category, wrap_module.L0Warning)]
+    assert len(said) == 1 and "passed through unhardened" in str(said[0].message)
