@@ -775,7 +775,7 @@ def test_a_streamed_n_2_is_passed_through_with_a_warning_not_refused(fleet, tran
         streams = []
         for _ in range(2):
             stream = await client.chat.completions.create(model=fleet["model"], messages=PROMPT, max_tokens=12,
-                                                          n=2, temperature=0.0, stream=True)
+                                                          n=2, temperature=0.7, seed=1, stream=True)
             streams.append(stream)
             async for chunk in stream:
                 for c in as_dict(chunk).get("choices") or ():
