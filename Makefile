@@ -59,7 +59,7 @@ services:
 	  else echo "redis-server missing: install it (Debian: apt-get install redis-server)"; fi; fi
 
 test: install model kernels-check services triton
-	$(PY) -m pytest; rc=$$?; \
+	$(PY) -m pytest --durations=15; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing on purpose"; exit 1; fi; exit $$rc
 
 # The inner loop: every test but the *_e2e.py files (those start real vLLM
