@@ -7,15 +7,18 @@ costing tokens). ``within`` awaits ``aw`` in the caller's own task under a
 deadline instead (``asyncio.timeout`` from 3.11; a timer that cancels the
 task on 3.10), so a cancel reaches the stream being read, and the stream's
 own clean-up (an async generator's ``finally``, closing an HTTP response)
-runs before the cancel goes on up.
+runs before the cancel goes on up. ``close_stream`` is the bounded close
+every abandoned or finished stream gets.
 """
 from __future__ import annotations
 
 import asyncio
+import inspect
 import sys
-from typing import Awaitable, TypeVar
+from typing import Any, Awaitable, TypeVar
 
 T = TypeVar("T")
+CLOSE_TIMEOUT_S = 2.0   # how long a stream's close() is waited for before it is abandoned
 
 if sys.version_info >= (3, 11):
     async def within(aw: Awaitable[T], limit: float | None) -> T:
@@ -45,3 +48,19 @@ else:  # pragma: no cover - CI runs 3.11
             raise
         finally:
             timer.cancel()
+
+
+async def close_stream(stream: Any) -> bool:
+    """Closes ``stream`` (``close()`` or ``aclose()``, awaited in this task
+    for at most :data:`CLOSE_TIMEOUT_S`). Never raises: a stream that won't
+    close is abandoned. True when a close method was called."""
+    fn = getattr(stream, "close", None) or getattr(stream, "aclose", None)
+    if fn is None:
+        return False
+    try:
+        res = fn()
+        if inspect.isawaitable(res):
+            await within(res, CLOSE_TIMEOUT_S)
+    except Exception:   # a close that fails or hangs is not the caller's business
+        pass
+    return True

@@ -29,9 +29,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 from l0.client import chunks as ck, events as ev
-from l0.client.deadline import within
+from l0.client.deadline import CLOSE_TIMEOUT_S, close_stream  # noqa: F401 - CLOSE_TIMEOUT_S: race's bound too
 
-CLOSE_TIMEOUT_S = 2.0
 WINS = ("first_token", "complete")
 
 
@@ -59,23 +58,6 @@ async def call_op(op: Callable[[], Any]) -> Any:
     if inspect.isawaitable(res):
         res = await res
     return res
-
-
-async def _close(stream: Any) -> bool:
-    """Closes ``stream`` (``close()`` or ``aclose()``, awaited for at most
-    :data:`CLOSE_TIMEOUT_S`). Never raises: a stream that won't close is
-    abandoned, the request it belonged to has already lost. True when a close
-    method was called."""
-    fn = getattr(stream, "close", None) or getattr(stream, "aclose", None)
-    if fn is None:
-        return False
-    try:
-        res = fn()
-        if inspect.isawaitable(res):
-            await within(res, CLOSE_TIMEOUT_S)
-    except Exception:   # a loser's close errors (or timeout) are not the caller's business
-        pass
-    return True
 
 
 def _has_content(chunk: Any) -> bool:
@@ -209,7 +191,7 @@ class Race:
         if self.stream is not None:
             self._exhausted = True
             self._buffered, self._pos = [], 0
-            await _close(self.stream)
+            await close_stream(self.stream)
 
     async def __aenter__(self) -> "Race":
         return self
@@ -259,7 +241,7 @@ class _Racer:
         except Exception as exc:
             self.report(i, exc)        # first, so failing over does not wait for the close
             if e.stream is not None:
-                await _close(e.stream)
+                await close_stream(e.stream)
         except BaseException as exc:   # KeyboardInterrupt and the like: let the race see it, then go on up
             self.report(i, exc)
             raise
@@ -364,7 +346,7 @@ class _Racer:
             self.entries[i].task.cancel()
         # Failed ops may still be closing their stream (bounded): wait for those too.
         await asyncio.gather(*(e.task for e in self.entries.values()), return_exceptions=True)
-        await asyncio.gather(*(_close(self.entries[i].stream) for i in losers
+        await asyncio.gather(*(close_stream(self.entries[i].stream) for i in losers
                                if self.entries[i].stream is not None))
         for i in losers:
             _emit(self.on_event, ev.RaceCancel, index=i)
@@ -478,7 +460,7 @@ async def settle(out: Any) -> Any:
     try:
         items = await _drain(out)
     finally:
-        await _close(out)
+        await close_stream(out)
     if all(_is_chunk(x) for x in items):
         return _text_of(items)
     return items

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import inspect
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -46,12 +45,9 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Sequence
 from l0.client import chunks as ck
 from l0.client import events as ev
 from l0.client.content import ContentScan
-from l0.client.deadline import within
+from l0.client.deadline import close_stream, within
 from l0.client.retry import (Category, FirstTokenTimeout, GuardrailFailed, GuardrailFatal, Retry, RetryState, Stalled,
                        StreamEnded, Timeouts, ZeroOutput, classify, decide, status_of)
-
-
-CLOSE_TIMEOUT_S = 2.0   # how long a source stream's close() is waited for before it is abandoned
 
 
 @dataclass
@@ -397,7 +393,7 @@ class Session:
         try:
             opening = endpoint.open(plan, self)
             try:
-                stream = await within(opening, first_s or None)
+                stream = await within(opening, first_s)
             except asyncio.TimeoutError:
                 self.emit(ev.Timeout, attempt=self.attempts, which="first_token", after_s=first_s)
                 raise FirstTokenTimeout(f"no response within {first_s:g} s") from None
@@ -496,15 +492,8 @@ class Session:
                     yield self.held.pop(0)
                 yield chunk
         finally:
-            if stream is not None:
-                close = getattr(stream, "close", None) or getattr(stream, "aclose", None)
-                if close is not None:
-                    try:   # in this task, before the cancel or close goes on up: the source is shut when we return
-                        res = close()
-                        if inspect.isawaitable(res):
-                            await within(res, CLOSE_TIMEOUT_S)
-                    except Exception:
-                        pass
+            if stream is not None:   # in this task, before a cancel or close goes on up
+                await close_stream(stream)
 
     def _restamp(self, p: ck.Parts) -> Any:
         ids = list(p.token_ids) if p.token_ids is not None else None

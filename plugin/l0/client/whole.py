@@ -42,7 +42,7 @@ async def respond(endpoints: list[SDKEndpoint], kind: str, o: Options) -> Any:
                 try:
                     coro = api.create(**ep.params)
                     limit = o.timeout.first_token_s
-                    resp = await within(coro, limit or None)
+                    resp = await within(coro, limit)
                     whole = ck.as_dict(resp)     # an SDK object, or l0.http's dict
                     choice = (whole.get("choices") or [{}])[0]
                     message = choice.get("message") or {}
