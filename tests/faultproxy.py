@@ -3,8 +3,8 @@
 One request per client connection: the proxy reads the request head and
 body, forwards them upstream with ``Connection: close`` and pipes the answer
 back, so every request meets its own fault. Faults are queued and consumed
-in order by completion requests only (``POST /v1/chat/completions`` and
-``/v1/completions``); other requests (probes, checkpoint fetches,
+in order by completion requests only (``POST /v1/chat/completions``,
+``/v1/completions``, ``/v1/messages``, ``/v1/responses``); other requests (probes, checkpoint fetches,
 ``/detokenize``) pass untouched.
 
 Faults:
@@ -33,7 +33,7 @@ import struct
 import threading
 from dataclasses import dataclass, field
 
-COMPLETION_PATHS = (b"/v1/chat/completions", b"/v1/completions")
+COMPLETION_PATHS = (b"/v1/chat/completions", b"/v1/completions", b"/v1/messages", b"/v1/responses")
 
 
 @dataclass

@@ -1,7 +1,8 @@
 """L0: reliability for LLM serving, built into the inference engine.
 
 Importing ``l0`` is cheap and side-effect free: no vLLM, no CUDA, no files.
-The client API is loaded on first use: ``l0.wrap``, ``l0.http``, ``l0.run``,
+The client API is loaded on first use: ``l0.wrap``, ``l0.http``, ``l0.run``
+(``l0.Adapter`` and ``l0.Parts`` for any other stream protocol),
 ``l0.replay``, ``l0.diverge``, ``l0.Retry``, ``l0.Timeouts``; content
 reliability: ``l0.structured``, ``l0.guardrails``, ``l0.drift``, ``l0.race``,
 ``l0.parallel``, ``l0.pipe``, ``l0.consensus``.
@@ -12,6 +13,8 @@ _LAZY = {
     "wrap": ("l0.client.wrap", "wrap"),
     "run": ("l0.client.wrap", "run"),
     "http": ("l0.client.http", "http"),
+    "Adapter": ("l0.client.adapters", "Adapter"),
+    "Parts": ("l0.client.chunks", "Parts"),
     "replay": ("l0.client.eventlog", "replay"),
     "diverge": ("l0.client.eventlog", "diverge"),
     "read_log": ("l0.client.eventlog", "read_log"),

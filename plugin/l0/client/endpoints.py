@@ -168,11 +168,11 @@ class ServerEndpoint(Endpoint):
             text = await self.detokenize_tail(got.token_ids, outputs, delivered=got.text)
             p = ck.Parts(text=text, token_ids=tuple(extra))
             session.take(p)
-            session.pending.append(session._restamp(p))
+            session.pending.extend(session._restamp(p))
         left = remaining(record, outputs)
         if record.finished or (left is not None and left <= 0):
             session.finish_reason = record.finish_reason or "length"
-            session.pending.append(session._restamp(ck.Parts(finish_reason=session.finish_reason)))
+            session.pending.extend(session._restamp(ck.Parts(finish_reason=session.finish_reason)))
             return None
         body = continuation_body(record, outputs, self.model)
         if self.params.get("stream_options") is not None:   # e.g. include_usage: the caller wants the usage chunk

@@ -44,6 +44,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Sequence
 
 from l0.client import chunks as ck
 from l0.client import events as ev
+from l0.client.adapters import OpenAIAdapter
 from l0.client.content import ContentScan
 from l0.client.deadline import close_stream, within
 from l0.client.retry import (Category, FirstTokenTimeout, GuardrailFailed, GuardrailFatal, Retry, RetryState, Stalled,
@@ -60,6 +61,7 @@ class Plan:
     convert: bool = False           # restamp chunks into the caller's kind and identity
     resume_from: int = 0            # checkpoint: output tokens sent as prompt (moved back in usage)
     drop_overlap: bool = False      # text mode without server support: the model may repeat itself
+    reader: Any = None              # the adapter that reads this attempt's events (None: the session's)
 
 
 @dataclass
@@ -166,11 +168,12 @@ class Session:
                  clock: Callable[[], float] = time.time, check_zero_output: bool = True,
                  stream_id: str | None = None, require_finish: bool = True, l0_key: str | None = None,
                  fallback_delay: Callable[[int], float] | None = None, guardrails: Any = None,
-                 drift: Any = None, hold: bool = False) -> None:
+                 drift: Any = None, hold: bool = False, adapter: Any = None) -> None:
         if not endpoints:
             raise ValueError("l0: a session needs at least one endpoint")
         self.endpoints = list(endpoints)
         self.kind = kind
+        self.adapter = adapter if adapter is not None else OpenAIAdapter(kind)   # the caller's protocol
         self.retry = retry
         self.timeouts = timeouts
         self.emit_cb = emit
@@ -406,6 +409,7 @@ class Session:
             # prompt's text: seen in the chaos runs), so the text of the
             # first chunks is recomputed from all the ids.
             refix = 4 if plan.mode == "checkpoint" else 0
+            reader = plan.reader or self.adapter
             overlap = _Overlap(self.received.text) if plan.drop_overlap else None
             while True:
                 if not started:
@@ -423,7 +427,7 @@ class Session:
                     if started:
                         raise Stalled(f"stalled: no token for {after:g} s") from None
                     raise FirstTokenTimeout(f"no first token within {after:g} s") from None
-                p = ck.parts(chunk)
+                p = reader.parts(chunk)
                 if p.usage and plan.resume_from:
                     # A continuation's prompt holds the answer's first tokens: give the caller the
                     # usage of the request it made (same total). A checkpoint plan converts, so the
@@ -432,7 +436,7 @@ class Session:
                 if p.usage:
                     self.usage = p.usage
                 if not self.meta:
-                    self.meta = ck.meta_of(chunk)
+                    self.meta = reader.meta(chunk)
                 content = bool(p.text or p.token_ids or p.finish_reason or p.tool_calls)
                 if content and not started:
                     started = True
@@ -465,50 +469,43 @@ class Session:
                         kept, rest = ids[n_old:], text[c_old:]
                         if not kept and not rest and not p.finish_reason and not p.usage and not p.delta_extra:
                             continue
-                        chunk = rest if isinstance(chunk, str) else ck.with_token_ids(chunk, kept, rest)
-                        p = ck.parts(chunk)
+                        chunk = reader.trim(chunk, kept, rest)
+                        p = reader.parts(chunk)
                 elif refix and p.token_ids:
                     refix -= 1
                     text = await endpoint.fix_text(chunk, list(p.token_ids), self)
                     if text != (p.text or ""):
-                        chunk = ck.with_token_ids(chunk, list(p.token_ids), text)
-                        p = dataclasses.replace(ck.parts(chunk), usage=p.usage)   # (the shifted usage)
+                        chunk = reader.trim(chunk, list(p.token_ids), text)
+                        p = dataclasses.replace(reader.parts(chunk), usage=p.usage)   # (the shifted usage)
+                outs = [chunk]
                 if overlap is not None:
                     text = overlap.feed(p.text, final=bool(p.finish_reason))
                     if text is None:
                         continue
                     if text != p.text:
                         p = ck.Parts(text=text, token_ids=None, finish_reason=p.finish_reason, usage=p.usage)
-                        chunk = self._restamp(p)
+                        outs = self._restamp(p)
+                    elif plan.convert:
+                        outs = self._restamp(p)
                 elif plan.convert:
-                    chunk = self._restamp(p)
+                    outs = self._restamp(p)
                 if p.finish_reason:
                     self.finish_reason = p.finish_reason
                 self.take(p)
                 if not self.received.meaningful or self.hold:
-                    self.held.append(chunk)
+                    self.held.extend(outs)
                     continue
                 while self.held:
                     yield self.held.pop(0)
-                yield chunk
+                for out in outs:
+                    yield out
         finally:
             if stream is not None:   # in this task, before a cancel or close goes on up
                 await close_stream(stream)
 
-    def _restamp(self, p: ck.Parts) -> Any:
-        ids = list(p.token_ids) if p.token_ids is not None else None
-        kind = self.kind
-        if kind == "run":  # l0.run: answer in the type the stream itself used
-            kind = {"chat.completion.chunk": "chat", "text_completion": "completion"}.get(self.meta.get("object"), kind)
-        usage_only = p.role_only and p.usage is not None
-        if kind == "chat":
-            return ck.chat_chunk(self.meta, p.text, ids, p.finish_reason, usage=p.usage, usage_only=usage_only,
-                                 logprobs=p.logprobs, delta_extra=p.delta_extra)
-        if kind == "completion":   # (called before the chunk is taken: the text so far is where it starts)
-            return ck.completion_chunk(self.meta, p.text, ids, p.finish_reason, usage=p.usage,
-                                       usage_only=usage_only, logprobs=p.logprobs,
-                                       text_offset=len(self.received.text))
-        return p.text
+    def _restamp(self, p: ck.Parts) -> list:
+        """The caller's events for ``p`` (its adapter's :meth:`~l0.client.adapters.Adapter.make`)."""
+        return self.adapter.make(self, p)
 
 
 def _shift_usage(usage: dict, n: int) -> dict:

@@ -127,3 +127,38 @@ class SyncWrappedClient:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._client, name)
+
+
+class _SyncMessages:
+    def __init__(self, owner: "SyncAnthropic") -> None:
+        self._owner = owner
+
+    def create(self, **params: Any) -> Any:
+        got = self._owner._loop.run(self._owner._inner._create(params))
+        return SyncL0Stream(got, self._owner._loop) if isinstance(got, L0Stream) else got
+
+    def stream(self, **params: Any) -> Any:
+        """The SDK's ``MessageStreamManager`` over the hardened events."""
+        from anthropic.lib.streaming import MessageStreamManager
+
+        if params.get("output_format") is not None:
+            from l0.client.anthropic import _warn
+            _warn("messages.stream(output_format=...) is passed through unhardened")
+            return self._owner._client.messages.stream(**params)
+        from anthropic import NOT_GIVEN
+        return MessageStreamManager(lambda: self.create(**params, stream=True), output_format=NOT_GIVEN)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._owner._client.messages, name)
+
+
+class SyncAnthropic(SyncWrappedClient):
+    """An ``anthropic.Anthropic`` with hardened ``messages.create`` and
+    ``messages.stream`` (run on an ``AsyncAnthropic`` twin, on a loop
+    thread); every other attribute is the wrapped client's."""
+
+    def __init__(self, client: Any, inner: Any) -> None:
+        self._client = client
+        self._inner = inner
+        self._loop = _LoopThread()
+        self.messages = _SyncMessages(self)

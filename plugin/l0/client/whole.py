@@ -17,8 +17,35 @@ from l0.client.retry import RetryState, ZeroOutput, classify, decide, status_of
 from l0.client.session import end_checks, judge
 
 
-async def respond(endpoints: list[SDKEndpoint], kind: str, o: Options) -> Any:
-    """One response with classified retries, zero-output check and fallbacks."""
+def read_openai(kind: str) -> Callable[[Any], tuple]:
+    """How a whole OpenAI response is read: (text, has tool calls, finish
+    reason, usage) of its first choice (``kind``: chat or completion)."""
+    def read(resp: Any) -> tuple:
+        whole = ck.as_dict(resp)     # an SDK object, or l0.http's dict
+        choice = (whole.get("choices") or [{}])[0]
+        message = choice.get("message") or {}
+        text = (message.get("content") if kind == "chat" else choice.get("text")) or ""
+        return text, bool(message.get("tool_calls")), choice.get("finish_reason"), whole.get("usage")
+    return read
+
+
+def call_openai(kind: str, method: str = "create") -> Callable[[Any], Any]:
+    """``endpoint -> awaitable response``: the endpoint's client's
+    ``chat.completions.<method>`` (``create``, ``parse``) or
+    ``completions.create``, with the endpoint's request."""
+    def call(ep: Any) -> Any:
+        api = ep.client.chat.completions if kind == "chat" else ep.client.completions
+        return getattr(api, method)(**ep.params)
+    return call
+
+
+async def respond(endpoints: list[SDKEndpoint], kind: str, o: Options, call: Callable[[Any], Any] | None = None,
+                  read: Callable[[Any], tuple] | None = None) -> Any:
+    """One response with classified retries, zero-output check and fallbacks.
+    ``call(endpoint)`` makes the request (default: ``create`` of ``kind``);
+    ``read(response)`` gives (text, tool calls, finish reason, usage)."""
+    call = call or call_openai(kind)
+    read = read or read_openai(kind)
     emit = o.callbacks
     sid = "s-" + uuid.uuid4().hex[:16]
 
@@ -38,21 +65,14 @@ async def respond(endpoints: list[SDKEndpoint], kind: str, o: Options) -> Any:
             while True:
                 attempts += 1
                 send(ev.AttemptStart, attempt=attempts, endpoint=ep.name, mode="fresh")
-                api = ep.client.chat.completions if kind == "chat" else ep.client.completions
                 try:
-                    coro = api.create(**ep.params)
                     limit = o.timeout.first_token_s
-                    resp = await within(coro, limit)
-                    whole = ck.as_dict(resp)     # an SDK object, or l0.http's dict
-                    choice = (whole.get("choices") or [{}])[0]
-                    message = choice.get("message") or {}
-                    text = (message.get("content") if kind == "chat" else choice.get("text")) or ""
-                    tools = bool(message.get("tool_calls"))
+                    resp = await within(call(ep), limit)
+                    text, tools, finish_reason, usage = read(resp)
                     if o.check_zero_output and not tools and not has_content(text):
                         raise ZeroOutput(f"zero output ({len(text)} chars)")
                     _judge_whole(text, o, send, attempts, tools)
-                    send(ev.Complete, finish_reason=choice.get("finish_reason"), attempts=attempts,
-                         chars=len(text), usage=whole.get("usage"))
+                    send(ev.Complete, finish_reason=finish_reason, attempts=attempts, chars=len(text), usage=usage)
                     return resp
                 except (asyncio.CancelledError, GeneratorExit):
                     raise

@@ -187,21 +187,23 @@ class PassThrough:
         return getattr(self._stream, name)
 
 
-def _fallback(f: Any, primary: Any) -> tuple[Any, dict]:
+def _fallback(f: Any, primary: Any, api: str = "chat") -> tuple[Any, dict]:
     """A fallback: an SDK client (same request), a dict of overrides (same
-    client, e.g. another model), or (client, overrides)."""
+    client, e.g. another model), or (client, overrides). ``api``: the
+    attribute a client of the primary's SDK has (``chat``; ``messages``)."""
     if isinstance(f, dict):
         return primary, dict(f)
     if isinstance(f, tuple) and len(f) == 2:
         return f[0], dict(f[1])
-    if hasattr(f, "chat") and hasattr(f, "base_url"):
+    if hasattr(f, api) and hasattr(f, "base_url"):
         return f, {}
     raise TypeError(f"l0: a fallback is a client, a dict of overrides or (client, overrides), not {type(f).__name__}")
 
 
 def wrap(client: Any, **options: Any) -> "WrappedClient | Any":
-    """Harden ``client`` (``openai.AsyncOpenAI``, ``openai.OpenAI``, or
-    ``l0.http(url)``: no SDK needed).
+    """Harden ``client`` (``openai.AsyncOpenAI``, ``openai.OpenAI``,
+    ``l0.http(url)``: no SDK needed, or ``anthropic.AsyncAnthropic`` /
+    ``anthropic.Anthropic``: :mod:`l0.client.anthropic`).
     Options: ``retry`` (:class:`~l0.client.retry.Retry` or its fields as a dict),
     ``timeout`` (:class:`~l0.client.retry.Timeouts`, a dict, or seconds between
     tokens), ``fallbacks`` (clients, dicts of overrides, or (client,
@@ -222,6 +224,9 @@ def wrap(client: Any, **options: Any) -> "WrappedClient | Any":
 
     if isinstance(client, HttpClient):
         return WrappedClient(client, options_from(**options))
+    if type(client).__module__.split(".")[0] == "anthropic":
+        from l0.client.anthropic import wrap_anthropic
+        return wrap_anthropic(client, **options)
     try:
         import openai
     except ImportError:
@@ -244,17 +249,22 @@ def wrap(client: Any, **options: Any) -> "WrappedClient | Any":
 
 
 def run(stream: Callable[..., Any], *, fallbacks: Sequence[Callable[..., Any]] = (), kind: str = "run",
-        **options: Any) -> L0Stream:
-    """Harden any async iterator of chunks (SDK chunks, their dicts, or
-    strings). ``stream`` and each fallback are factories called per attempt;
-    one that takes an argument gets the text received so far and continues
-    it. Same options as :func:`wrap`."""
+        adapter: Any = None, **options: Any) -> L0Stream:
+    """Harden any async iterator of events: OpenAI chunks, their dicts, or
+    strings; any other protocol through ``adapter`` (an
+    :class:`l0.Adapter`, or a function ``event -> l0.Parts``; see
+    :mod:`l0.client.adapters`). ``stream`` and each fallback are factories
+    called per attempt; one that takes an argument gets the text received
+    so far and continues it. Same options as :func:`wrap`."""
+    from l0.client.adapters import as_adapter
+
+    reader = as_adapter(adapter, kind)
     o = options_from(**options)
     eps = [FactoryEndpoint(stream, "primary")] + [FactoryEndpoint(f, f"fallback-{i + 1}")
                                                   for i, f in enumerate(fallbacks)]
     session = Session(eps, kind=kind, retry=o.retry, timeouts=o.timeout, emit=o.callbacks, log=o.log,
                       sleep=o.sleep, clock=o.clock, check_zero_output=o.check_zero_output, require_finish=False,
-                      guardrails=o.guardrails, drift=o.drift, hold=o.hold)
+                      guardrails=o.guardrails, drift=o.drift, hold=o.hold, adapter=reader)
     return L0Stream(session)
 
 

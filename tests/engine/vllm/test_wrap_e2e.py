@@ -789,3 +789,106 @@ def test_a_streamed_n_2_is_passed_through_with_a_warning_not_refused(fleet, tran
     assert [s.hardened for s in streams] == [False, False] and "n > 1" in streams[0].reason and last is None
     said = [w for w in caught if issubclass(w.category, wrap_module.L0Warning)]
     assert len(said) == 1 and "passed through unhardened" in str(said[0].message)
+
+
+# -- the anthropic SDK against vLLM's /v1/messages -----------------------------------------------------------
+
+def anthropic_events(url, model, wrapped=True, hook=None, **options):
+    """One Messages stream through the real anthropic SDK (wrapped by
+    ``l0.wrap`` or not): (events, text, the wrapped client's session)."""
+    import anthropic
+
+    import l0
+
+    async def go():
+        client = anthropic.AsyncAnthropic(base_url=url, api_key="test", max_retries=0)
+        c = l0.wrap(client, **options) if wrapped else client
+        stream = await c.messages.create(model=model, max_tokens=MAX_TOKENS, messages=PROMPT, stream=True,
+                                         extra_body={"temperature": 0.0})
+        events = []
+        async for e in stream:
+            events.append(e)
+            if hook is not None:
+                hook(e)
+        await client.close()
+        return events, getattr(c, "last", None)
+    events, session = asyncio.run(asyncio.wait_for(go(), 300))
+    text = "".join(e.delta.text for e in events if e.type == "content_block_delta" and e.delta.type == "text_delta")
+    return events, text, session
+
+
+@pytest.fixture(scope="module")
+def anthropic_reference(fleet):
+    events, text, _ = anthropic_events(fleet["r2"].url, fleet["model"], wrapped=False)
+    assert events[-1].type == "message_stop" and len(text) > 40
+    return events, text
+
+
+def test_an_anthropic_stream_is_the_sdks_own_stream(fleet, anthropic_reference, proxies):
+    import anthropic.types as at
+
+    want, text = anthropic_reference
+    events, got, session = anthropic_events(proxies["r1"].url, fleet["model"])
+    assert got == text and [e.type for e in events] == [e.type for e in want]
+    assert all(isinstance(e, type(w)) for e, w in zip(events, want))
+    assert isinstance(events[0], at.RawMessageStartEvent)
+    types = [e.type for e in session.events]
+    assert types == ["session_start", "attempt_start", "first_token", "complete"]
+    assert session.events[0].l0_key   # an L0 server: the request carried a key (vllm_xargs)
+
+
+@pytest.mark.parametrize("after", [6, 25])
+def test_a_cut_anthropic_stream_resumes_as_one_message(fleet, anthropic_reference, proxies, after):
+    """Cut mid-answer: the answer continues on the same server's chat route
+    (greedy, continue_final_message) and comes back as this stream's own
+    events: one message_start, one text block, its stop, message_delta,
+    message_stop, the text whole."""
+    want, text = anthropic_reference
+    proxies["r1"].inject(Cut(after_events=after))
+    sleeps = []
+
+    async def sleep(s):
+        sleeps.append(s)
+    events, got, session = anthropic_events(proxies["r1"].url, fleet["model"], sleep=sleep)
+    assert got == text
+    types = [e.type for e in events]
+    assert types.count("message_start") == 1 and types.count("content_block_start") == 1
+    assert types[-3:] == ["content_block_stop", "message_delta", "message_stop"]
+    assert events[-2].delta.stop_reason == want[-2].delta.stop_reason == "max_tokens"
+    assert events[-2].usage.output_tokens == want[-2].usage.output_tokens == MAX_TOKENS
+    assert [e.mode for e in session.events if e.type == "attempt_start"] == ["fresh", "text"]
+    assert len(sleeps) == 1
+
+
+def test_the_anthropic_stream_helper_and_sync_client_are_hardened(fleet, anthropic_reference, proxies):
+    """``messages.stream`` (the SDK's MessageStream over the hardened events)
+    on the async and the synchronous client, each through a cut, and a 529
+    overloaded answer retried."""
+    import anthropic
+
+    import l0
+
+    _, text = anthropic_reference
+    proxies["r1"].inject(Status(529, {"retry-after": "0"}))
+    proxies["r1"].inject(Cut(after_events=14))
+
+    async def go():
+        client = l0.wrap(anthropic.AsyncAnthropic(base_url=proxies["r1"].url, api_key="test"))
+        async with client.messages.stream(model=fleet["model"], max_tokens=MAX_TOKENS, messages=PROMPT,
+                                          extra_body={"temperature": 0.0}) as s:
+            pieces = [t async for t in s.text_stream]
+            final = await s.get_final_message()
+        return "".join(pieces), final, client.last
+    streamed, final, session = asyncio.run(asyncio.wait_for(go(), 300))
+    assert streamed == text and final.content[0].text == text and final.stop_reason == "max_tokens"
+    assert [e.mode for e in session.events if e.type == "attempt_start"] == ["fresh", "fresh", "text"]
+    assert [e.status for e in session.events if e.type == "failure"][0] == 529
+
+    proxies["r1"].inject(Cut(after_events=9))
+    sync = l0.wrap(anthropic.Anthropic(base_url=proxies["r1"].url, api_key="test"))
+    greedy = {"extra_body": {"temperature": 0.0}}   # (the SDK has no sampling keywords)
+    with sync.messages.stream(model=fleet["model"], max_tokens=MAX_TOKENS, messages=PROMPT, **greedy) as s:
+        assert s.get_final_text() == text
+    whole = sync.messages.create(model=fleet["model"], max_tokens=MAX_TOKENS, messages=PROMPT, **greedy)
+    assert whole.content[0].text == text   # non-streaming: the SDK's Message
+    sync.close()
