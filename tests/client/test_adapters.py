@@ -130,3 +130,40 @@ def test_messages_become_chat_messages_for_a_text_continuation():
         {"role": "assistant", "content": "A"}]
     with pytest.raises(NotResumable, match="tool_result"):
         chat_messages({"messages": [{"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t"}]}]})
+
+
+def _tool_chunks():
+    base = {"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "m"}
+
+    def chunk(delta, finish=None):
+        return {**base, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+    yield chunk({"role": "assistant", "content": "Let me check. "})
+    yield chunk({"tool_calls": [{"index": 0, "id": "call_1", "type": "function",
+                                 "function": {"name": "get_weather", "arguments": ""}}]})
+    for piece in ('{"city": ', '"Paris"}'):
+        yield chunk({"tool_calls": [{"index": 0, "function": {"arguments": piece}}]})
+    yield chunk({}, "tool_calls")
+
+
+def test_on_tool_call_gets_each_call_whole_and_on_token_each_text_piece():
+    async def gen():
+        for c in _tool_chunks():
+            yield c
+    calls, tokens, events = [], [], []
+    stream = l0.run(gen, on_tool_call=calls.append, on_token=tokens.append, on_event=events.append)
+    collect(stream)
+    assert [(c.index, c.id, c.name, c.arguments) for c in calls] == [(0, "call_1", "get_weather", '{"city": "Paris"}')]
+    assert tokens == ["Let me check. "]
+    assert [e.type for e in events][-2:] == ["tool_call", "complete"]   # tokens are never events
+
+
+def test_a_break_after_tool_call_pieces_is_not_resumed_by_a_factory():
+    """A factory can't regenerate by token id: the break after a tool-call
+    piece raises NotResumable (only an L0 server regenerates tool calls)."""
+    async def gen():
+        for i, c in enumerate(_tool_chunks()):
+            if i == 3:
+                raise ConnectionResetError("cut")
+            yield c
+    with pytest.raises(NotResumable, match="tool-call pieces"):
+        collect(l0.run(gen, sleep=_nosleep))

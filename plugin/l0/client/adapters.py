@@ -96,7 +96,15 @@ class OpenAIAdapter(Adapter):
         return [p.text]
 
     def trim(self, event: Any, kept: list[int], text: str) -> Any:
-        return text if isinstance(event, str) else ck.with_token_ids(event, kept, text)
+        if isinstance(event, str):
+            return text
+        out = ck.with_token_ids(event, kept, text)
+        if type(out) is not type(event) and hasattr(type(event), "model_validate"):
+            try:   # another library's chunk type (LiteLLM's): give the caller its own type back
+                return type(event).model_validate(ck.as_dict(out))
+            except Exception:  # noqa: BLE001 - the OpenAI type carries the same fields
+                pass
+        return out
 
 
 class FuncAdapter(Adapter):

@@ -80,12 +80,14 @@ class AnthropicAdapter(Adapter):
             if dk == "text_delta":
                 return Parts(text=delta.get("text") or "")
             if dk == "input_json_delta":
-                return Parts(tool_calls=True)
+                return Parts(tool_calls=True, tool_pieces=((int(d.get("index") or 0), None, None,
+                                                            delta.get("partial_json") or ""),))
             return Parts(delta_extra={k: v for k, v in delta.items() if k != "type"} or None)
         if kind == "content_block_start":
             block = d.get("content_block") or {}
             if block.get("type") in ("tool_use", "server_tool_use"):
-                return Parts(tool_calls=True)
+                return Parts(tool_calls=True, tool_pieces=((int(d.get("index") or 0), block.get("id"),
+                                                            block.get("name"), ""),))
             if block.get("type") == "text":
                 self.text_index = int(d.get("index") or 0)
                 if block.get("text"):

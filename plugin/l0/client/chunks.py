@@ -19,6 +19,7 @@ class Parts:
     usage: dict | None = None
     logprobs: tuple[dict, ...] | None = None   # one entry per token, chat form (see logprob_entries)
     delta_extra: dict | None = None            # the chat delta's other fields (tool_calls, reasoning_content, ...)
+    tool_pieces: tuple | None = None           # ((index, id, name, arguments piece), ...): tool-call pieces
 
 
 def as_dict(chunk: Any) -> dict | str:
@@ -27,7 +28,7 @@ def as_dict(chunk: Any) -> dict | str:
         return chunk
     dump = getattr(chunk, "model_dump", None)
     if dump is not None:
-        return dump(mode="json", exclude_unset=True)
+        return dump(mode="json", exclude_unset=True, warnings=False)   # (a parsed completion's generic fields warn)
     raise TypeError(f"l0: can't read a chunk of type {type(chunk).__name__}")
 
 
@@ -51,14 +52,17 @@ def parts(chunk: Any, index: int = 0) -> Parts:
     if delta is not None:  # chat
         text = delta.get("content") or ""
         tools = bool(delta.get("tool_calls") or delta.get("function_call"))
+        pieces = tuple((int(t.get("index") or 0), t.get("id"), (t.get("function") or {}).get("name"),
+                        (t.get("function") or {}).get("arguments") or "")
+                       for t in delta.get("tool_calls") or ()) or None
         extra = {k: v for k, v in delta.items() if k not in ("content", "role") and v not in (None, [])} or None
         role_only = not text and not extra and not choice.get("finish_reason") and ids is None
     else:
         text = choice.get("text") or ""
-        tools, role_only = False, False
+        tools, role_only, pieces = False, False, None
     return Parts(text=text, token_ids=tuple(ids) if ids is not None else None,
                  finish_reason=choice.get("finish_reason"), tool_calls=tools, role_only=role_only,
-                 usage=usage, logprobs=lp, delta_extra=extra)
+                 usage=usage, logprobs=lp, delta_extra=extra, tool_pieces=pieces)
 
 
 def _entry(token: str, logprob: float) -> dict:

@@ -20,7 +20,7 @@ from typing import Any, AsyncIterator, Callable, Sequence
 from l0.client import chunks as ck
 from l0.client import events as ev
 from l0.client.options import Options
-from l0.client.session import Endpoint, Plan, Session
+from l0.client.session import Endpoint, NotResumable, Plan, Session
 from l0.contract import CHECKPOINTS_OFF, CHECKPOINTS_ROUTE, OPT_KEY
 
 _PROBES: dict[str, "ServerInfo"] = {}
@@ -112,11 +112,25 @@ class ServerEndpoint(Endpoint):
             self.info = await probe_root(self.root, self.headers)
         self.l0 = self.info.l0 and self.options.l0_resume  # off: an L0 server is used as plain vLLM
 
+    @property
+    def greedy(self) -> bool:
+        return self.params.get("temperature") == 0 or (self.params.get("extra_body") or {}).get("temperature") == 0
+
+    def resumes_tool_calls(self, session: Session) -> bool:
+        """An L0 server regenerates a greedy chat request whose tool-call
+        pieces were delivered: the same calls come again, and the pieces
+        the caller has are checked (by token id) and skipped."""
+        return (self.l0 and self.kind == "chat" and self.greedy and self.options.resume
+                and session.received.token_ids is not None and session.key_model in (None, self.model))
+
     # -- planning -------------------------------------------------------------
     async def plan(self, session: Session) -> Plan | None:
         got = session.received
         if got.empty and not self.info.known:
             await self.prepare()  # the server was unreachable at the first probe
+        if got.tool_calls and not self.resumes_tool_calls(session):
+            raise NotResumable("l0: tool-call pieces were delivered, and only an L0 server regenerating a "
+                               "greedy request can go on from them")
         if not got.empty and not self.options.resume:
             raise ResumeRefused("l0: resume is off and the stream broke mid-way")
         same_model = session.key_model in (None, self.model)
@@ -150,7 +164,7 @@ class ServerEndpoint(Endpoint):
         got = session.received
         # Tokens came for the key: its record exists, perhaps not yet readable.
         record = await self._fetch_checkpoint(session, wait_s=RECORD_LAG_S if got.token_ids else 0.0)
-        greedy = self.params.get("temperature") == 0 or (self.params.get("extra_body") or {}).get("temperature") == 0
+        greedy = self.greedy
         # A chat request with tools: the server's tool parser reads the chat stream; a continuation
         # on /v1/completions would hand a later tool call to the caller as raw text.
         tools = self.kind == "chat" and bool(self.params.get("tools") or self.params.get("functions"))

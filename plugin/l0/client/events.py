@@ -185,6 +185,17 @@ class Complete(Event):
 
 
 @dataclass(frozen=True)
+class ToolCall(Event):
+    """A tool call of the answer, whole (emitted when the stream completes,
+    before ``complete``): its index, id, name and JSON arguments as streamed."""
+    type: ClassVar[str] = "tool_call"
+    index: int = 0
+    id: str | None = None
+    name: str | None = None
+    arguments: str = ""
+
+
+@dataclass(frozen=True)
 class Error(Event):
     """The session failed for good; the exception is raised to the caller."""
     type: ClassVar[str] = "error"
@@ -258,7 +269,8 @@ class PipeError(Event):
 
 EVENT_TYPES: dict[str, type[Event]] = {c.type: c for c in (
     SessionStart, AttemptStart, FirstToken, Timeout, Failure, RetryScheduled, RetryGivenUp, FallbackStart,
-    CheckpointFetched, Resume, Verdict, GuardrailViolation, Drift, StructuredStep, Complete, Error, Cancelled,
+    CheckpointFetched, Resume, Verdict, GuardrailViolation, Drift, StructuredStep, ToolCall, Complete, Error,
+    Cancelled,
     RaceStart, RaceError, RaceCancel, RaceWinner, PipeStep, PipeStepDone, PipeError)}
 
 
@@ -280,6 +292,7 @@ _CALLBACKS = {
     "on_error": (Error,),
     "on_violation": (GuardrailViolation,),
     "on_drift": (Drift,),
+    "on_tool_call": (ToolCall,),
 }
 
 
@@ -287,8 +300,9 @@ _CALLBACKS = {
 class Callbacks:
     """``on_start``, ``on_retry``, ``on_fallback``, ``on_resume``,
     ``on_timeout``, ``on_complete``, ``on_error``, ``on_violation``,
-    ``on_drift`` (one event type each) and
-    ``on_event`` (all of them)."""
+    ``on_drift``, ``on_tool_call`` (one event type each) and
+    ``on_event`` (all of them); ``on_token`` gets each piece of text as it
+    is delivered to the caller (a string, not an event: never logged)."""
 
     on_start: Callable[[SessionStart], Any] | None = None
     on_retry: Callable[[RetryScheduled], Any] | None = None
@@ -299,6 +313,8 @@ class Callbacks:
     on_error: Callable[[Error], Any] | None = None
     on_violation: Callable[[GuardrailViolation], Any] | None = None
     on_drift: Callable[[Drift], Any] | None = None
+    on_tool_call: Callable[[ToolCall], Any] | None = None
+    on_token: Callable[[str], Any] | None = None
     on_event: Callable[[Event], Any] | None = None
     failures: int = 0               # callbacks that raised
 
@@ -309,6 +325,10 @@ class Callbacks:
                 self._safe(fn, event)
         if self.on_event is not None:
             self._safe(self.on_event, event)
+
+    def token(self, text: str) -> None:
+        if self.on_token is not None:
+            self._safe(self.on_token, text)
 
     def _safe(self, fn, event) -> None:
         try:

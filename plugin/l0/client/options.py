@@ -40,7 +40,7 @@ def options_from(retry=None, timeout=None, fallbacks=(), log=None, log_fsync="en
 
     if callbacks is None:
         unknown = set(cbs) - {"on_start", "on_retry", "on_fallback", "on_resume", "on_timeout", "on_complete",
-                              "on_error", "on_violation", "on_drift", "on_event"}
+                              "on_error", "on_violation", "on_drift", "on_tool_call", "on_token", "on_event"}
         if unknown:
             raise TypeError(f"l0: unknown option(s) {sorted(unknown)}")
         callbacks = ev.Callbacks(**cbs)

@@ -71,6 +71,7 @@ class Received:
     token_ids: list[int] | None = field(default_factory=list)  # None once a chunk came without ids
     chunks: int = 0                 # content chunks (a token count where ids are missing)
     tool_calls: bool = False
+    tools: dict = field(default_factory=dict)   # index -> {"id", "name", "arguments"}: the calls so far
     scan: ContentScan = field(default_factory=ContentScan)
 
     @property
@@ -88,6 +89,11 @@ class Received:
         if p.text or p.token_ids:
             self.chunks += 1
         self.tool_calls = self.tool_calls or p.tool_calls
+        for index, call_id, name, arguments in p.tool_pieces or ():
+            call = self.tools.setdefault(index, {"id": None, "name": None, "arguments": ""})
+            call["id"] = call["id"] or call_id
+            call["name"] = call["name"] or name
+            call["arguments"] += arguments
         self.scan.feed(p.text)
 
     @property
@@ -151,6 +157,11 @@ class Endpoint:
         """Text of ``kept`` (a chunk's ids past a regeneration's catch-up point)."""
         raise NotImplementedError
 
+    def resumes_tool_calls(self, session: "Session") -> bool:
+        """Can this endpoint go on after tool-call pieces were delivered
+        (an L0 server regenerating a greedy request)?"""
+        return False
+
 
 class NotResumable(Exception):
     """The stream broke after delivering what this session cannot continue
@@ -201,6 +212,7 @@ class Session:
         self.guards = [g.fresh() for g in self.checks]
         self.hold = hold                     # deliver nothing before the answer passed its end checks
         self.delivered = 0                   # chunks the caller has
+        self.response: Any = None            # the first attempt's HTTP response (the SDK stream's), if any
 
     # -- events ---------------------------------------------------------------
     def emit(self, cls: type[ev.Event], **fields: Any) -> ev.Event:
@@ -214,6 +226,11 @@ class Session:
 
     def _deliver(self, chunk: Any) -> Any:
         self.delivered += 1
+        token = getattr(self.emit_cb, "on_token", None)
+        if token is not None:   # (read again only for the callback: the chunk may be one the session wrote)
+            text = self.adapter.parts(chunk).text
+            if text:
+                self.emit_cb.token(text)
         if self.log is not None:
             self.log.chunk(self.stream_id, self.clock(), chunk)
         return chunk
@@ -303,7 +320,7 @@ class Session:
                             last_exc = exc
                         if isinstance(exc, (ZeroOutput, GuardrailFailed)):
                             self.start_over()   # nothing of value reached the caller
-                        elif self.received.tool_calls:
+                        elif self.received.tool_calls and not endpoint.resumes_tool_calls(self):
                             category = Category.FATAL
                             exc = NotResumable(f"l0: the stream broke after tool-call pieces were delivered "
                                                f"({_short(exc)}); tool calls can't be continued")
@@ -383,6 +400,8 @@ class Session:
                       source="server", detail=dict(item))
 
     def _complete(self) -> None:
+        for index, call in sorted(self.received.tools.items()):
+            self.emit(ev.ToolCall, index=index, id=call["id"], name=call["name"], arguments=call["arguments"])
         self.emit(ev.Complete, finish_reason=self.finish_reason, attempts=self.attempts,
                   tokens=self.received.tokens, chars=len(self.received.text), usage=self.usage)
 
@@ -400,6 +419,8 @@ class Session:
             except asyncio.TimeoutError:
                 self.emit(ev.Timeout, attempt=self.attempts, which="first_token", after_s=first_s)
                 raise FirstTokenTimeout(f"no response within {first_s:g} s") from None
+            if self.response is None:
+                self.response = getattr(stream, "response", None)
             it = stream.__aiter__()
             started = False
             skip, skip_chars = plan.skip_ids, plan.skip_chars
@@ -467,7 +488,10 @@ class Session:
                     skip_chars -= c_old
                     if n_old or c_old:
                         kept, rest = ids[n_old:], text[c_old:]
-                        if not kept and not rest and not p.finish_reason and not p.usage and not p.delta_extra:
+                        # every id delivered before: so were its tool-call pieces (a call's id differs on
+                        # the regenerated stream; the caller keeps the first)
+                        extra = p.delta_extra if kept or not ids else None
+                        if not kept and not rest and not p.finish_reason and not p.usage and not extra:
                             continue
                         chunk = reader.trim(chunk, kept, rest)
                         p = reader.parts(chunk)

@@ -70,6 +70,12 @@ class SyncL0Stream:
     def hardened(self) -> bool:
         return self._stream.hardened
 
+    @property
+    def response(self) -> "_SyncResponse":
+        """The first attempt's HTTP response (``headers``; ``close()`` closes
+        the stream): what the SDK's stream helpers read."""
+        return _SyncResponse(self)
+
     def verdict(self, wait_s: float | None = None) -> dict | None:
         return self._loop.run(self._stream.verdict(wait_s))
 
@@ -82,6 +88,58 @@ class SyncL0Stream:
         return self._stream.token_ids
 
 
+class _SyncResponse:
+    def __init__(self, stream: SyncL0Stream) -> None:
+        self._stream = stream
+
+    def close(self) -> None:
+        self._stream.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream.session.response if self._stream.session else None, name)
+
+
+class _SyncApi:
+    """One hardened API of the synchronous wrapped client: ``create``,
+    ``parse``, ``stream`` (chat), ``with_raw_response``; the rest (and
+    ``with_streaming_response``, passed through unhardened with an
+    :class:`~l0.client.wrap.L0Warning`) is the SDK's."""
+
+    def __init__(self, owner: "SyncWrappedClient", kind: str, inner: Any) -> None:
+        self._owner, self._kind, self._inner = owner, kind, inner
+        self.with_raw_response = Namespace(inner.with_raw_response,
+                                           create=lambda **p: owner._run(kind, p, raw=True),
+                                           parse=lambda **p: owner._run(kind, p, "parse", raw=True))
+
+    def create(self, **params: Any) -> Any:
+        return self._owner._run(self._kind, params)
+
+    def parse(self, **params: Any) -> Any:
+        return self._owner._run(self._kind, params, "parse")
+
+    def stream(self, **params: Any) -> Any:
+        """``chat.completions.stream``: the SDK's ``ChatCompletionStreamManager``
+        over the hardened chunks."""
+        from l0.client.wrap import _warn_once
+
+        if self._kind != "chat":
+            _warn_once(f"{self._kind}.stream() is passed through unhardened: use create(stream=True)")
+            return self._inner.stream(**params)
+        from openai.lib._chat_completion_resources import stream
+
+        return stream(self, **params)
+
+    @property
+    def with_streaming_response(self) -> Any:
+        from l0.client.wrap import _warn_once
+
+        _warn_once("with_streaming_response on a synchronous client is passed through unhardened")
+        return self._inner.with_streaming_response
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
 class SyncWrappedClient:
     """An ``openai.OpenAI`` with hardened ``chat.completions.create`` and
     ``completions.create`` (run on an :class:`AsyncOpenAI` twin, on a loop
@@ -91,15 +149,22 @@ class SyncWrappedClient:
         self._client = client
         self._inner = inner
         self._loop = _LoopThread()
-        self.chat = Namespace(client.chat, completions=Namespace(client.chat.completions,
-                                                                    create=self._creator("chat")))
-        self.completions = Namespace(client.completions, create=self._creator("completion"))
+        self.chat = Namespace(client.chat, completions=_SyncApi(self, "chat", client.chat.completions))
+        self.completions = _SyncApi(self, "completion", client.completions)
+        if hasattr(client, "responses"):
+            self.responses = _SyncApi(self, "responses", client.responses)
 
-    def _creator(self, kind: str):
-        def create(**params: Any) -> Any:
-            got = self._loop.run(self._inner._create(kind, params))
-            return SyncL0Stream(got, self._loop) if isinstance(got, (L0Stream, PassThrough)) else got
-        return create
+    def _run(self, kind: str, params: dict, method: str = "create", raw: bool = False) -> Any:
+        got = self._loop.run(self._inner._create(kind, params, method=method, raw=raw))
+        if raw:
+            from l0.client.raw import RawResponse
+
+            value, http_response, whole = got
+            return whole if whole is not None else RawResponse(self._sync(value), http_response)
+        return self._sync(got)
+
+    def _sync(self, got: Any) -> Any:
+        return SyncL0Stream(got, self._loop) if isinstance(got, (L0Stream, PassThrough)) else got
 
     @property
     def last(self) -> Session | None:

@@ -40,19 +40,44 @@ class L0Stream:
 
     def __init__(self, session: Session) -> None:
         self.session = session
-        self._it: AsyncIterator[Any] | None = None
+        self._it: Any = None
+        self._ahead: list[Any] = []      # read by prefetch(), not yet handed out
+        self._done = False
 
-    def __aiter__(self) -> AsyncIterator[Any]:
-        if self._it is None:
-            self._it = self.session.__aiter__()
-        return self._it
+    def __aiter__(self) -> "L0Stream":
+        return self
 
     async def __anext__(self) -> Any:
-        return await self.__aiter__().__anext__()
+        if self._ahead:
+            return self._ahead.pop(0)
+        if self._done:
+            raise StopAsyncIteration
+        if self._it is None:
+            self._it = self.session.__aiter__()
+        return await self._it.__anext__()
+
+    async def prefetch(self) -> None:
+        """Open the stream now and keep its first event (raises what the
+        first attempts raise): for callers that read the response's headers
+        before iterating."""
+        try:
+            self._ahead.append(await self.__anext__())
+        except StopAsyncIteration:
+            self._done = True
+
+    async def aclose(self) -> None:
+        await self.close()
 
     async def close(self) -> None:
         if self._it is not None:
             await self._it.aclose()
+
+    @property
+    def response(self) -> "_StreamResponse":
+        """The HTTP response of the stream's first attempt (``headers``;
+        ``aclose()`` closes the hardened stream): what the SDK's stream
+        helpers read from a raw stream."""
+        return _StreamResponse(self)
 
     async def __aenter__(self) -> "L0Stream":
         return self
@@ -81,12 +106,89 @@ class L0Stream:
         return self.session.received.token_ids
 
 
-class _Create:
-    def __init__(self, owner: "WrappedClient", kind: str) -> None:
-        self.owner, self.kind = owner, kind
+class _StreamResponse:
+    def __init__(self, stream: L0Stream) -> None:
+        self._stream = stream
+
+    async def aclose(self) -> None:
+        await self._stream.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream.session.response, name)
+
+
+class _Api:
+    """One hardened API of the wrapped client (``chat.completions``,
+    ``completions``, ``responses``); every other attribute is the SDK's."""
+
+    def __init__(self, owner: "WrappedClient", kind: str, inner: Any) -> None:
+        self._owner, self._kind, self._inner = owner, kind, inner
+        self.with_raw_response = _RawApi(self, streaming=False)
+        self.with_streaming_response = _RawApi(self, streaming=True)
 
     async def create(self, **params: Any) -> Any:
-        return await self.owner._create(self.kind, params)
+        return await self._owner._create(self._kind, params)
+
+    async def parse(self, **params: Any) -> Any:
+        """The SDK's ``parse`` (a parsed ``response_format`` or tool
+        arguments), with classified retries and fallbacks."""
+        return await self._owner._create(self._kind, params, method="parse")
+
+    def stream(self, **params: Any) -> Any:
+        """``chat.completions.stream``: the SDK's own stream manager
+        (``content.delta`` events, ``get_final_completion()``, parsed
+        ``response_format``) over the hardened chunks. Other APIs' stream
+        helpers are passed through unhardened (an :class:`L0Warning`)."""
+        if self._kind != "chat":
+            _warn_once(f"{self._kind}.stream() is passed through unhardened: use create(stream=True)")
+            return self._inner.stream(**params)
+        from openai.lib._chat_completion_resources import async_stream
+
+        return async_stream(self, **params)   # the SDK's helper, calling this object's create
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+class _RawApi:
+    """``with_raw_response`` / ``with_streaming_response`` of one hardened API (:mod:`l0.client.raw`)."""
+
+    def __init__(self, api: _Api, streaming: bool) -> None:
+        self._api, self._streaming = api, streaming
+
+    def create(self, **params: Any) -> Any:
+        return self._call("create", params)
+
+    def parse(self, **params: Any) -> Any:
+        return self._call("parse", params)
+
+    def _call(self, method: str, params: dict) -> Any:
+        from l0.client.raw import StreamingContext
+
+        opening = self._api._owner._create(self._api._kind, params, method=method, raw=True)
+        if self._streaming:
+            return StreamingContext(opening)
+
+        async def legacy():
+            from l0.client.raw import RawResponse
+
+            value, http_response, whole = await opening
+            return whole if whole is not None else RawResponse(value, http_response)
+        return legacy()
+
+    def __getattr__(self, name: str) -> Any:
+        inner = self._api._inner
+        return getattr(inner.with_streaming_response if self._streaming else inner.with_raw_response, name)
+
+
+def _api_of(client: Any, kind: str) -> Any:
+    return {"chat": lambda: client.chat.completions, "completion": lambda: client.completions,
+            "responses": lambda: client.responses}[kind]()
+
+
+def _omitted(v: Any) -> bool:
+    """The SDK's placeholders for an argument not given (its helpers pass them on)."""
+    return type(v).__name__ in ("NotGiven", "Omit")
 
 
 class Namespace:
@@ -99,55 +201,84 @@ class Namespace:
 
 
 class WrappedClient:
-    """An ``AsyncOpenAI`` with hardened ``chat.completions.create`` and
-    ``completions.create``; every other attribute is the wrapped client's."""
+    """An ``AsyncOpenAI`` with hardened ``chat.completions`` (``create``,
+    ``parse``, ``stream``), ``completions.create`` and ``responses.create``
+    (each with ``with_raw_response`` and ``with_streaming_response``);
+    every other attribute is the wrapped client's."""
 
     def __init__(self, client: Any, options: Options) -> None:
         self._client = client
         self._options = options
-        self.chat = Namespace(client.chat, completions=Namespace(client.chat.completions,
-                                                                    create=_Create(self, "chat").create))
-        self.completions = Namespace(client.completions, create=_Create(self, "completion").create)
+        self.chat = Namespace(client.chat, completions=_Api(self, "chat", client.chat.completions))
+        self.completions = _Api(self, "completion", client.completions)
+        if hasattr(client, "responses"):
+            self.responses = _Api(self, "responses", client.responses)
         self.last: Session | None = None
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._client, name)
 
     def _endpoints(self, kind: str, params: dict) -> list[SDKEndpoint]:
+        cls = SDKEndpoint
+        if kind == "responses":
+            from l0.client.responses import ResponsesEndpoint as cls   # type: ignore[assignment]
         eps: list[SDKEndpoint] = []
         for client, overrides in [(self._client, {})] + [_fallback(f, self._client) for f in self._options.fallbacks]:
-            eps.append(SDKEndpoint(client, kind, {**params, **overrides}, self._options, eps))
+            eps.append(cls(client, kind, {**params, **overrides}, self._options, eps))
         return eps
 
-    async def _create(self, kind: str, params: dict) -> Any:
+    async def _create(self, kind: str, params: dict, method: str = "create", raw: bool = False) -> Any:
+        """``raw``: (value, the answering attempt's HTTP response, the SDK's
+        raw response of a whole answer or None)."""
         o = self._options
+        params = {k: v for k, v in params.items() if not _omitted(v)}
         if not params.get("stream"):
-            from l0.client.whole import respond
-            return await respond(self._endpoints(kind, params), kind, o)
+            return await self._whole(kind, params, method, raw)
         if (params.get("n") or 1) > 1:
-            return await self._pass_through(kind, params)
+            got = await self._pass_through(kind, params)
+            return (got, getattr(got, "response", None), None) if raw else got
         params = {k: v for k, v in params.items() if k != "stream"}
+        adapter = None
+        if kind == "responses":
+            from l0.client.responses import ResponsesAdapter
+            adapter = ResponsesAdapter()
         session = Session(self._endpoints(kind, params), kind=kind, retry=o.retry, timeouts=o.timeout,
                           emit=o.callbacks, log=o.log, sleep=o.sleep, clock=o.clock,
                           check_zero_output=o.check_zero_output, guardrails=o.guardrails, drift=o.drift,
-                          hold=o.hold)
+                          hold=o.hold, adapter=adapter)
         self.last = session
-        return L0Stream(session)
+        stream = L0Stream(session)
+        if raw:   # the caller reads headers now: open the first attempt, as the SDK's call does
+            await stream.prefetch()
+            return stream, session.response, None
+        return stream
 
+    async def _whole(self, kind: str, params: dict, method: str, raw: bool) -> Any:
+        from l0.client.whole import read_openai, respond
+
+        read = read_openai(kind)
+        if kind == "responses":
+            from l0.client.responses import read_response as read
+        if raw:
+            def call(ep):
+                return getattr(_api_of(ep.client, kind).with_raw_response, method)(**ep.params)
+            got = await respond(self._endpoints(kind, params), kind, self._options, call=call,
+                                read=lambda r: read(r.parse()))
+            return got.parse(), got.http_response, got
+
+        def call(ep):
+            return getattr(_api_of(ep.client, kind), method)(**ep.params)
+        return await respond(self._endpoints(kind, params), kind, self._options, call=call, read=read)
 
     async def _pass_through(self, kind: str, params: dict) -> "PassThrough":
         """A valid call L0 does not harden (streamed ``n > 1``): sent as it is
         to the wrapped client, said once per process as a warning and on the
         stream (``hardened`` False, ``reason``)."""
-        global _WARNED
         reason = ("streaming with n > 1 is passed through unhardened (no retry, timeout, fallback or resume): "
                   "ask for one choice per request, or use l0.samples / l0.consensus_of, to harden it")
-        if not _WARNED:
-            _WARNED = True
-            warnings.warn("l0: " + reason, L0Warning, stacklevel=3)
-        api = self._client.chat.completions if kind == "chat" else self._client.completions
+        _warn_once(reason)
         self.last = None
-        return PassThrough(await api.create(**params), reason)
+        return PassThrough(await _api_of(self._client, kind).create(**params), reason)
 
 
 class L0Warning(UserWarning):
@@ -155,6 +286,14 @@ class L0Warning(UserWarning):
 
 
 _WARNED = False
+
+
+def _warn_once(reason: str) -> None:
+    """One :class:`L0Warning` per process for the calls passed through unhardened."""
+    global _WARNED
+    if not _WARNED:
+        _WARNED = True
+        warnings.warn("l0: " + reason, L0Warning, stacklevel=4)
 
 
 class PassThrough:

@@ -582,6 +582,29 @@ def test_a_tool_call_stream_cut_before_its_first_piece_is_regenerated_whole(flee
     assert len({c.id for c in run.chunks}) == 1
 
 
+def test_a_tool_call_stream_cut_after_its_pieces_were_delivered_is_regenerated(fleet, proxies):
+    """Cut after the caller got part of a tool call's arguments: the L0
+    server regenerates the greedy request, the pieces delivered are checked
+    by token id and skipped, and the caller's call is whole (its first id
+    kept); ``on_tool_call`` gets the call, ``on_token`` the text."""
+    request = {"tools": TOOLS, "tool_choice": "required"}
+    weather = [{"role": "user", "content": "What is the weather in Paris? Use the tool."}]
+    ref = wrapped_run(fleet, fleet["r1"].url, request=request, messages=weather, max_tokens=96)
+    want = _tool_calls(ref)
+    first = next(i for i, c in enumerate(ref.chunks) if c.choices and c.choices[0].delta.tool_calls)
+    assert first + 3 < len(ref.chunks) - 1 and len(want[0][2]) > 4
+    proxies["r1"].inject(Cut(after_events=first + 3))
+    calls = []
+    run = wrapped_run(fleet, proxies["r1"].url, request=request, messages=weather, max_tokens=96,
+                      on_tool_call=calls.append)
+    assert [e.mode for e in run.of("attempt_start")] == ["fresh", "regenerate"]
+    got = _tool_calls(run)
+    assert [(n, a) for _, n, a in got] == [(n, a) for _, n, a in want] and run.ids == ref.ids
+    assert got[0][0] == run.chunks[first].choices[0].delta.tool_calls[0].id   # one call, its first id
+    assert [(c.name, c.arguments, c.id) for c in calls] == [(want[0][1], want[0][2], got[0][0])]
+    assert run.of("tool_call") == calls and run.types()[-2:] == ["tool_call", "complete"]
+
+
 def test_the_detokenize_route_renders_as_a_stream_does(fleet):
     import httpx
 
@@ -892,3 +915,158 @@ def test_the_anthropic_stream_helper_and_sync_client_are_hardened(fleet, anthrop
     whole = sync.messages.create(model=fleet["model"], max_tokens=MAX_TOKENS, messages=PROMPT, **greedy)
     assert whole.content[0].text == text   # non-streaming: the SDK's Message
     sync.close()
+
+
+# -- the OpenAI SDK's other surfaces: responses, parse, the stream helper, raw responses ----------------------
+
+def responses_events(url, model, wrapped=True, **options):
+    """One Responses stream through the real openai SDK: (events, text, session)."""
+    import l0
+
+    async def go():
+        client = sdk(url)
+        c = l0.wrap(client, **options) if wrapped else client
+        stream = await c.responses.create(model=model, input=PROMPT[0]["content"], max_output_tokens=MAX_TOKENS,
+                                          temperature=0.0, stream=True)
+        events = [e async for e in stream]
+        await client.close()
+        return events, getattr(c, "last", None)
+    events, session = asyncio.run(asyncio.wait_for(go(), 300))
+    return events, "".join(e.delta for e in events if e.type == "response.output_text.delta"), session
+
+
+def test_a_cut_responses_stream_resumes_as_one_response(fleet, proxies):
+    """``responses.create(stream=True)``: healthy, the SDK's own events; cut
+    mid-answer, the rest continues on the chat route and comes back as this
+    response's events, its done events and response.completed carrying the
+    whole text, sequence numbers going on."""
+    want, text, _ = responses_events(fleet["r2"].url, fleet["model"], wrapped=False)
+    assert want[-1].type == "response.completed" and len(text) > 40
+    assert want[-1].response.status == "incomplete"   # max_output_tokens reached
+    events, got, session = responses_events(proxies["r1"].url, fleet["model"])
+    assert got == text and [e.type for e in events] == [e.type for e in want]
+    assert all(isinstance(e, type(w)) for e, w in zip(events, want))
+
+    proxies["r1"].inject(Cut(after_events=15))
+    events, got, session = responses_events(proxies["r1"].url, fleet["model"], sleep=_no_sleep)
+    assert got == text
+    types = [e.type for e in events]
+    assert types.count("response.created") == 1 and types[-1] == "response.completed"
+    assert events[-1].response.output[0].content[0].text == text and events[-1].response.status == "incomplete"
+    assert [e for e in events if e.type == "response.output_text.done"][0].text == text
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    assert len({e.item_id for e in events if e.type == "response.output_text.delta"}) == 1
+    assert [e.mode for e in session.events if e.type == "attempt_start"] == ["fresh", "text"]
+
+
+async def _no_sleep(s):
+    pass
+
+
+def test_whole_responses_and_parse_are_retried(fleet, reference, proxies):
+    """Non-streaming ``responses.create`` and ``chat.completions.parse`` (a
+    pydantic response_format, vLLM's structured outputs) through a 503 and
+    a 429: retried, and the SDK's own objects come back."""
+    import pydantic
+
+    import l0
+
+    class Verdict(pydantic.BaseModel):
+        ok: bool
+
+    proxies["r1"].inject(Status(503, {"retry-after": "0"}))
+    proxies["r1"].inject(Status(429, {"retry-after": "0"}))
+    events = []
+
+    async def go():
+        client = l0.wrap(sdk(proxies["r1"].url), sleep=_no_sleep, on_event=events.append)
+        whole = await client.responses.create(model=fleet["model"], input=PROMPT[0]["content"],
+                                              max_output_tokens=MAX_TOKENS, temperature=0.0)
+        parsed = await client.chat.completions.parse(
+            model=fleet["model"], max_tokens=20, temperature=0.0, response_format=Verdict,
+            messages=[{"role": "user", "content": "Is the sky blue? Answer in JSON."}])
+        return whole, parsed
+    whole, parsed = asyncio.run(asyncio.wait_for(go(), 300))
+    assert whole.status == "incomplete" and len(whole.output_text) > 40
+    assert isinstance(parsed.choices[0].message.parsed, Verdict)
+    assert [e.status for e in events if e.type == "failure"] == [503, 429]
+    assert [e.type for e in events].count("complete") == 2
+
+
+def test_the_chat_stream_helper_and_raw_responses_are_hardened(fleet, reference, proxies):
+    """``chat.completions.stream`` (the SDK's events and final completion),
+    ``with_raw_response`` (headers of the attempt that answered) and
+    ``with_streaming_response`` (the hardened stream as SSE lines), each
+    through a fault; then the synchronous client's stream helper."""
+    import openai
+
+    import l0
+
+    text = reference[0]
+    proxies["r1"].inject(Cut(after_events=20))
+    req = dict(model=fleet["model"], messages=PROMPT, max_tokens=MAX_TOKENS, temperature=0.0)
+
+    async def go():
+        client = l0.wrap(sdk(proxies["r1"].url), sleep=_no_sleep)
+        async with client.chat.completions.stream(**req) as s:
+            deltas = [e.delta async for e in s if e.type == "content.delta"]
+            final = s.current_completion_snapshot   # (get_final_completion refuses a "length" finish)
+        helper_modes = [e.mode for e in client.last.events if e.type == "attempt_start"]
+
+        proxies["r1"].inject(Status(503, {"retry-after": "0"}))
+        raw = await client.chat.completions.with_raw_response.create(**req)
+        whole = raw.parse()
+
+        proxies["r1"].inject(Cut(after_events=10))
+        raw_stream = await client.chat.completions.with_raw_response.create(**req, stream=True)
+        streamed = "".join([c.choices[0].delta.content or "" async for c in raw_stream.parse() if c.choices])
+
+        async with client.chat.completions.with_streaming_response.create(**req, stream=True) as r:
+            lines = [line async for line in r.iter_lines()]
+        return deltas, final, helper_modes, raw, whole, raw_stream, streamed, lines
+    deltas, final, helper_modes, raw, whole, raw_stream, streamed, lines = asyncio.run(asyncio.wait_for(go(), 300))
+    assert "".join(deltas) == text and final.choices[0].message.content == text
+    assert helper_modes == ["fresh", "checkpoint"]
+    assert raw.status_code == 200 and raw.headers["content-type"].startswith("application/json")
+    assert whole.choices[0].message.content == text
+    assert raw_stream.headers["content-type"].startswith("text/event-stream") and streamed == text
+    assert lines[-2:] == ["data: [DONE]", ""] and lines[0].startswith("data: {")
+
+    proxies["r1"].inject(Cut(after_events=12))
+    wrapped = l0.wrap(openai.OpenAI(base_url=proxies["r1"].url + "/v1", api_key="test"))
+    with wrapped.chat.completions.stream(**req) as s:
+        s.until_done()
+        assert s.current_completion_snapshot.choices[0].message.content == text
+    assert [e.mode for e in wrapped.last.events if e.type == "attempt_start"] == ["fresh", "checkpoint"]
+    raw = wrapped.chat.completions.with_raw_response.create(**req)
+    assert raw.parse().choices[0].message.content == text and raw.headers["content-type"]
+    wrapped.close()
+
+
+def test_a_litellm_stream_is_hardened_by_l0_run(fleet, reference, proxies, monkeypatch):
+    """LiteLLM's own stream (``acompletion(stream=True)`` against the vLLM
+    server) through ``l0.run``: cut mid-answer, the zero-argument factory is
+    replayed (greedy) with the delivered text checked and skipped; the
+    caller's chunks stay LiteLLM's type."""
+    monkeypatch.setenv("LITELLM_LOCAL_MODEL_COST_MAP", "True")   # no fetch of the price list at import
+    import litellm
+
+    import l0
+
+    proxies["r1"].inject(Cut(after_events=20))
+    events = []
+
+    def factory():
+        return litellm.acompletion(model="hosted_vllm/" + fleet["model"], api_base=proxies["r1"].url + "/v1",
+                                   api_key="test", messages=PROMPT, max_tokens=MAX_TOKENS, temperature=0.0,
+                                   stream=True)
+
+    async def go():
+        stream = l0.run(factory, sleep=_no_sleep, on_event=events.append)
+        return [c async for c in stream], stream.text
+    chunks, text = asyncio.run(asyncio.wait_for(go(), 300))
+    assert text == reference[0]
+    assert {type(c).__name__ for c in chunks} == {"ModelResponseStream"}
+    assert [e.mode for e in events if e.type == "attempt_start"] == ["fresh", "regenerate"]
+    # LiteLLM raises a cut body as its own error with a 5xx status: a transient failure, retried
+    assert [e.category for e in events if e.type == "failure"] == ["transient"]
