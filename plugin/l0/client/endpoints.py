@@ -168,7 +168,10 @@ class ServerEndpoint(Endpoint):
         # A chat request with tools: the server's tool parser reads the chat stream; a continuation
         # on /v1/completions would hand a later tool call to the caller as raw text.
         tools = self.kind == "chat" and bool(self.params.get("tools") or self.params.get("functions"))
-        if record is None or needs_regeneration(record) or tools:
+        # An image (audio, video) part: the record's prompt ids hold only its placeholder tokens, so a
+        # continuation from them would lose it; the request again (or its text continued) keeps it.
+        media = self.kind == "chat" and has_media(self.params.get("messages"))
+        if record is None or needs_regeneration(record) or tools or media:
             if got.empty:
                 return Plan("fresh", self._fresh_request(session))
             if greedy:
@@ -363,6 +366,19 @@ async def fetch_record(http: Any, key: str, targets: Sequence[tuple[str, dict]],
             return found
         await asyncio.sleep(every_s)
     return found
+
+
+def has_media(messages: Any) -> bool:
+    """Does a chat request's ``messages`` carry a part that isn't text
+    (``image_url``, ``input_audio``, ``video_url``, ...)?"""
+    for m in messages or ():
+        content = m.get("content") if isinstance(m, dict) else getattr(m, "content", None)
+        if isinstance(content, (list, tuple)):
+            for part in content:
+                kind = part.get("type") if isinstance(part, dict) else getattr(part, "type", None)
+                if kind not in (None, "text"):
+                    return True
+    return False
 
 
 def _checkpoints_off(r: Any) -> bool:

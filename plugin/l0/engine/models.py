@@ -125,3 +125,60 @@ def prepare_tiny(progress: Callable[[str], None] = _say) -> Path:
         shutil.rmtree(target)
     tmp.rename(target)
     return target
+
+
+VISION_NAME = "smollm2-vision-tiny"
+_VISION_VERSION = "1"
+VISION_IMAGE_SIZE = 32     # pixels per side the vision tower takes (images are resized to it)
+
+
+def prepare_vision(progress: Callable[[str], None] = _say) -> Path:
+    """A tiny vision-language model in the Idefics3 (SmolVLM) form, made once
+    under the cache: SmolLM2-135M's real weights as the language model (so
+    the text is SmolLM2's), a random-weight one-layer vision tower (32x32
+    images, 8x8 patches, 4 image tokens per image after the pixel shuffle)
+    and connector, seeded so every machine gets the same weights; the
+    tokenizer gains Idefics3's image tokens. For the multimodal tests: vLLM
+    serves it with its real multimodal pipeline (LLaVA-style models need
+    torchvision, which has no CPU wheel for this torch on PyPI)."""
+    target = cache_dir() / VISION_NAME
+    stamp = target / ".l0-format"
+    if stamp.is_file() and stamp.read_text().strip() == _VISION_VERSION:
+        return target
+    import torch
+    from transformers import (AutoConfig, AutoModelForCausalLM, AutoTokenizer, Idefics3Config,
+                              Idefics3ForConditionalGeneration, Idefics3Processor, Idefics3VisionConfig)
+    from transformers.models.idefics3.image_processing_pil_idefics3 import Idefics3ImageProcessorPil
+
+    src = prepare_smollm2(progress)
+    progress(f"making the tiny vision model under {target} (once) ...")
+    tok = AutoTokenizer.from_pretrained(src)
+    tok.add_tokens(["<fake_token_around_image>", "<image>", "<global-img>"]
+                   + [f"<row_{i}_col_{j}>" for i in range(1, 7) for j in range(1, 7)], special_tokens=True)
+    text = AutoConfig.from_pretrained(src)
+    patch, scale = 8, 2
+    vision = Idefics3VisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                                  image_size=VISION_IMAGE_SIZE, patch_size=patch)
+    config = Idefics3Config(vision_config=vision.to_dict(), text_config=text.to_dict(), scale_factor=scale,
+                            image_token_id=tok.convert_tokens_to_ids("<image>"),
+                            tie_word_embeddings=getattr(text, "tie_word_embeddings", True))
+    torch.manual_seed(0)
+    model = Idefics3ForConditionalGeneration(config).to(torch.float32)
+    lm = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32)
+    model.model.text_model.load_state_dict(lm.model.state_dict(), strict=True)
+    model.resize_token_embeddings(len(tok), mean_resizing=False)
+    images = Idefics3ImageProcessorPil(do_image_splitting=False, size={"longest_edge": VISION_IMAGE_SIZE},
+                                       max_image_size={"longest_edge": VISION_IMAGE_SIZE})
+    processor = Idefics3Processor(image_processor=images, tokenizer=tok,
+                                  image_seq_len=(VISION_IMAGE_SIZE // patch) ** 2 // scale ** 2,
+                                  chat_template=tok.chat_template)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=VISION_NAME + ".", dir=target.parent))
+    model.save_pretrained(tmp, safe_serialization=True)
+    processor.save_pretrained(tmp)
+    (tmp / ".l0-format").write_text(_VISION_VERSION)
+    if target.exists():
+        shutil.rmtree(target)
+    tmp.rename(target)
+    progress(f"vision model ready at {target}")
+    return target
