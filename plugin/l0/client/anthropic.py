@@ -33,12 +33,11 @@ import warnings
 from typing import Any, AsyncIterator
 
 from l0.client import chunks as ck
-from l0.client.adapters import Adapter, OpenAIAdapter
+from l0.client.adapters import Adapter
 from l0.client.chunks import Parts
-from l0.client.endpoints import ServerEndpoint, _headers, _reduce
+from l0.client.endpoints import ChatRouteEndpoint, _headers
 from l0.client.options import Options, options_from
 from l0.client.session import NotResumable, Plan, Session
-from l0.contract import OPT_KEY
 
 # Anthropic's stop reasons, and the OpenAI finish reasons they are read as (and written back from).
 STOP_REASONS = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length", "tool_use": "tool_calls",
@@ -193,52 +192,32 @@ def chat_messages(params: dict) -> list[dict]:
     return out
 
 
-class AnthropicEndpoint(ServerEndpoint):
+class AnthropicEndpoint(ChatRouteEndpoint):
     """An Anthropic SDK client and a Messages request: fresh attempts on
     ``/v1/messages``; resumed ones (vLLM servers) on ``/v1/chat/completions``."""
+
+    route = "messages"
+    api = "Anthropic's Messages"
 
     def __init__(self, client: Any, params: dict, options: Options, peers: list) -> None:
         super().__init__(str(client.base_url), _headers(client), "messages", params, options, peers)
         self.client = client.with_options(max_retries=0)
 
-    async def plan(self, session: Session) -> Plan | None:
-        got = session.received
-        if got.empty and not self.info.known:
-            await self.prepare()
-        if got.empty:
-            if self.l0 and (session.l0_key is None or session.key_model not in (None, self.model)):
-                from l0.contract import new_key
-                session.l0_key = new_key()
-            if self.l0:
-                session.key_model = self.model
-            params = dict(self.params)
-            if self.l0:
-                extra = dict(params.get("extra_body") or {})
-                extra["vllm_xargs"] = {**(extra.get("vllm_xargs") or {}), OPT_KEY: session.l0_key}
-                params["extra_body"] = extra
-            return Plan("fresh", {"route": "messages", "params": params})
-        if not self.options.resume:
-            from l0.client.endpoints import ResumeRefused
-            raise ResumeRefused("l0: resume is off and the stream broke mid-way")
-        if not self.info.vllm:
-            raise NotResumable("l0: a Messages stream resumes on vLLM servers only (text continuation on "
-                               "/v1/chat/completions); this one is not")
+    def chat_request(self, text: str) -> tuple[dict, dict]:
         p = self.params
-        body: dict = {"model": p["model"], "messages": chat_messages(p) + [{"role": "assistant", "content": got.text}],
-                      "max_tokens": p["max_tokens"], "continue_final_message": True, "add_generation_prompt": False,
-                      "stream": True, "stream_options": {"include_usage": True, "continuous_usage_stats": True}}
-        extra = dict(p.get("extra_body") or {})
+        params = {"model": p["model"], "messages": chat_messages(p) + [{"role": "assistant", "content": text}],
+                  "max_tokens": p["max_tokens"],
+                  "stream_options": {"include_usage": True, "continuous_usage_stats": True}}
+        given = dict(p.get("extra_body") or {})
+        extra: dict = {}
         # (sampling fields the SDK has no keyword for come in extra_body)
-        for a, b in (("temperature", "temperature"), ("top_p", "top_p"), ("top_k", "top_k"),
-                     ("stop_sequences", "stop"), ("vllm_xargs", "vllm_xargs")):
-            for holder in (extra, p):
+        for a, b, into in (("temperature", "temperature", params), ("top_p", "top_p", params),
+                           ("stop_sequences", "stop", params), ("top_k", "top_k", extra),
+                           ("vllm_xargs", "vllm_xargs", extra)):
+            for holder in (given, p):
                 if holder.get(a) is not None:
-                    body[b] = holder[a]
-        left = _reduce(body, {}, got.tokens)
-        if left is not None and left <= 0:
-            from l0.client.endpoints import ResumeRefused
-            raise ResumeRefused("l0: the token budget is spent")
-        return Plan("text", {"route": "chat", "body": body}, convert=True, reader=OpenAIAdapter("chat"))
+                    into[b] = holder[a]
+        return params, extra
 
     async def open(self, plan: Plan, session: Session) -> AsyncIterator[Any]:
         req = plan.request
@@ -246,13 +225,8 @@ class AnthropicEndpoint(ServerEndpoint):
             return await self.client.messages.create(**req["params"], stream=True)
         from l0.client.http import HttpClient
 
-        http = HttpClient(self.root + "/v1", headers=self.headers)
-        body = dict(req["body"])
-        body.pop("stream")
-        known = {"model", "messages", "max_tokens", "temperature", "top_p", "stop", "stream_options"}
-        return await http.chat.completions.create(
-            stream=True, **{k: v for k, v in body.items() if k in known},
-            extra_body={k: v for k, v in body.items() if k not in known})
+        return await HttpClient(self.root + "/v1", headers=self.headers).chat.completions.create(
+            **req["params"], stream=True)
 
 
 class _Messages:

@@ -388,6 +388,56 @@ def _checkpoints_off(r: Any) -> bool:
         return False
 
 
+class ChatRouteEndpoint(ServerEndpoint):
+    """An API vLLM serves beside its chat route (Anthropic's Messages,
+    OpenAI's Responses). Fresh attempts go to the API itself (keyed through
+    ``vllm_xargs`` on L0 servers, so L0 records and acts on them). After a
+    break, on vLLM, the text so far is continued on ``/v1/chat/completions``
+    (``continue_final_message``), and the session's adapter writes the chunks
+    back as the API's events: not token-exact (these streams carry no token
+    ids). Elsewhere the break is :class:`NotResumable` (the next fallback
+    gets its turn). Subclasses name ``route`` and ``api``, build
+    :meth:`chat_request` and open both routes."""
+
+    route = "api"
+    api = "this API's"
+
+    async def plan(self, session: Session) -> Plan | None:
+        got = session.received
+        if got.empty and not self.info.known:
+            await self.prepare()
+        if got.empty:
+            params = dict(self.params)
+            if self.l0:
+                if session.l0_key is None or session.key_model not in (None, self.model):
+                    from l0.contract import new_key
+                    session.l0_key = new_key()
+                session.key_model = self.model
+                extra = dict(params.get("extra_body") or {})
+                extra["vllm_xargs"] = {**(extra.get("vllm_xargs") or {}), OPT_KEY: session.l0_key}
+                params["extra_body"] = extra
+            return Plan("fresh", {"route": self.route, "params": params})
+        if not self.options.resume:
+            raise ResumeRefused("l0: resume is off and the stream broke mid-way")
+        if not self.info.vllm:
+            raise NotResumable(f"l0: a stream of {self.api} API resumes on vLLM servers only (text continuation "
+                               "on /v1/chat/completions); this one is not")
+        params, extra = self.chat_request(got.text)
+        extra.update(continue_final_message=True, add_generation_prompt=False)
+        left = _reduce(params, extra, got.tokens)
+        if left is not None and left <= 0:
+            raise ResumeRefused("l0: the token budget is spent")
+        params["extra_body"] = extra
+        from l0.client.adapters import OpenAIAdapter
+        return Plan("text", {"route": "chat", "params": params}, convert=True, reader=OpenAIAdapter("chat"))
+
+    def chat_request(self, text: str) -> tuple[dict, dict]:
+        """The chat request (SDK keywords, and ``extra_body`` fields) that
+        continues ``text`` as the final assistant message. Raises
+        NotResumable for a request a text continuation can't carry."""
+        raise NotImplementedError
+
+
 class SDKEndpoint(ServerEndpoint):
     """A client with the SDK's surface (``openai.AsyncOpenAI``, or
     :class:`l0.client.http.HttpClient`): attempts run through its own

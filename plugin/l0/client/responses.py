@@ -23,11 +23,10 @@ from __future__ import annotations
 from typing import Any, AsyncIterator
 
 from l0.client import chunks as ck
-from l0.client.adapters import Adapter, OpenAIAdapter
+from l0.client.adapters import Adapter
 from l0.client.chunks import Parts
-from l0.client.endpoints import ResumeRefused, SDKEndpoint, _reduce
+from l0.client.endpoints import ChatRouteEndpoint, SDKEndpoint
 from l0.client.session import NotResumable, Plan, Session
-from l0.contract import OPT_KEY
 
 _OPENING = {"response.created", "response.in_progress", "response.content_part.added", "response.queued"}
 _CLOSING = {"response.output_text.done", "response.content_part.done", "response.output_item.done"}
@@ -177,43 +176,21 @@ def chat_messages(params: dict) -> list[dict]:
     return out
 
 
-class ResponsesEndpoint(SDKEndpoint):
+class ResponsesEndpoint(ChatRouteEndpoint, SDKEndpoint):
     """An OpenAI SDK client and a Responses request."""
 
-    async def plan(self, session: Session) -> Plan | None:
-        got = session.received
-        if got.empty and not self.info.known:
-            await self.prepare()
-        if got.empty:
-            if self.l0 and (session.l0_key is None or session.key_model not in (None, self.model)):
-                from l0.contract import new_key
-                session.l0_key = new_key()
-            params = dict(self.params)
-            if self.l0:
-                session.key_model = self.model
-                extra = dict(params.get("extra_body") or {})
-                extra["vllm_xargs"] = {**(extra.get("vllm_xargs") or {}), OPT_KEY: session.l0_key}
-                params["extra_body"] = extra
-            return Plan("fresh", {"route": "responses", "params": params})
-        if not self.options.resume:
-            raise ResumeRefused("l0: resume is off and the stream broke mid-way")
-        if not self.info.vllm:
-            raise NotResumable("l0: a Responses stream resumes on vLLM servers only (text continuation on "
-                               "/v1/chat/completions); this one is not")
+    route = "responses"
+    api = "OpenAI's Responses"
+
+    def chat_request(self, text: str) -> tuple[dict, dict]:
         p = self.params
-        extra = dict(p.get("extra_body") or {})
-        params: dict = {"model": p["model"],
-                        "messages": chat_messages(p) + [{"role": "assistant", "content": got.text}]}
+        params: dict = {"model": p["model"], "messages": chat_messages(p) + [{"role": "assistant", "content": text}]}
         for a, b in (("temperature", "temperature"), ("top_p", "top_p"), ("max_output_tokens", "max_tokens")):
             if p.get(a) is not None:
                 params[b] = p[a]
-        body = {k: v for k, v in extra.items() if k in ("top_k", "min_p", "vllm_xargs", "temperature")}
-        body.update(continue_final_message=True, add_generation_prompt=False)
-        left = _reduce(params, body, got.tokens)
-        if left is not None and left <= 0:
-            raise ResumeRefused("l0: the token budget is spent")
-        params["extra_body"] = body
-        return Plan("text", {"route": "chat", "params": params}, convert=True, reader=OpenAIAdapter("chat"))
+        extra = {k: v for k, v in (p.get("extra_body") or {}).items()
+                 if k in ("top_k", "min_p", "vllm_xargs", "temperature")}
+        return params, extra
 
     async def open(self, plan: Plan, session: Session) -> AsyncIterator[Any]:
         req = plan.request

@@ -34,6 +34,21 @@ def _say(msg: str) -> None:
     print(f"[l0] {msg}", file=sys.stderr, flush=True)
 
 
+def _staging(target: Path) -> Path:
+    """A fresh folder beside ``target`` to build it in (see :func:`_publish`)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
+
+
+def _publish(tmp: Path, target: Path, version: str) -> None:
+    """Stamp the folder built in ``tmp`` and move it to ``target`` in one
+    rename: a killed build never leaves a half folder behind a stamp."""
+    (tmp / ".l0-format").write_text(version)
+    if target.exists():
+        shutil.rmtree(target)
+    os.replace(tmp, target)
+
+
 def prepare_smollm2(progress: Callable[[str], None] = _say) -> Path:
     """Return the path of the converted SmolLM2 folder, converting on first use.
 
@@ -70,15 +85,10 @@ def prepare_smollm2(progress: Callable[[str], None] = _say) -> Path:
     missing = [k for k in missing if k != "lm_head.weight"]
     if missing or unexpected:
         raise RuntimeError(f"model conversion mismatch: missing={missing} unexpected={unexpected}")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=SMOLLM2_NAME + ".", dir=target.parent))
+    tmp = _staging(target)
     fresh.save_pretrained(tmp, safe_serialization=True)
     tok.save_pretrained(tmp)
-    (tmp / ".l0-format").write_text(_FORMAT_VERSION)
-    # Atomic-ish publish so a killed conversion never leaves a half folder behind the stamp.
-    if target.exists():
-        shutil.rmtree(target)
-    os.replace(tmp, target)
+    _publish(tmp, target, _FORMAT_VERSION)
     progress(f"model ready at {target}")
     return target
 
@@ -113,17 +123,13 @@ def prepare_tiny(progress: Callable[[str], None] = _say) -> Path:
                          torch_dtype=torch.float32)
     torch.manual_seed(0)
     model = LlamaForCausalLM(config).to(torch.float32)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=TINY_NAME + ".", dir=target.parent))
+    tmp = _staging(target)
     model.save_pretrained(tmp, safe_serialization=True)
     tok.save_pretrained(tmp)
     for name in ("generation_config.json",):
         if (src / name).is_file():
             shutil.copy(src / name, tmp / name)
-    (tmp / ".l0-format").write_text(_TINY_VERSION)
-    if target.exists():
-        shutil.rmtree(target)
-    tmp.rename(target)
+    _publish(tmp, target, _TINY_VERSION)
     return target
 
 
@@ -172,13 +178,9 @@ def prepare_vision(progress: Callable[[str], None] = _say) -> Path:
     processor = Idefics3Processor(image_processor=images, tokenizer=tok,
                                   image_seq_len=(VISION_IMAGE_SIZE // patch) ** 2 // scale ** 2,
                                   chat_template=tok.chat_template)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=VISION_NAME + ".", dir=target.parent))
+    tmp = _staging(target)
     model.save_pretrained(tmp, safe_serialization=True)
     processor.save_pretrained(tmp)
-    (tmp / ".l0-format").write_text(_VISION_VERSION)
-    if target.exists():
-        shutil.rmtree(target)
-    tmp.rename(target)
+    _publish(tmp, target, _VISION_VERSION)
     progress(f"vision model ready at {target}")
     return target
