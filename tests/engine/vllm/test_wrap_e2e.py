@@ -1070,3 +1070,30 @@ def test_a_litellm_stream_is_hardened_by_l0_run(fleet, reference, proxies, monke
     assert [e.mode for e in events if e.type == "attempt_start"] == ["fresh", "regenerate"]
     # LiteLLM raises a cut body as its own error with a 5xx status: a transient failure, retried
     assert [e.category for e in events if e.type == "failure"] == ["transient"]
+
+
+@pytest.mark.parametrize("hold", [False, True], ids=["delivered", "held"])
+def test_l0_run_falls_back_to_a_zero_argument_factory_after_a_mid_stream_break(fleet, reference, proxies, hold):
+    """``l0.run`` with SDK streams as zero-argument factories: the primary is
+    cut mid-answer and gives up (no retries); the fallback is replayed past
+    what was delivered (greedy: its new output checked and skipped), or,
+    with ``hold`` (nothing delivered), started over."""
+    import l0
+
+    proxies["r1"].inject(Cut(after_events=20))
+    events = []
+
+    def opener(url):
+        async def open_stream():
+            return await sdk(url).chat.completions.create(model=fleet["model"], messages=PROMPT,
+                                                          max_tokens=MAX_TOKENS, temperature=0.0, stream=True)
+        return open_stream
+
+    async def go():
+        stream = l0.run(opener(proxies["r1"].url), fallbacks=[opener(fleet["r2"].url)], hold=hold,
+                        retry=l0.Retry(max_retries=0), sleep=_no_sleep, on_event=events.append)
+        return [c async for c in stream], stream.text
+    chunks, text = asyncio.run(asyncio.wait_for(go(), 300))
+    assert text == reference[0]   # (each factory's chunks come as it made them: l0.run keeps their ids)
+    assert [e.type for e in events if e.type in ("fallback", "retry_given_up")] == ["retry_given_up", "fallback"]
+    assert [e.mode for e in events if e.type == "attempt_start"] == ["fresh", "fresh" if hold else "regenerate"]
