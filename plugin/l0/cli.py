@@ -43,9 +43,11 @@ def serve(argv: Sequence[str]) -> int:
     if ours.l0_store:
         env["L0_CHECKPOINT_STORE"] = ours.l0_store
     if not env.get("L0_STATUS_DIR"):
-        # Engines publish their health here; the HTTP server reads it (l0.engine.health.status).
-        import tempfile
-        env["L0_STATUS_DIR"] = tempfile.mkdtemp(prefix="l0-status-")
+        # Engines publish their health here; the HTTP server reads it (l0.engine.health.status) and
+        # removes it at exit; those of servers killed before they could are swept now.
+        from l0.engine.health.status import make_status_dir, sweep_status_dirs
+        sweep_status_dirs()
+        env["L0_STATUS_DIR"] = make_status_dir()
     try:  # refuse to start on a bad config, before vLLM spends time loading
         os.environ.update({k: env[k] for k in ("L0_ACTION", "L0_CONFIG", "L0_CHECKPOINT_STORE") if k in env})
         load_server_config()

@@ -3,11 +3,13 @@ written under the pids of real live processes (read_status drops dead ones)."""
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
 from l0.engine.health.policy import Level
-from l0.engine.health.status import combine, read_status, write_status
+from l0.engine.health.status import (OWNER, STALE_S, combine, make_status_dir, read_status, remove_status_dir,
+                                     sweep_status_dirs, write_status)
 
 
 @pytest.fixture
@@ -72,3 +74,45 @@ def test_a_dead_engines_document_is_dropped_not_inherited(tmp_path, pids):
     assert [d["pid"] for d in read_status(tmp_path)] == [live]
     assert combine(read_status(tmp_path)).level == Level.HEALTHY
     assert not (tmp_path / f"engine-{dead}.json").exists()
+
+
+# -- the directory's lifecycle: made owned by the server's pid, removed at its exit, swept after a SIGKILL --
+
+def _dead_pid() -> int:
+    p = subprocess.Popen(["true"])
+    p.wait()
+    return p.pid
+
+
+def test_only_the_owner_removes_its_directory(tmp_path):
+    mine = make_status_dir(tmp_path)
+    assert (tmp_path / os.path.basename(mine) / OWNER).read_text() == str(os.getpid())
+    theirs = make_status_dir(tmp_path)
+    (tmp_path / os.path.basename(theirs) / OWNER).write_text(str(_dead_pid()))
+    assert remove_status_dir(theirs) is False and os.path.isdir(theirs)
+    assert remove_status_dir(mine) is True and not os.path.exists(mine)
+    assert remove_status_dir(None) is False
+
+
+def test_the_sweep_removes_the_directories_of_dead_servers_only(tmp_path):
+    live = make_status_dir(tmp_path)                       # this process: alive
+    killed = make_status_dir(tmp_path)                     # its server was SIGKILLed
+    (tmp_path / os.path.basename(killed) / OWNER).write_text(str(_dead_pid()))
+    old = tmp_path / "l0-status-legacy-old"                # no owner file: made by an older l0
+    old.mkdir()
+    (old / f"engine-{_dead_pid()}.json").write_text("{}")
+    recent = tmp_path / "l0-status-legacy-recent"
+    recent.mkdir()
+    busy = tmp_path / "l0-status-legacy-busy"              # an engine of it still runs
+    busy.mkdir()
+    (busy / f"engine-{os.getpid()}.json").write_text("{}")
+    other = tmp_path / "not-ours"
+    other.mkdir()
+    now = time.time() + 0.0
+    past = now - STALE_S - 5
+    for d in (old, busy):
+        os.utime(d, (past, past))
+    gone = sweep_status_dirs(tmp_path, now=now)
+    assert sorted(p.name for p in gone) == sorted([os.path.basename(killed), old.name])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [os.path.basename(live), recent.name, busy.name, other.name])

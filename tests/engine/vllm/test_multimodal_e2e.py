@@ -147,3 +147,21 @@ def test_an_anthropic_image_message_resumes_with_its_image(server):
     text, session = asyncio.run(go(server["proxy"].url, True, anthropic_messages(RED)))
     assert text == red
     assert [e.mode for e in session.events if e.type == "attempt_start"] == ["fresh", "text"]
+
+
+def test_the_status_directory_goes_with_the_server(server):
+    """Last: ``l0 serve`` made a status directory owned by its pid (it execs
+    vLLM, so the API server has that pid); a stop removes it."""
+    import tempfile
+    from pathlib import Path
+
+    from l0.engine.health.status import OWNER, PREFIX
+
+    s = server["server"]
+
+    def owned():
+        return [d for d in Path(tempfile.gettempdir()).glob(PREFIX + "*")
+                if (d / OWNER).is_file() and (d / OWNER).read_text() == str(s.proc.pid)]
+    assert len(owned()) == 1
+    s.stop()
+    assert s.proc.poll() is not None and owned() == []

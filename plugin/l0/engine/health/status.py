@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass
@@ -47,6 +48,61 @@ def _alive(pid: int) -> bool:
     except PermissionError:  # exists, owned by someone else
         return True
     return True
+
+
+PREFIX = "l0-status-"
+OWNER = "owner.pid"          # the pid of the server that made the directory (l0 serve execs vLLM: same pid)
+STALE_S = 60.0               # a directory without an owner file is swept once this old and unused
+
+
+def make_status_dir(root: str | os.PathLike | None = None) -> str:
+    """A fresh status directory for the server this process becomes (under
+    the temp directory), owned by this pid: :func:`remove_status_dir` at exit
+    and :func:`sweep_status_dirs` after a SIGKILL remove it."""
+    d = tempfile.mkdtemp(prefix=PREFIX, dir=root)
+    (Path(d) / OWNER).write_text(str(os.getpid()))
+    return d
+
+
+def remove_status_dir(directory: str | os.PathLike | None) -> bool:
+    """Remove ``directory`` when this process owns it (the server's exit; its
+    engines have stopped by then). True when removed."""
+    if not directory:
+        return False
+    d = Path(directory)
+    try:
+        if int((d / OWNER).read_text()) != os.getpid():
+            return False
+    except (OSError, ValueError):
+        return False
+    shutil.rmtree(d, ignore_errors=True)
+    return not d.exists()
+
+
+def sweep_status_dirs(root: str | os.PathLike | None = None, now: float | None = None) -> list[Path]:
+    """Remove the status directories of servers that are gone (SIGKILL, OOM:
+    no exit handler ran): those whose owner pid is dead, and those without an
+    owner file (made before it existed) whose engines are all dead and which
+    nothing touched for :data:`STALE_S`. Returns what was removed."""
+    base = Path(root or tempfile.gettempdir())
+    now = time.time() if now is None else now
+    gone = []
+    for d in base.glob(PREFIX + "*"):
+        try:
+            if not d.is_dir():
+                continue
+            owner = d / OWNER
+            if owner.is_file():
+                dead = not _alive(int(owner.read_text()))
+            else:
+                pids = [int(p.stem.split("-", 1)[1]) for p in d.glob("engine-*.json")]
+                dead = not any(_alive(pid) for pid in pids) and now - d.stat().st_mtime > STALE_S
+        except (OSError, ValueError):
+            continue
+        if dead:
+            shutil.rmtree(d, ignore_errors=True)
+            gone.append(d)
+    return gone
 
 
 def read_status(directory: str | os.PathLike) -> list[dict[str, Any]]:

@@ -31,6 +31,7 @@ import asyncio
 import functools
 import hashlib
 import json
+import os
 import secrets
 
 from l0.engine.config import OptionError, params_from_xargs
@@ -367,6 +368,12 @@ class L0EndpointPlugin:
         from l0.engine.vllm.logits_processor import server_config
 
         health = server_config().health
+        import atexit
+
+        from l0.engine.health.status import remove_status_dir
+        # This API server owns the directory l0 serve made for it (same pid: l0 serve execs vLLM); at
+        # exit, its engines stopped, it goes.
+        atexit.register(remove_status_dir, os.environ.get("L0_STATUS_DIR"))
         app.add_middleware(XargsValidation)
         app.add_middleware(Drain, retry_after_s=health.retry_after_s)
         app.state.l0_api_tokens = _api_token_hashes(None)  # until init_state sees the args
