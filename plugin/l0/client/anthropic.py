@@ -35,7 +35,7 @@ from typing import Any, AsyncIterator
 from l0.client import chunks as ck
 from l0.client.adapters import Adapter
 from l0.client.chunks import Parts
-from l0.client.endpoints import ChatRouteEndpoint, _headers
+from l0.client.endpoints import ChatRouteEndpoint, _headers, chat_content, image_part
 from l0.client.options import Options, options_from
 from l0.client.session import NotResumable, Plan, Session
 
@@ -182,13 +182,10 @@ def chat_messages(params: dict) -> list[dict]:
                 src = b.get("source") or {}
                 url = src.get("url") if src.get("type") == "url" else \
                     f"data:{src.get('media_type', 'image/jpeg')};base64,{src.get('data', '')}"
-                parts.append({"type": "image_url", "image_url": {"url": url}})
+                parts.append(image_part(url))
             else:
                 raise NotResumable(f"l0: a {b.get('type')} block can't be carried by a text continuation")
-        if all(x["type"] == "text" for x in parts):
-            out.append({"role": m["role"], "content": "".join(x["text"] for x in parts)})
-        else:
-            out.append({"role": m["role"], "content": parts})
+        out.append({"role": m["role"], "content": chat_content(parts)})
     return out
 
 
@@ -288,7 +285,7 @@ class AnthropicWrapped:
         return eps
 
     async def _create(self, params: dict) -> Any:
-        from l0.client.wrap import L0Stream
+        from l0.client.wrap import L0Stream, _omitted
 
         o = self._options
         params = {k: v for k, v in params.items() if not _omitted(v)}
@@ -301,10 +298,6 @@ class AnthropicWrapped:
                           hold=o.hold, adapter=AnthropicAdapter())
         self.last = session
         return L0Stream(session)
-
-
-def _omitted(v: Any) -> bool:
-    return type(v).__name__ in ("NotGiven", "Omit")
 
 
 async def _call_whole(ep: AnthropicEndpoint) -> Any:

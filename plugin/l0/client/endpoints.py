@@ -368,6 +368,18 @@ async def fetch_record(http: Any, key: str, targets: Sequence[tuple[str, dict]],
     return found
 
 
+def chat_content(parts: list[dict]) -> Any:
+    """A chat message's ``content`` from text and ``image_url`` parts: the
+    joined text when every part is text, else the parts."""
+    if all(x["type"] == "text" for x in parts):
+        return "".join(x["text"] for x in parts)
+    return parts
+
+
+def image_part(url: str) -> dict:
+    return {"type": "image_url", "image_url": {"url": url}}
+
+
 def has_media(messages: Any) -> bool:
     """Does a chat request's ``messages`` carry a part that isn't text
     (``image_url``, ``input_audio``, ``video_url``, ...)?"""

@@ -25,7 +25,7 @@ from typing import Any, AsyncIterator
 from l0.client import chunks as ck
 from l0.client.adapters import Adapter
 from l0.client.chunks import Parts
-from l0.client.endpoints import ChatRouteEndpoint, SDKEndpoint
+from l0.client.endpoints import ChatRouteEndpoint, SDKEndpoint, chat_content, image_part
 from l0.client.session import NotResumable, Plan, Session
 
 _OPENING = {"response.created", "response.in_progress", "response.content_part.added", "response.queued"}
@@ -168,11 +168,10 @@ def chat_messages(params: dict) -> list[dict]:
             if c.get("type") in ("input_text", "output_text", "text"):
                 parts.append({"type": "text", "text": c.get("text", "")})
             elif c.get("type") == "input_image":
-                parts.append({"type": "image_url", "image_url": {"url": c.get("image_url") or ""}})
+                parts.append(image_part(c.get("image_url") or ""))
             else:
                 raise NotResumable(f"l0: a {c.get('type')} input part can't be carried by a text continuation")
-        out.append({"role": item["role"], "content": parts if any(x["type"] != "text" for x in parts)
-                    else "".join(x["text"] for x in parts)})
+        out.append({"role": item["role"], "content": chat_content(parts)})
     return out
 
 

@@ -501,18 +501,15 @@ class Session:
                     if text != (p.text or ""):
                         chunk = reader.trim(chunk, list(p.token_ids), text)
                         p = dataclasses.replace(reader.parts(chunk), usage=p.usage)   # (the shifted usage)
-                outs = [chunk]
+                changed = False
                 if overlap is not None:
                     text = overlap.feed(p.text, final=bool(p.finish_reason))
                     if text is None:
                         continue
                     if text != p.text:
                         p = ck.Parts(text=text, token_ids=None, finish_reason=p.finish_reason, usage=p.usage)
-                        outs = self._restamp(p)
-                    elif plan.convert:
-                        outs = self._restamp(p)
-                elif plan.convert:
-                    outs = self._restamp(p)
+                        changed = True
+                outs = self._restamp(p) if changed or plan.convert else [chunk]
                 if p.finish_reason:
                     self.finish_reason = p.finish_reason
                 self.take(p)

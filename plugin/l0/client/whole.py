@@ -29,13 +29,20 @@ def read_openai(kind: str) -> Callable[[Any], tuple]:
     return read
 
 
+def api_of(client: Any, kind: str) -> Any:
+    """The SDK client's API for ``kind``: ``chat.completions``,
+    ``completions`` or ``responses``."""
+    if kind == "chat":
+        return client.chat.completions
+    return client.responses if kind == "responses" else client.completions
+
+
 def call_openai(kind: str, method: str = "create") -> Callable[[Any], Any]:
-    """``endpoint -> awaitable response``: the endpoint's client's
-    ``chat.completions.<method>`` (``create``, ``parse``) or
-    ``completions.create``, with the endpoint's request."""
+    """``endpoint -> awaitable response``: ``<method>`` (``create``,
+    ``parse``) of the endpoint's client's API for ``kind``, with the
+    endpoint's request."""
     def call(ep: Any) -> Any:
-        api = ep.client.chat.completions if kind == "chat" else ep.client.completions
-        return getattr(api, method)(**ep.params)
+        return getattr(api_of(ep.client, kind), method)(**ep.params)
     return call
 
 

@@ -181,11 +181,6 @@ class _RawApi:
         return getattr(inner.with_streaming_response if self._streaming else inner.with_raw_response, name)
 
 
-def _api_of(client: Any, kind: str) -> Any:
-    return {"chat": lambda: client.chat.completions, "completion": lambda: client.completions,
-            "responses": lambda: client.responses}[kind]()
-
-
 def _omitted(v: Any) -> bool:
     """The SDK's placeholders for an argument not given (its helpers pass them on)."""
     return type(v).__name__ in ("NotGiven", "Omit")
@@ -254,21 +249,19 @@ class WrappedClient:
         return stream
 
     async def _whole(self, kind: str, params: dict, method: str, raw: bool) -> Any:
-        from l0.client.whole import read_openai, respond
+        from l0.client.whole import api_of, call_openai, read_openai, respond
 
         read = read_openai(kind)
         if kind == "responses":
             from l0.client.responses import read_response as read
         if raw:
             def call(ep):
-                return getattr(_api_of(ep.client, kind).with_raw_response, method)(**ep.params)
+                return getattr(api_of(ep.client, kind).with_raw_response, method)(**ep.params)
             got = await respond(self._endpoints(kind, params), kind, self._options, call=call,
                                 read=lambda r: read(r.parse()))
             return got.parse(), got.http_response, got
-
-        def call(ep):
-            return getattr(_api_of(ep.client, kind), method)(**ep.params)
-        return await respond(self._endpoints(kind, params), kind, self._options, call=call, read=read)
+        return await respond(self._endpoints(kind, params), kind, self._options, call=call_openai(kind, method),
+                             read=read)
 
     async def _pass_through(self, kind: str, params: dict) -> "PassThrough":
         """A valid call L0 does not harden (streamed ``n > 1``): sent as it is
@@ -277,8 +270,10 @@ class WrappedClient:
         reason = ("streaming with n > 1 is passed through unhardened (no retry, timeout, fallback or resume): "
                   "ask for one choice per request, or use l0.samples / l0.consensus_of, to harden it")
         _warn_once(reason)
+        from l0.client.whole import api_of
+
         self.last = None
-        return PassThrough(await _api_of(self._client, kind).create(**params), reason)
+        return PassThrough(await api_of(self._client, kind).create(**params), reason)
 
 
 class L0Warning(UserWarning):
