@@ -3,7 +3,8 @@
 Importing ``l0`` is cheap and side-effect free: no vLLM, no CUDA, no files.
 The client API is loaded on first use: ``l0.wrap``, ``l0.http``, ``l0.run``
 (``l0.Adapter`` and ``l0.Parts`` for any other stream protocol),
-``l0.replay``, ``l0.diverge``, ``l0.Retry``, ``l0.Timeouts``; content
+``l0.replay``, ``l0.diverge``, ``l0.Retry``, ``l0.Timeouts``, ``l0.Fleet``
+(endpoint health shared by clients); content
 reliability: ``l0.structured``, ``l0.guardrails``, ``l0.drift``, ``l0.race``,
 ``l0.parallel``, ``l0.pipe``, ``l0.consensus``.
 """
@@ -22,6 +23,7 @@ _LAZY = {
     "Retry": ("l0.client.retry", "Retry"),
     "Timeouts": ("l0.client.retry", "Timeouts"),
     "Category": ("l0.client.retry", "Category"),
+    "Fleet": ("l0.client.fleet", "Fleet"),
     "Callbacks": ("l0.client.events", "Callbacks"),
     "Tracing": ("l0.client.tracing", "Tracing"),
     "backoff": ("l0.client.retry", "backoff"),

@@ -292,10 +292,7 @@ class AnthropicWrapped:
         if not params.pop("stream", False):
             from l0.client.whole import respond
             return await respond(self._endpoints(params), "messages", o, call=_call_whole, read=read_message)
-        session = Session(self._endpoints(params), kind="messages", retry=o.retry, timeouts=o.timeout,
-                          emit=o.callbacks, log=o.log, sleep=o.sleep, clock=o.clock,
-                          check_zero_output=o.check_zero_output, guardrails=o.guardrails, drift=o.drift,
-                          hold=o.hold, adapter=AnthropicAdapter())
+        session = Session.of(self._endpoints(params), o, kind="messages", adapter=AnthropicAdapter())
         self.last = session
         return L0Stream(session)
 

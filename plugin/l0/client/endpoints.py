@@ -25,6 +25,7 @@ from l0.contract import CHECKPOINTS_OFF, CHECKPOINTS_ROUTE, OPT_KEY
 
 _PROBES: dict[str, "ServerInfo"] = {}
 PROBE_TIMEOUT_S = 5.0
+HEALTH_TIMEOUT_S = 1.0   # a health check after a failure: a replica that can't answer in a second is not ready
 RECORD_LAG_S = 2.0   # how long a record known to exist is asked for before regenerating instead
 
 # Request fields the SDK's create() does not know as keywords: sent through extra_body.
@@ -122,6 +123,25 @@ class ServerEndpoint(Endpoint):
         the caller has are checked (by token id) and skipped."""
         return (self.l0 and self.kind == "chat" and self.greedy and self.options.resume
                 and session.received.token_ids is not None and session.key_model in (None, self.model))
+
+    async def health(self) -> tuple[bool, float | None] | None:
+        """``GET /l0/health`` (one second at most): 200 is healthy; 503 (a
+        draining or failed replica) or no answer is not, with the server's
+        ``Retry-After``. None from a server without L0 (another status)."""
+        import httpx
+
+        from l0.client.retry import retry_after_s
+
+        try:
+            async with httpx.AsyncClient(timeout=HEALTH_TIMEOUT_S, headers=self.headers) as http:
+                r = await http.get(self.root + "/l0/health")
+        except httpx.HTTPError:
+            return False, None
+        if r.status_code == 200:
+            return True, None
+        if r.status_code == 503:
+            return False, retry_after_s(r.headers)
+        return None
 
     # -- planning -------------------------------------------------------------
     async def plan(self, session: Session) -> Plan | None:

@@ -90,9 +90,23 @@ class RetryGivenUp(Event):
 
 
 @dataclass(frozen=True)
+class Waiting(Event):
+    """Every endpoint the stream may use next is cooling down after failures
+    (:mod:`l0.client.fleet`): the stream waits for the first to be ready."""
+    type: ClassVar[str] = "wait"
+    attempt: int = 1                # the attempt that failed
+    delay_s: float = 0.0
+    endpoint: str | None = None     # where the next attempt goes
+    reason: str = "cooldown"
+    cooling: dict = field(default_factory=dict)   # endpoint -> seconds of cooldown left
+
+
+@dataclass(frozen=True)
 class FallbackStart(Event):
+    """The stream moves to another endpoint (a failed one cools down, or used
+    up its retries)."""
     type: ClassVar[str] = "fallback"
-    index: int = 1                  # 1: the first fallback
+    index: int = 1                  # 1: the first fallback; 0: back to the primary
     endpoint: str | None = None
     model: str | None = None
 
@@ -268,7 +282,7 @@ class PipeError(Event):
 
 
 EVENT_TYPES: dict[str, type[Event]] = {c.type: c for c in (
-    SessionStart, AttemptStart, FirstToken, Timeout, Failure, RetryScheduled, RetryGivenUp, FallbackStart,
+    SessionStart, AttemptStart, FirstToken, Timeout, Failure, RetryScheduled, RetryGivenUp, Waiting, FallbackStart,
     CheckpointFetched, Resume, Verdict, GuardrailViolation, Drift, StructuredStep, ToolCall, Complete, Error,
     Cancelled,
     RaceStart, RaceError, RaceCancel, RaceWinner, PipeStep, PipeStepDone, PipeError)}
@@ -286,6 +300,7 @@ _CALLBACKS = {
     "on_start": (SessionStart,),
     "on_retry": (RetryScheduled,),
     "on_fallback": (FallbackStart,),
+    "on_wait": (Waiting,),
     "on_resume": (Resume,),
     "on_timeout": (Timeout,),
     "on_complete": (Complete,),
@@ -298,7 +313,7 @@ _CALLBACKS = {
 
 @dataclass
 class Callbacks:
-    """``on_start``, ``on_retry``, ``on_fallback``, ``on_resume``,
+    """``on_start``, ``on_retry``, ``on_fallback``, ``on_wait``, ``on_resume``,
     ``on_timeout``, ``on_complete``, ``on_error``, ``on_violation``,
     ``on_drift``, ``on_tool_call`` (one event type each) and
     ``on_event`` (all of them); ``on_token`` gets each piece of text as it
@@ -307,6 +322,7 @@ class Callbacks:
     on_start: Callable[[SessionStart], Any] | None = None
     on_retry: Callable[[RetryScheduled], Any] | None = None
     on_fallback: Callable[[FallbackStart], Any] | None = None
+    on_wait: Callable[[Waiting], Any] | None = None
     on_resume: Callable[[Resume], Any] | None = None
     on_timeout: Callable[[Timeout], Any] | None = None
     on_complete: Callable[[Complete], Any] | None = None

@@ -136,7 +136,8 @@ class FailoverClient:
 
         pol = self.policy
         out = self.last = StreamOutcome(key=key or new_key())
-        options = Options(retry=Retry(attempts=1, max_retries=0),
+        # attempt k on replica (k - 1) % n, as this client always did: no cooldowns, no rounds
+        options = Options(retry=Retry(attempts=1, max_retries=0, cooldown_s=0, deadline_s=0),
                           timeout=Timeouts(first_token_s=pol.first_token_timeout_s,
                                            inter_token_s=pol.inter_token_timeout_s),
                           sleep=pol.sleep, check_zero_output=False)

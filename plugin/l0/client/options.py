@@ -29,17 +29,20 @@ class Options:
     guardrails: Any = None                  # an l0.client.guardrails.Guardrails (spec; each stream runs a fresh copy)
     drift: Any = None                       # drift monitors (a Guardrails of l0.client.drift rules)
     hold: bool = False                      # streams: deliver once the answer passed its end checks
+    fleet: Any = None                       # an l0.Fleet: endpoint health shared by the client's streams
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
     clock: Callable[[], float] = time.time
 
 
 def options_from(retry=None, timeout=None, fallbacks=(), log=None, log_fsync="end", callbacks=None,
              resume=True, check_zero_output=True, l0_resume=True, verdict=False, verdict_wait_s=2.0,
-             guardrails=None, drift=None, hold=False, sleep=None, clock=None, trace=None, **cbs) -> Options:
+             guardrails=None, drift=None, hold=False, sleep=None, clock=None, trace=None, fleet=None,
+             **cbs) -> Options:
     from l0.client.eventlog import EventLog
+    from l0.client.fleet import Fleet
 
     if callbacks is None:
-        unknown = set(cbs) - {"on_start", "on_retry", "on_fallback", "on_resume", "on_timeout", "on_complete",
+        unknown = set(cbs) - {"on_start", "on_retry", "on_fallback", "on_wait", "on_resume", "on_timeout", "on_complete",
                               "on_error", "on_violation", "on_drift", "on_tool_call", "on_token", "on_event"}
         if unknown:
             raise TypeError(f"l0: unknown option(s) {sorted(unknown)}")
@@ -69,5 +72,5 @@ def options_from(retry=None, timeout=None, fallbacks=(), log=None, log_fsync="en
     return Options(retry=retry or Retry(), timeout=timeout or Timeouts(), fallbacks=tuple(fallbacks),
                    callbacks=callbacks, log=log, resume=resume, check_zero_output=check_zero_output,
                    l0_resume=l0_resume, verdict=verdict, verdict_wait_s=verdict_wait_s,
-                   guardrails=guardrails, drift=drift, hold=bool(hold),
+                   guardrails=guardrails, drift=drift, hold=bool(hold), fleet=fleet if fleet is not None else Fleet(),
                    sleep=sleep or asyncio.sleep, clock=clock or time.time)

@@ -226,6 +226,9 @@ def backoff(name: str, base_s: float = 0.5, max_s: float = 8.0) -> wait_base:
         raise ValueError(f"l0: unknown backoff {name!r}; choose one of {sorted(BACKOFFS)}") from None
 
 
+DEFAULT_L0_DEADLINE_S = 300.0
+
+
 @dataclass(frozen=True)
 class Retry:
     """When to try again and how long to wait.
@@ -240,6 +243,19 @@ class Retry:
     None: the policy decides). ``stop``: a tenacity stop condition checked
     too. ``retry_on_loop``: an L0 loop stop is a model failure (regenerate),
     not a finished answer.
+
+    Fleets (:mod:`l0.client.fleet`): a failed endpoint cools down for
+    ``cooldown_s`` (doubling per failure in a row, at most ``max_cooldown_s``;
+    0: off) and, while it does, the next attempt goes at once to another
+    endpoint serving the same model that is not cooling down (and whose
+    ``/l0/health`` says so, for L0 servers), the first in list order.
+    ``deadline_s``: how long a stream keeps trying after a failure, counted
+    from its first failure since the last token it received. Within it, once
+    every endpoint used up ``max_retries`` they all get them again (another
+    round, waiting for the first to cool down: a ``wait`` event); past it the
+    stream gives up (``why="deadline"``). None: 300 s for streams on L0
+    servers (they resume from checkpoints, so waiting loses nothing), counts
+    only for others; 0: counts only.
     """
 
     attempts: int = 3
@@ -251,12 +267,25 @@ class Retry:
     should_retry: Callable[[BaseException, Category, "RetryState"], bool | None] | None = None
     stop: Any = None
     retry_on_loop: bool = False
+    cooldown_s: float = 5.0
+    max_cooldown_s: float = 30.0
+    deadline_s: float | None = None
 
     def __post_init__(self) -> None:
         if self.attempts < 1:
             raise ValueError("l0: Retry.attempts must be at least 1 (the first try)")
         if self.max_retries < 0:
             raise ValueError("l0: Retry.max_retries must be >= 0")
+        for name in ("cooldown_s", "max_cooldown_s", "deadline_s"):
+            v = getattr(self, name)
+            if v is not None and v < 0:
+                raise ValueError(f"l0: Retry.{name} must be >= 0")
+
+    def deadline_for(self, l0: bool) -> float:
+        """The time budget of a stream (0: counts only); see the class doc."""
+        if self.deadline_s is None:
+            return DEFAULT_L0_DEADLINE_S if l0 else 0.0
+        return self.deadline_s
 
 
 @dataclass
@@ -274,7 +303,7 @@ class RetryState:
 class Decision:
     retry: bool
     delay_s: float = 0.0
-    why: str = ""                  # when not retrying: fatal | vetoed | attempts | max_retries | stop
+    why: str = ""                  # when not retrying: fatal | vetoed | attempts | max_retries | stop | deadline
 
 
 def decide(policy: Retry, state: RetryState, exc: BaseException, category: Category,

@@ -47,8 +47,9 @@ from l0.client import events as ev
 from l0.client.adapters import OpenAIAdapter
 from l0.client.content import ContentScan
 from l0.client.deadline import close_stream, within
-from l0.client.retry import (Category, FirstTokenTimeout, GuardrailFailed, GuardrailFatal, Retry, RetryState, Stalled,
-                       StreamEnded, Timeouts, ZeroOutput, classify, decide, status_of)
+from l0.client.retry import (Category, FirstTokenTimeout, GuardrailFailed, GuardrailFatal, Retry, Stalled,
+                             StreamEnded, Timeouts, ZeroOutput, classify, status_of)
+from l0.client.route import GiveUp, Route
 
 
 @dataclass
@@ -162,6 +163,11 @@ class Endpoint:
         (an L0 server regenerating a greedy request)?"""
         return False
 
+    async def health(self) -> tuple[bool, float | None] | None:
+        """(healthy, seconds the server asks to wait) from the server's own
+        health check, or None when it has none to ask (the default)."""
+        return None
+
 
 class NotResumable(Exception):
     """The stream broke after delivering what this session cannot continue
@@ -179,7 +185,7 @@ class Session:
                  clock: Callable[[], float] = time.time, check_zero_output: bool = True,
                  stream_id: str | None = None, require_finish: bool = True, l0_key: str | None = None,
                  fallback_delay: Callable[[int], float] | None = None, guardrails: Any = None,
-                 drift: Any = None, hold: bool = False, adapter: Any = None) -> None:
+                 drift: Any = None, hold: bool = False, adapter: Any = None, fleet: Any = None) -> None:
         if not endpoints:
             raise ValueError("l0: a session needs at least one endpoint")
         self.endpoints = list(endpoints)
@@ -213,6 +219,16 @@ class Session:
         self.hold = hold                     # deliver nothing before the answer passed its end checks
         self.delivered = 0                   # chunks the caller has
         self.response: Any = None            # the first attempt's HTTP response (the SDK stream's), if any
+        self.route = Route(self.endpoints, retry, fleet, self.emit, sleep, clock=clock,
+                           fallback_delay=fallback_delay)   # where each attempt goes (l0.client.route)
+
+    @classmethod
+    def of(cls, endpoints: Sequence[Endpoint], o: Any, **kw: Any) -> "Session":
+        """A session with an :class:`~l0.client.options.Options`' settings
+        (``kw``: the rest, e.g. ``kind``, ``adapter``)."""
+        return cls(endpoints, retry=o.retry, timeouts=o.timeout, emit=o.callbacks, log=o.log, sleep=o.sleep,
+                   clock=o.clock, check_zero_output=o.check_zero_output, guardrails=o.guardrails, drift=o.drift,
+                   hold=o.hold, fleet=o.fleet, **kw)
 
     # -- events ---------------------------------------------------------------
     def emit(self, cls: type[ev.Event], **fields: Any) -> ev.Event:
@@ -240,110 +256,91 @@ class Session:
         return self._run()
 
     async def _run(self) -> AsyncIterator[Any]:
-        last_exc: BaseException | None = None
-        first = self.endpoints[0]
-        await first.prepare()
-        if first.l0 and self.l0_key is None:
+        route = self.route
+        endpoint = await route.enter(route.first())
+        if endpoint.l0 and self.l0_key is None:
             from l0.contract import new_key
             self.l0_key = new_key()
-        self.emit(ev.SessionStart, kind=self.kind, model=first.model, endpoint=first.name,
-                  l0_key=self.l0_key if first.l0 else None)
+        route.arm(self.l0_key is not None)
+        self.emit(ev.SessionStart, kind=self.kind, model=endpoint.model, endpoint=endpoint.name,
+                  l0_key=self.l0_key if endpoint.l0 else None)
         try:
-            for index, endpoint in enumerate(self.endpoints):
+            while True:
                 self.endpoint = endpoint
-                if index:
-                    if self.fallback_delay is not None and self.fallback_delay(index) > 0:
-                        await self.sleep(self.fallback_delay(index))
-                    await endpoint.prepare()
-                    self.emit(ev.FallbackStart, index=index, endpoint=endpoint.name, model=endpoint.model)
-                rstate = RetryState()
-                while True:
-                    try:
-                        plan = await endpoint.plan(self)
-                        if self.pending:  # checkpointed tokens never delivered, in order after held ones
-                            self.held.extend(self.pending)
-                            self.pending = []
-                            if plan is None:
-                                for guard in self.guards:
-                                    self._judge(end_checks(guard, self.received.tool_calls))
-                            if (self.received.meaningful and not self.hold) or plan is None:
-                                while self.held:
-                                    yield self._deliver(self.held.pop(0))
+                try:
+                    plan = await endpoint.plan(self)
+                    if self.pending:  # checkpointed tokens never delivered, in order after held ones
+                        self.held.extend(self.pending)
+                        self.pending = []
                         if plan is None:
-                            self._complete()
-                            return
-                        self.attempts += 1
-                        rstate.tries += 1
-                        self.emit(ev.AttemptStart, attempt=self.attempts, endpoint=endpoint.name, mode=plan.mode,
-                                  l0=endpoint.l0)
-                        if plan.mode != "fresh":
-                            self.emit(ev.Resume, attempt=self.attempts, mode=plan.mode,
-                                      token_offset=self.received.tokens, char_offset=len(self.received.text))
-                        attempt = self._attempt(endpoint, plan)
-                        try:
-                            async for chunk in attempt:
-                                yield self._deliver(chunk)
-                        finally:   # now, not when the loop collects it: a close shuts the source before returning
-                            await attempt.aclose()
-                        if self.finish_reason is None and not self.require_finish:
-                            self.finish_reason = "stop"
-                        if self.finish_reason is None:
-                            raise StreamEnded("the stream ended without a finish reason")
-                        if self.check_zero_output and not self.received.meaningful:
-                            raise ZeroOutput("zero output: the stream ended with nothing but whitespace or "
-                                             f"punctuation ({len(self.received.text)} chars)")
-                        for guard in self.guards:
-                            self._judge(end_checks(guard, self.received.tool_calls))
-                        while self.held:
-                            yield self._deliver(self.held.pop(0))
-                        try:
-                            await endpoint.finished(self)
-                        except Exception:  # noqa: BLE001 - the stream is complete; the verdict is extra
-                            pass
-                        self._server_drift()
+                            for guard in self.guards:
+                                self._judge(end_checks(guard, self.received.tool_calls))
+                        if (self.received.meaningful and not self.hold) or plan is None:
+                            while self.held:
+                                yield self._deliver(self.held.pop(0))
+                    if plan is None:
                         self._complete()
                         return
-                    except (GeneratorExit, asyncio.CancelledError):
-                        raise
-                    except Exception as exc:  # noqa: BLE001 - classified below
-                        last_exc = exc
-                        category = classify(exc)
-                        if isinstance(exc, NotResumable):
-                            category = Category.FATAL
-                        self.emit(ev.Failure, attempt=self.attempts, category=category.value, error=_short(exc),
-                                  status=status_of(exc), delivered_tokens=self.received.tokens,
-                                  delivered_chars=len(self.received.text))
-                        if isinstance(exc, GuardrailFailed) and self.delivered:
-                            category = Category.FATAL
-                            exc = GuardrailFatal(exc.violation, f" (after {len(self.received.text)} characters "
-                                                 "were delivered: not retried; hold=True checks before delivery)")
-                            last_exc = exc
-                        if isinstance(exc, (ZeroOutput, GuardrailFailed)):
-                            self.start_over()   # nothing of value reached the caller
-                        elif self.received.tool_calls and not endpoint.resumes_tool_calls(self):
-                            category = Category.FATAL
-                            exc = NotResumable(f"l0: the stream broke after tool-call pieces were delivered "
-                                               f"({_short(exc)}); tool calls can't be continued")
-                            last_exc = exc
-                        if isinstance(exc, NotResumable) and index + 1 < len(self.endpoints):
-                            # this endpoint can't continue what was delivered: the next one may
-                            self.emit(ev.RetryGivenUp, attempt=self.attempts, category=category.value,
-                                      why="not_resumable", error=_short(exc))
-                            break
-                        decision = decide(self.retry, rstate, exc, category, clock=self.clock)
-                        if not decision.retry:
-                            self.emit(ev.RetryGivenUp, attempt=self.attempts, category=category.value,
-                                      why=decision.why, error=_short(exc))
-                            if decision.why in ("fatal", "vetoed"):
-                                raise exc
-                            break  # next endpoint
-                        self.emit(ev.RetryScheduled, attempt=self.attempts, category=category.value,
-                                  delay_s=decision.delay_s, retries=rstate.retries,
-                                  model_failures=rstate.model_failures)
-                        if decision.delay_s > 0:
-                            await self.sleep(decision.delay_s)
-            assert last_exc is not None
-            raise last_exc
+                    self.attempts += 1
+                    route.states[route.current].tries += 1
+                    self.emit(ev.AttemptStart, attempt=self.attempts, endpoint=endpoint.name, mode=plan.mode,
+                              l0=endpoint.l0)
+                    if plan.mode != "fresh":
+                        self.emit(ev.Resume, attempt=self.attempts, mode=plan.mode,
+                                  token_offset=self.received.tokens, char_offset=len(self.received.text))
+                    attempt = self._attempt(endpoint, plan)
+                    try:
+                        async for chunk in attempt:
+                            yield self._deliver(chunk)
+                    finally:   # now, not when the loop collects it: a close shuts the source before returning
+                        await attempt.aclose()
+                    if self.finish_reason is None and not self.require_finish:
+                        self.finish_reason = "stop"
+                    if self.finish_reason is None:
+                        raise StreamEnded("the stream ended without a finish reason")
+                    if self.check_zero_output and not self.received.meaningful:
+                        raise ZeroOutput("zero output: the stream ended with nothing but whitespace or "
+                                         f"punctuation ({len(self.received.text)} chars)")
+                    for guard in self.guards:
+                        self._judge(end_checks(guard, self.received.tool_calls))
+                    while self.held:
+                        yield self._deliver(self.held.pop(0))
+                    try:
+                        await endpoint.finished(self)
+                    except Exception:  # noqa: BLE001 - the stream is complete; the verdict is extra
+                        pass
+                    self._server_drift()
+                    self._complete()
+                    return
+                except (GeneratorExit, asyncio.CancelledError):
+                    raise
+                except Exception as exc:  # noqa: BLE001 - classified below
+                    category = classify(exc)
+                    if isinstance(exc, NotResumable):
+                        category = Category.FATAL
+                    self.emit(ev.Failure, attempt=self.attempts, category=category.value, error=_short(exc),
+                              status=status_of(exc), delivered_tokens=self.received.tokens,
+                              delivered_chars=len(self.received.text))
+                    if isinstance(exc, GuardrailFailed) and self.delivered:
+                        category = Category.FATAL
+                        exc = GuardrailFatal(exc.violation, f" (after {len(self.received.text)} characters "
+                                             "were delivered: not retried; hold=True checks before delivery)")
+                    if isinstance(exc, (ZeroOutput, GuardrailFailed)):
+                        self.start_over()   # nothing of value reached the caller
+                    elif self.received.tool_calls and not endpoint.resumes_tool_calls(self):
+                        category = Category.FATAL
+                        exc = NotResumable(f"l0: the stream broke after tool-call pieces were delivered "
+                                           f"({_short(exc)}); tool calls can't be continued")
+                    # this endpoint can't continue what was delivered: another one may
+                    elsewhere = isinstance(exc, NotResumable) and len(route.endpoints) - len(route.out) > 1
+                    nxt = None
+                    try:
+                        nxt = await route.after_failure(exc, category, self.attempts, not_resumable=elsewhere)
+                    except GiveUp:
+                        pass
+                    if nxt is None:
+                        raise exc
+                    endpoint = await route.enter(nxt)
         except (GeneratorExit, asyncio.CancelledError) as stop:
             # the caller cancelled its task or closed the stream: never retried, said once
             self.emit(ev.Cancelled, attempt=self.attempts,
@@ -462,6 +459,7 @@ class Session:
                 if content and not started:
                     started = True
                     self.emit(ev.FirstToken, attempt=self.attempts, latency_s=time.monotonic() - t0)
+                    self.route.progress()
                 if plan.mode != "fresh" and p.role_only and not p.usage:
                     continue  # the caller already has the role
                 if skip or skip_chars:

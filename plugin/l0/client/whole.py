@@ -13,7 +13,8 @@ from l0.client.content import has_content
 from l0.client.deadline import within
 from l0.client.endpoints import SDKEndpoint
 from l0.client.options import Options
-from l0.client.retry import RetryState, ZeroOutput, classify, decide, status_of
+from l0.client.retry import ZeroOutput, classify, status_of
+from l0.client.route import GiveUp, Route
 from l0.client.session import end_checks, judge
 
 
@@ -62,45 +63,41 @@ async def respond(endpoints: list[SDKEndpoint], kind: str, o: Options, call: Cal
             o.log.event(e)
         emit(e)
 
-    send(ev.SessionStart, kind=kind, model=endpoints[0].model, endpoint=endpoints[0].name)
-    attempts, last = 0, None
+    route = Route(endpoints, o.retry, o.fleet, send, o.sleep, clock=o.clock)
+    ep = await route.enter(route.first())
+    route.arm(False)    # a whole response has nothing to resume: counts only, unless a deadline is set
+    send(ev.SessionStart, kind=kind, model=ep.model, endpoint=ep.name)
+    attempts = 0
     try:
-        for index, ep in enumerate(endpoints):
-            if index:
-                send(ev.FallbackStart, index=index, endpoint=ep.name, model=ep.model)
-            state = RetryState()
-            while True:
-                attempts += 1
-                send(ev.AttemptStart, attempt=attempts, endpoint=ep.name, mode="fresh")
+        while True:
+            attempts += 1
+            route.states[route.current].tries += 1
+            send(ev.AttemptStart, attempt=attempts, endpoint=ep.name, mode="fresh")
+            try:
+                limit = o.timeout.first_token_s
+                resp = await within(call(ep), limit)
+                route.progress()
+                text, tools, finish_reason, usage = read(resp)
+                if o.check_zero_output and not tools and not has_content(text):
+                    raise ZeroOutput(f"zero output ({len(text)} chars)")
+                _judge_whole(text, o, send, attempts, tools)
+                send(ev.Complete, finish_reason=finish_reason, attempts=attempts, chars=len(text), usage=usage)
+                return resp
+            except (asyncio.CancelledError, GeneratorExit):
+                raise
+            except Exception as exc:  # noqa: BLE001
+                if isinstance(exc, asyncio.TimeoutError):
+                    send(ev.Timeout, attempt=attempts, which="first_token", after_s=o.timeout.first_token_s)
+                cat = classify(exc)
+                send(ev.Failure, attempt=attempts, category=cat.value, error=str(exc)[:300], status=status_of(exc))
+                nxt = None
                 try:
-                    limit = o.timeout.first_token_s
-                    resp = await within(call(ep), limit)
-                    text, tools, finish_reason, usage = read(resp)
-                    if o.check_zero_output and not tools and not has_content(text):
-                        raise ZeroOutput(f"zero output ({len(text)} chars)")
-                    _judge_whole(text, o, send, attempts, tools)
-                    send(ev.Complete, finish_reason=finish_reason, attempts=attempts, chars=len(text), usage=usage)
-                    return resp
-                except (asyncio.CancelledError, GeneratorExit):
-                    raise
-                except Exception as exc:  # noqa: BLE001
-                    last = exc
-                    if isinstance(exc, asyncio.TimeoutError):
-                        send(ev.Timeout, attempt=attempts, which="first_token", after_s=o.timeout.first_token_s)
-                    cat = classify(exc)
-                    send(ev.Failure, attempt=attempts, category=cat.value, error=str(exc)[:300], status=status_of(exc))
-                    d = decide(o.retry, state, exc, cat, clock=o.clock)
-                    if not d.retry:
-                        send(ev.RetryGivenUp, attempt=attempts, category=cat.value, why=d.why, error=str(exc)[:300])
-                        if d.why in ("fatal", "vetoed"):
-                            raise
-                        break
-                    send(ev.RetryScheduled, attempt=attempts, category=cat.value, delay_s=d.delay_s,
-                         retries=state.retries, model_failures=state.model_failures)
-                    if d.delay_s > 0:
-                        await o.sleep(d.delay_s)
-        assert last is not None
-        raise last
+                    nxt = await route.after_failure(exc, cat, attempts)
+                except GiveUp:
+                    pass
+                if nxt is None:
+                    raise exc
+                ep = await route.enter(nxt)
     except Exception as exc:
         send(ev.Error, category=classify(exc).value, error=str(exc)[:300])
         raise

@@ -237,10 +237,7 @@ class WrappedClient:
         if kind == "responses":
             from l0.client.responses import ResponsesAdapter
             adapter = ResponsesAdapter()
-        session = Session(self._endpoints(kind, params), kind=kind, retry=o.retry, timeouts=o.timeout,
-                          emit=o.callbacks, log=o.log, sleep=o.sleep, clock=o.clock,
-                          check_zero_output=o.check_zero_output, guardrails=o.guardrails, drift=o.drift,
-                          hold=o.hold, adapter=adapter)
+        session = Session.of(self._endpoints(kind, params), o, kind=kind, adapter=adapter)
         self.last = session
         stream = L0Stream(session)
         if raw:   # the caller reads headers now: open the first attempt, as the SDK's call does
@@ -396,9 +393,7 @@ def run(stream: Callable[..., Any], *, fallbacks: Sequence[Callable[..., Any]] =
     o = options_from(**options)
     eps = [FactoryEndpoint(stream, "primary")] + [FactoryEndpoint(f, f"fallback-{i + 1}")
                                                   for i, f in enumerate(fallbacks)]
-    session = Session(eps, kind=kind, retry=o.retry, timeouts=o.timeout, emit=o.callbacks, log=o.log,
-                      sleep=o.sleep, clock=o.clock, check_zero_output=o.check_zero_output, require_finish=False,
-                      guardrails=o.guardrails, drift=o.drift, hold=o.hold, adapter=reader)
+    session = Session.of(eps, o, kind=kind, require_finish=False, adapter=reader)
     return L0Stream(session)
 
 
