@@ -7,15 +7,20 @@ schedule of real faults:
 * ``freeze``: SIGSTOP of a replica's engine processes for a while, then
   SIGCONT (the decode loop frozen, the HTTP server up);
 * ``xid``: a scripted Xid 79 on a replica (fatal: it drains; restarted);
-* ``redis_restart``: Redis stopped and started again at once;
-* ``redis_outage``: Redis down for ``--outage-s`` seconds;
+* ``redis_restart``: Redis killed (SIGKILL: a crash) and started again at once;
+* ``redis_outage``: Redis down for ``--outage-s`` seconds (stopped, then started);
 * ``cut``: every stream through a replica's proxy cut mid-answer.
 
+Redis runs as production runs it (``appendonly yes``, ``appendfsync
+everysec``; ``--no-persist``: none, as before). The streams share one
+:class:`l0.Fleet` (cooldowns and health checks, as one application's client
+would) and the default time budget of streams on L0 servers (``Retry.deadline_s``).
 Every stream's final token ids are compared with an uninterrupted reference
 run of the same request. Prints and writes ``bench/results/chaos.json``:
 streams started / completed / identical / lost / duplicated tokens / errors
-surfaced to the caller, per fault type; p50/p99 of the gap from a fault to
-the stream's next delivered token; each replica's health timeline.
+surfaced to the caller, per fault type (with the resumes that followed, by
+mode); p50/p99 of the gap from a fault to the stream's next delivered token;
+waits for the fleet; each replica's health timeline.
 
     .venv/bin/python bench/chaos.py                      # 100+ faults
     .venv/bin/python bench/chaos.py --faults 8 --concurrency 8 --out /tmp/chaos.json   # CI-sized
@@ -56,7 +61,8 @@ class Stream:
     text: str = ""
     times: list = field(default_factory=list)       # arrival time of each delivered chunk with tokens
     failures: list = field(default_factory=list)    # (time, endpoint name)
-    resumes: list = field(default_factory=list)     # modes
+    resumes: list = field(default_factory=list)     # (time, mode)
+    waits: int = 0                                  # times it waited for the fleet (every replica cooling down)
     error: str | None = None
 
 
@@ -118,7 +124,10 @@ class Chaos:
         from services import RedisProcess
 
         self.model = str(prepare_smollm2())
-        self.redis = RedisProcess(tmp).start()
+        import l0
+
+        self.redis = RedisProcess(tmp, persist=not self.ns.no_persist).start()
+        self.fleet = l0.Fleet()   # one application's view of the replicas, shared by its streams
         self.redis_up = True
         self.replicas = [Replica(i, self.model, tmp, self.redis.url, self.ns.stall_s) for i in range(self.ns.replicas)]
         threads = [threading.Thread(target=r.start) for r in self.replicas]
@@ -142,12 +151,11 @@ class Chaos:
         import l0
         from openai import AsyncOpenAI
 
-        order = [(primary + k) % len(self.replicas) for k in range(1, len(self.replicas))]
-        sdks = [AsyncOpenAI(base_url=self.replicas[primary].url + "/v1", api_key="-", max_retries=0)]
-        sdks += [AsyncOpenAI(base_url=self.replicas[j].url + "/v1", api_key="-", max_retries=0)
-                 for j in order * self.ns.rounds]
-        return sdks, l0.wrap(sdks[0], fallbacks=sdks[1:], retry=l0.Retry(max_retries=3, attempts=3,
-                                                                        wait=l0.backoff("fixed-jitter", 0.5, 2.0)),
+        order = [(primary + k) % len(self.replicas) for k in range(len(self.replicas))]
+        sdks = [AsyncOpenAI(base_url=self.replicas[j].url + "/v1", api_key="-", max_retries=0) for j in order]
+        retry = l0.Retry(max_retries=3, attempts=3, wait=l0.backoff("fixed-jitter", 0.5, 2.0),
+                         deadline_s=self.ns.deadline_s)
+        return sdks, l0.wrap(sdks[0], fallbacks=sdks[1:], retry=retry, fleet=self.fleet,
                              timeout=l0.Timeouts(first_token_s=120.0, inter_token_s=self.ns.inter_token_s),
                              on_event=on_event)
 
@@ -160,7 +168,9 @@ class Chaos:
             elif e.type == "attempt_start":
                 names["endpoint"] = e.endpoint
             elif e.type == "resume":
-                st.resumes.append(e.mode)
+                st.resumes.append((time.monotonic(), e.mode))
+            elif e.type == "wait":
+                st.waits += 1
         sdks, client = self.client(st.primary, on_event)
         st.started = time.monotonic()
         try:
@@ -244,7 +254,7 @@ class Chaos:
                 self._restart(r, 0.0)
             threading.Thread(target=replace, daemon=True).start()
         elif kind == "redis_restart":
-            self.redis.stop()
+            self.redis.kill()
             self.redis.start()
         elif kind == "redis_outage":
             self.redis_up = False
@@ -383,12 +393,13 @@ class Chaos:
             return out
 
         per: dict[str, dict] = {k: {"faults": 0, "streams_hit": 0, "completed": 0, "identical": 0, "errors": 0,
-                                    "gaps_s": []} for k in FAULTS}
+                                    "resumes_by_mode": {}, "gaps_s": []} for k in FAULTS}
         for f in self.faults:
             per[f["kind"]]["faults"] += 1
         total = {"streams_started": len(streams), "completed": 0, "identical": 0, "lost_streams": 0,
                  "lost_tokens": 0, "duplicated_tokens": 0, "changed_tokens": 0, "errors_surfaced": 0,
-                 "streams_with_a_failure": 0, "resumes_by_mode": {}}
+                 "streams_with_a_failure": 0, "resumes_by_mode": {}, "waits_for_the_fleet": 0,
+                 "streams_that_waited": 0}
         examples = []
         for st in streams:
             want_ids, want_text = ref[st.prompt]
@@ -403,14 +414,22 @@ class Chaos:
             total["duplicated_tokens"] += dup
             total["changed_tokens"] += changed
             total["streams_with_a_failure"] += bool(st.failures)
-            for m in st.resumes:
+            total["waits_for_the_fleet"] += st.waits
+            total["streams_that_waited"] += bool(st.waits)
+            for _, m in st.resumes:
                 total["resumes_by_mode"][m] = total["resumes_by_mode"].get(m, 0) + 1
             if (not same) and len(examples) < 10:
                 examples.append({"stream": st.n, "prompt": st.prompt, "error": st.error, "lost": lost, "dup": dup,
                                  "changed": changed, "unstable_reference": st.prompt in unstable,
-                                 "resumes": st.resumes})
+                                 "resumes": [m for _, m in st.resumes]})
             seen = set()
-            for f, t in attribute(st):
+            hits = attribute(st)
+            for rt, mode in st.resumes:   # a resume goes to the fault of the failure before it
+                before = [f for f, t in hits if t <= rt]
+                if before:
+                    row = per[before[-1]["kind"]]["resumes_by_mode"]
+                    row[mode] = row.get(mode, 0) + 1
+            for f, t in hits:
                 row = per[f["kind"]]
                 if id(f) not in seen:
                     seen.add(id(f))
@@ -430,6 +449,10 @@ class Chaos:
                          "replicas": self.ns.replicas, "concurrency": self.ns.concurrency,
                          "max_tokens": self.ns.max_tokens, "prompts": len(self.prompts), "faults": len(self.faults),
                          "duration_s": self.now(), "model": "SmolLM2-135M-Instruct (float32, vLLM CPU build)",
+                         "redis_persistence": None if self.ns.no_persist else "appendonly yes, appendfsync everysec",
+                         "client": {"max_retries": 3, "attempts": 3, "wait": "fixed-jitter 0.5-1.0 s",
+                                    "deadline_s": self.ns.deadline_s if self.ns.deadline_s is not None
+                                    else "default (300 s on L0 servers)", "fleet": "one l0.Fleet shared"},
                          "reference_unstable_prompts": unstable},
                 "total": total, "per_fault": per, "faults": [{k: v for k, v in f.items() if k != "at"}
                                                             for f in self.faults],
@@ -452,7 +475,9 @@ def parse(argv=None):
     ap.add_argument("--outage-s", type=float, default=10.0)
     ap.add_argument("--xid-hold-s", type=float, default=3.0, help="a FAILED replica's time before its restart")
     ap.add_argument("--inter-token-s", type=float, default=20.0, help="the client's inter-token timeout")
-    ap.add_argument("--rounds", type=int, default=6, help="times the client cycles through the other replicas")
+    ap.add_argument("--deadline-s", type=float, default=None,
+                    help="the client's time budget after a failure (default: l0.Retry's, 300 s on L0 servers)")
+    ap.add_argument("--no-persist", action="store_true", help="Redis without its append-only file")
     ap.add_argument("--cycle", action="store_true", help="take the fault kinds in turn, not at random")
     ap.add_argument("--min-streams", type=int, default=0)
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "chaos.json"))
@@ -482,7 +507,7 @@ def main(argv=None) -> dict:
     for kind, row in doc["per_fault"].items():
         print(f"  {kind:>14}: {row['faults']:3d} faults, {row['streams_hit']:4d} streams hit, "
               f"{row['identical']:4d} identical, {row['errors']:3d} errors, gap p50 {row['gap_p50_s']} s "
-              f"p99 {row['gap_p99_s']} s")
+              f"p99 {row['gap_p99_s']} s, resumes {row['resumes_by_mode']}")
     out = Path(ns.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(doc, indent=1) + "\n")

@@ -45,15 +45,20 @@ def make_tls_files(workdir: Path) -> dict[str, Path]:
 
 
 class RedisProcess:
-    """A throw-away ``redis-server`` on 127.0.0.1 (no persistence). ``stop()``
-    and ``start()`` again on the same port model an outage. ``tls``: the files
-    from :func:`make_tls_files`; the server then speaks TLS only."""
+    """A throw-away ``redis-server`` on 127.0.0.1. ``stop()`` (SIGTERM) or
+    ``kill()`` (SIGKILL: a crash) and ``start()`` again on the same port model
+    an outage. ``tls``: the files from :func:`make_tls_files`; the server then
+    speaks TLS only. ``persist``: append-only file as production runs it
+    (``appendonly yes``, ``appendfsync everysec``, under ``workdir``), so a
+    restart keeps what was written; else no persistence at all."""
 
-    def __init__(self, workdir: Path, password: str | None = None, tls: dict[str, Path] | None = None) -> None:
+    def __init__(self, workdir: Path, password: str | None = None, tls: dict[str, Path] | None = None,
+                 persist: bool = False) -> None:
         self.port = free_port()
         self.workdir = Path(workdir)
         self.password = password
         self.tls = tls
+        self.persist = persist
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -67,7 +72,8 @@ class RedisProcess:
         exe = shutil.which("redis-server")
         if exe is None:
             raise RuntimeError("redis-server missing: apt-get install redis-server")
-        argv = [exe, "--bind", "127.0.0.1", "--port", str(self.port), "--save", "", "--appendonly", "no",
+        argv = [exe, "--bind", "127.0.0.1", "--port", str(self.port), "--save", "",
+                "--appendonly", "yes" if self.persist else "no", "--appendfsync", "everysec",
                 "--dir", str(self.workdir)]
         if self.tls:
             argv[4] = "0"  # plain port off
@@ -89,6 +95,13 @@ class RedisProcess:
     def stop(self) -> None:
         if self.proc is not None:
             self.proc.terminate()
+            self.proc.wait(10)
+            self.proc = None
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown, no final flush (what a crash or an OOM kill does)."""
+        if self.proc is not None:
+            self.proc.kill()
             self.proc.wait(10)
             self.proc = None
 
