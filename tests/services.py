@@ -50,15 +50,17 @@ class RedisProcess:
     an outage. ``tls``: the files from :func:`make_tls_files`; the server then
     speaks TLS only. ``persist``: append-only file as production runs it
     (``appendonly yes``, ``appendfsync everysec``, under ``workdir``), so a
-    restart keeps what was written; else no persistence at all."""
+    restart keeps what was written; else no persistence at all. ``conf``: a
+    ``redis.conf`` read first (the options here override it)."""
 
     def __init__(self, workdir: Path, password: str | None = None, tls: dict[str, Path] | None = None,
-                 persist: bool = False) -> None:
+                 persist: bool = False, conf: Path | None = None) -> None:
         self.port = free_port()
         self.workdir = Path(workdir)
         self.password = password
         self.tls = tls
         self.persist = persist
+        self.conf = conf          # a redis.conf read first; the options below override it
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -72,11 +74,12 @@ class RedisProcess:
         exe = shutil.which("redis-server")
         if exe is None:
             raise RuntimeError("redis-server missing: apt-get install redis-server")
-        argv = [exe, "--bind", "127.0.0.1", "--port", str(self.port), "--save", "",
+        argv = [exe, *([str(self.conf)] if self.conf else []),
+                "--bind", "127.0.0.1", "--port", str(self.port), "--save", "",
                 "--appendonly", "yes" if self.persist else "no", "--appendfsync", "everysec",
                 "--dir", str(self.workdir)]
         if self.tls:
-            argv[4] = "0"  # plain port off
+            argv[argv.index("--port") + 1] = "0"  # plain port off
             argv += ["--tls-port", str(self.port), "--tls-cert-file", str(self.tls["cert"]),
                      "--tls-key-file", str(self.tls["key"]), "--tls-ca-cert-file", str(self.tls["ca"]),
                      "--tls-auth-clients", "no"]

@@ -191,6 +191,37 @@ def test_redis_as_production_runs_it_keeps_every_record_across_a_crash_and_a_res
         assert s.get("k1") is None      # no persistence: a restart forgets (what the chaos run saw before)
 
 
+@pytest.mark.redis
+def test_the_operator_redis_conf_runs_tls_only_with_a_password_and_its_append_only_file(tmp_path, caplog):
+    """configs/redis/redis.conf as shipped, its paths, port and password given
+    on the command line as an operator would: TLS only, the password
+    required, persistence on, and no secret in any error."""
+    from pathlib import Path
+
+    from services import make_tls_files
+    conf = Path(__file__).resolve().parents[3] / "configs" / "redis" / "redis.conf"
+    tls = make_tls_files(tmp_path)
+    r = RedisProcess(tmp_path, password="ops-pw-9f3", tls=tls, persist=True, conf=conf).start()
+    try:
+        s = open_store(r.url, ttl_s=600)
+        assert s.url.startswith("rediss://") and "ops-pw-9f3" not in s.url
+        s.put_many([rec()])
+        got = {(k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
+               for k, v in s._r.config_get("*").items()}
+        assert (got["appendonly"], got["appendfsync"], got["maxmemory-policy"], got["port"]) == (
+            "yes", "everysec", "volatile-ttl", "0")
+        r.kill()
+        r.start()
+        assert s.get("k1") == rec()
+        for url in (r.url.replace("ops-pw-9f3", "not-it"), f"redis://:ops-pw-9f3@127.0.0.1:{r.port}/0"):
+            with pytest.raises(StoreUnavailable) as err:
+                open_store(url, ttl_s=60).get("k1")
+            assert "ops-pw-9f3" not in str(err.value) and "not-it" not in str(err.value)
+        assert "ops-pw-9f3" not in caplog.text
+    finally:
+        r.stop()
+
+
 def test_urls_and_keys():
     assert redact("redis://:pw@h:1/0") == "redis://:***@h:1/0"
     assert redact("rediss://user:pw@h:6380/2") == "rediss://user:***@h:6380/2"
