@@ -63,6 +63,7 @@ class Stream:
     failures: list = field(default_factory=list)    # (time, endpoint name)
     resumes: list = field(default_factory=list)     # (time, mode)
     waits: int = 0                                  # times it waited for the fleet (every replica cooling down)
+    steps: list = field(default_factory=list)       # (time, event type): the client's moves, for the gap's parts
     error: str | None = None
 
 
@@ -163,6 +164,8 @@ class Chaos:
         names = {}
 
         def on_event(e):
+            if e.type in ("failure", "attempt_start", "first_token", "checkpoint_fetched", "wait"):
+                st.steps.append((time.monotonic(), e.type))
             if e.type == "failure":
                 st.failures.append((time.monotonic(), names.get("endpoint")))
             elif e.type == "attempt_start":
@@ -220,7 +223,9 @@ class Chaos:
     def inject(self, kind: str, target: int | None) -> None:
         r = self.replicas[target] if target is not None else None
         at = time.monotonic()
-        self.faults.append({"kind": kind, "replica": target, "at": at, "t": self.now()})
+        # the rest of the fleet healthy: every other replica up, serving, no fault or restart in progress
+        healthy = all(x.up and not x.busy for x in self.replicas if x.i != target) and self.redis_up
+        self.faults.append({"kind": kind, "replica": target, "at": at, "t": self.now(), "fleet_otherwise_healthy": healthy})
         self.log(f"fault {len(self.faults):3d}: {kind}" + (f" replica {target}" if r else ""))
         if kind == "kill":
             r.busy, r.up = True, False
@@ -393,7 +398,8 @@ class Chaos:
             return out
 
         per: dict[str, dict] = {k: {"faults": 0, "streams_hit": 0, "completed": 0, "identical": 0, "errors": 0,
-                                    "resumes_by_mode": {}, "gaps_s": []} for k in FAULTS}
+                                    "resumes_by_mode": {}, "gaps_s": [], "gaps_others_serving_s": [], "parts": []}
+                                for k in FAULTS}
         for f in self.faults:
             per[f["kind"]]["faults"] += 1
         total = {"streams_started": len(streams), "completed": 0, "identical": 0, "lost_streams": 0,
@@ -419,8 +425,12 @@ class Chaos:
             for _, m in st.resumes:
                 total["resumes_by_mode"][m] = total["resumes_by_mode"].get(m, 0) + 1
             if (not same) and len(examples) < 10:
+                at = next((i for i, (a, b) in enumerate(zip(st.text, want_text)) if a != b),
+                          min(len(st.text), len(want_text)))
                 examples.append({"stream": st.n, "prompt": st.prompt, "error": st.error, "lost": lost, "dup": dup,
                                  "changed": changed, "unstable_reference": st.prompt in unstable,
+                                 "text_differs_at": at, "text_got": st.text[max(0, at - 30):at + 30],
+                                 "text_want": want_text[max(0, at - 30):at + 30],
                                  "resumes": [m for _, m in st.resumes]})
             seen = set()
             hits = attribute(st)
@@ -438,13 +448,31 @@ class Chaos:
                     row["identical"] += same
                     row["errors"] += not ok
                 after = [x for x in st.times if x > f["at"]]
-                if after:
+                # the gap is a stream's in flight at the fault: it had delivered and was still going
+                in_flight = st.started < f["at"] and any(x <= f["at"] for x in st.times)
+                if after and in_flight:
                     row["gaps_s"].append(after[0] - f["at"])
+                    # the gap's parts: the fault until the client saw the failure, until the attempt
+                    # that delivered next began, until its first token, until the first token delivered
+                    attempts = [x for x, kind in st.steps if kind == "attempt_start" and t <= x <= after[0]]
+                    firsts = [x for x, kind in st.steps if kind == "first_token" and t <= x <= after[0]]
+                    if attempts and firsts:
+                        row["parts"].append((t - f["at"], attempts[-1] - t, max(0.0, firsts[-1] - attempts[-1]),
+                                             after[0] - firsts[-1]))
+                    if f["fleet_otherwise_healthy"]:
+                        row["gaps_others_serving_s"].append(after[0] - f["at"])
         for row in per.values():
             gaps = sorted(row.pop("gaps_s"))
             row["gap_p50_s"] = round(statistics.median(gaps), 2) if gaps else None
             row["gap_p99_s"] = round(gaps[min(len(gaps) - 1, int(0.99 * len(gaps)))], 2) if gaps else None
             row["gaps_measured"] = len(gaps)
+            parts = row.pop("parts")
+            row["gap_parts_p50_s"] = ({name: round(statistics.median(p[k] for p in parts), 2) for k, name in
+                                       enumerate(("fault_to_failure", "failure_to_attempt", "attempt_to_first_token",
+                                                  "first_token_to_delivered"))} if parts else None)
+            gaps = sorted(row.pop("gaps_others_serving_s"))
+            row["gap_p50_fleet_otherwise_healthy_s"] = round(statistics.median(gaps), 2) if gaps else None
+            row["gaps_fleet_otherwise_healthy"] = len(gaps)
         return {"meta": {"host": platform.node(), "when": time.strftime("%Y-%m-%dT%H:%M:%S"), "seed": self.ns.seed,
                          "replicas": self.ns.replicas, "concurrency": self.ns.concurrency,
                          "max_tokens": self.ns.max_tokens, "prompts": len(self.prompts), "faults": len(self.faults),
@@ -507,7 +535,8 @@ def main(argv=None) -> dict:
     for kind, row in doc["per_fault"].items():
         print(f"  {kind:>14}: {row['faults']:3d} faults, {row['streams_hit']:4d} streams hit, "
               f"{row['identical']:4d} identical, {row['errors']:3d} errors, gap p50 {row['gap_p50_s']} s "
-              f"p99 {row['gap_p99_s']} s, resumes {row['resumes_by_mode']}")
+              f"p99 {row['gap_p99_s']} s (p50 {row['gap_p50_fleet_otherwise_healthy_s']} s with the rest of the "
+              f"fleet healthy), resumes {row['resumes_by_mode']}\n{'':>18}gap parts p50: {row['gap_parts_p50_s']}")
     out = Path(ns.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(doc, indent=1) + "\n")

@@ -25,7 +25,7 @@ from l0.contract import CHECKPOINTS_OFF, CHECKPOINTS_ROUTE, OPT_KEY
 
 _PROBES: dict[str, "ServerInfo"] = {}
 PROBE_TIMEOUT_S = 5.0
-HEALTH_TIMEOUT_S = 1.0   # a health check after a failure: a replica that can't answer in a second is not ready
+HEALTH_TIMEOUT_S = 0.5   # a health check after a failure; no answer in time says nothing either way
 RECORD_LAG_S = 2.0   # how long a record known to exist is asked for before regenerating instead
 
 # Request fields the SDK's create() does not know as keywords: sent through extra_body.
@@ -125,9 +125,10 @@ class ServerEndpoint(Endpoint):
                 and session.received.token_ids is not None and session.key_model in (None, self.model))
 
     async def health(self) -> tuple[bool, float | None] | None:
-        """``GET /l0/health`` (one second at most): 200 is healthy; 503 (a
-        draining or failed replica) or no answer is not, with the server's
-        ``Retry-After``. None from a server without L0 (another status)."""
+        """``GET /l0/health`` (half a second at most): 200 is healthy; 503 (a
+        draining or failed replica) or a refused connection is not, with the
+        server's ``Retry-After``. None (no opinion) from a server without L0
+        (another status) or one too busy to answer in time."""
         import httpx
 
         from l0.client.retry import retry_after_s
@@ -135,6 +136,8 @@ class ServerEndpoint(Endpoint):
         try:
             async with httpx.AsyncClient(timeout=HEALTH_TIMEOUT_S, headers=self.headers) as http:
                 r = await http.get(self.root + "/l0/health")
+        except httpx.TimeoutException:
+            return None          # slow, not down: a busy replica is still a replica
         except httpx.HTTPError:
             return False, None
         if r.status_code == 200:

@@ -35,7 +35,7 @@ from l0.client.deadline import within
 from l0.client.fleet import Fleet
 from l0.client.retry import (Category, Decision, Retry, RetryState, Stalled, decide, headers_of, retry_after_s)
 
-PROBE_LIMIT_S = 1.5     # the most a choice waits on /l0/health answers
+PROBE_LIMIT_S = 0.75    # the most a choice waits on /l0/health answers
 WAIT_STEP_S = 1.0       # while waiting for a cooldown, replicas that answer health checks are asked this often
 
 
