@@ -48,6 +48,12 @@ def serve(argv: Sequence[str]) -> int:
         from l0.engine.health.status import make_status_dir, sweep_status_dirs
         sweep_status_dirs()
         env["L0_STATUS_DIR"] = make_status_dir()
+        # vLLM and torch leave files in the temp directory at every exit (ZMQ sockets, a rendezvous
+        # file, torch's compile cache): the server gets a private one inside the status directory,
+        # so they go with it.
+        private = os.path.join(env["L0_STATUS_DIR"], "tmp")
+        os.mkdir(private, 0o700)
+        env["TMPDIR"] = private
     try:  # refuse to start on a bad config, before vLLM spends time loading
         os.environ.update({k: env[k] for k in ("L0_ACTION", "L0_CONFIG", "L0_CHECKPOINT_STORE") if k in env})
         load_server_config()
