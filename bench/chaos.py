@@ -45,6 +45,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "plugin"))
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "bench"))
+from harness import Run, proc_tree  # noqa: E402
 
 FAULTS = ("kill", "freeze", "xid", "redis_restart", "redis_outage", "cut")
 ARGS = ["--dtype", "float32", "--max-model-len", "1024", "--enforce-eager", "--max-num-seqs", "32", "--seed", "0"]
@@ -96,28 +98,17 @@ class Replica:
 
     def engine_pids(self) -> list[int]:
         """The replica's processes but its HTTP server (engine core, workers)."""
-        import psutil
-        try:
-            parent = psutil.Process(self.server.proc.pid)
-            return [c.pid for c in parent.children(recursive=True)]
-        except psutil.Error:
-            return []
+        return [p.pid for p in proc_tree(self.server.proc.pid)[1:]]
 
 
-class Chaos:
+class Chaos(Run):
     def __init__(self, ns) -> None:
+        super().__init__()
         self.ns = ns
         self.rng = random.Random(ns.seed)
-        self.t0 = time.monotonic()
         self.faults: list[dict] = []
         self.health: dict[int, list] = {}
         self.stop_polling = threading.Event()
-
-    def now(self) -> float:
-        return round(time.monotonic() - self.t0, 3)
-
-    def log(self, msg: str) -> None:
-        print(f"[{self.now():8.2f}] {msg}", flush=True)
 
     # -- setup ---------------------------------------------------------------
     def setup(self, tmp: Path) -> None:
@@ -164,7 +155,8 @@ class Chaos:
         names = {}
 
         def on_event(e):
-            if e.type in ("failure", "attempt_start", "first_token", "checkpoint_fetched", "wait"):
+            if e.type in ("failure", "attempt_start", "first_token", "checkpoint_fetched", "wait", "fallback",
+                          "retry_scheduled"):
                 st.steps.append((time.monotonic(), e.type))
             if e.type == "failure":
                 st.failures.append((time.monotonic(), names.get("endpoint")))
@@ -343,6 +335,8 @@ class Chaos:
                 choice = self.pick()
                 if choice is not None:
                     await asyncio.to_thread(self.inject, *choice)
+                while self.ns.spaced and not (self.redis_up and all(r.up and not r.busy for r in self.replicas)):
+                    await asyncio.sleep(0.5)   # the fleet recovers before the next fault
                 await asyncio.sleep(self.rng.uniform(0.5, 1.5) * self.ns.interval_s)
             faults_done.set()
 
@@ -456,9 +450,11 @@ class Chaos:
                     # that delivered next began, until its first token, until the first token delivered
                     attempts = [x for x, kind in st.steps if kind == "attempt_start" and t <= x <= after[0]]
                     firsts = [x for x, kind in st.steps if kind == "first_token" and t <= x <= after[0]]
+                    routed = [x for x, kind in st.steps if kind in ("fallback", "retry_scheduled", "wait",
+                                                                      "attempt_start") and x >= t]
                     if attempts and firsts:
-                        row["parts"].append((t - f["at"], attempts[-1] - t, max(0.0, firsts[-1] - attempts[-1]),
-                                             after[0] - firsts[-1]))
+                        row["parts"].append((t - f["at"], routed[0] - t, attempts[-1] - routed[0],
+                                             max(0.0, firsts[-1] - attempts[-1]), after[0] - firsts[-1]))
                     if f["fleet_otherwise_healthy"]:
                         row["gaps_others_serving_s"].append(after[0] - f["at"])
         for row in per.values():
@@ -468,8 +464,9 @@ class Chaos:
             row["gaps_measured"] = len(gaps)
             parts = row.pop("parts")
             row["gap_parts_p50_s"] = ({name: round(statistics.median(p[k] for p in parts), 2) for k, name in
-                                       enumerate(("fault_to_failure", "failure_to_attempt", "attempt_to_first_token",
-                                                  "first_token_to_delivered"))} if parts else None)
+                                       enumerate(("fault_to_failure", "failure_to_route", "route_to_attempt",
+                                                  "attempt_to_first_token", "first_token_to_delivered"))}
+                                      if parts else None)
             gaps = sorted(row.pop("gaps_others_serving_s"))
             row["gap_p50_fleet_otherwise_healthy_s"] = round(statistics.median(gaps), 2) if gaps else None
             row["gaps_fleet_otherwise_healthy"] = len(gaps)
@@ -508,6 +505,8 @@ def parse(argv=None):
     ap.add_argument("--no-persist", action="store_true", help="Redis without its append-only file")
     ap.add_argument("--cycle", action="store_true", help="take the fault kinds in turn, not at random")
     ap.add_argument("--min-streams", type=int, default=0)
+    ap.add_argument("--spaced", action="store_true",
+                    help="each fault waits for the fleet to recover from the last (gaps with the rest healthy)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "chaos.json"))
     ns = ap.parse_args(argv)
     ns.kinds = [k for k in ns.kinds.split(",") if k]

@@ -51,6 +51,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "plugin"))
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "bench"))
+from harness import Run, proc_tree  # noqa: E402
 
 FAULTS = ("cut", "cancel", "store_lock", "freeze")
 ARGS = ["--dtype", "float32", "--max-model-len", "1024", "--enforce-eager", "--max-num-seqs", "32", "--seed", "0"]
@@ -76,15 +78,6 @@ class Counts:
     errors: list = field(default_factory=list)
 
 
-def proc_tree(pid: int) -> list:
-    import psutil
-    try:
-        root = psutil.Process(pid)
-        return [root] + root.children(recursive=True)
-    except psutil.Error:
-        return []
-
-
 def metrics(url: str) -> dict[str, float]:
     """The sums over engines of L0's checkpoint series (None if unreadable)."""
     import httpx
@@ -102,22 +95,16 @@ def metrics(url: str) -> dict[str, float]:
     return out
 
 
-class Soak:
+class Soak(Run):
     def __init__(self, ns) -> None:
+        super().__init__()
         self.ns = ns
-        self.t0 = time.monotonic()
         self.samples: list[Sample] = []
         self.faults: list[dict] = []
         self.counts = Counts()
         self.reference: dict[int, list[int]] = {}
         self.cancel_now = 0              # streams left to abandon
         self.stop_sampling = threading.Event()
-
-    def now(self) -> float:
-        return round(time.monotonic() - self.t0, 2)
-
-    def log(self, msg: str) -> None:
-        print(f"[{self.now():8.2f}] {msg}", flush=True)
 
     # -- setup -----------------------------------------------------------------
     def setup(self, tmp: Path) -> None:

@@ -8,6 +8,20 @@ import time
 from pathlib import Path
 
 
+def load_bench(name: str):
+    """``bench/<name>.py`` as a module (the benches are scripts, not a package;
+    a test runs their short version through ``main``)."""
+    import importlib.util
+    import sys
+
+    path = Path(__file__).resolve().parents[1] / "bench" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"l0_bench_{name}", path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # dataclasses look their module up there
+    spec.loader.exec_module(mod)
+    return mod
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

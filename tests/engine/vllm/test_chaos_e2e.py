@@ -8,30 +8,18 @@ uninterrupted reference run, nothing lost, nothing duplicated.
 """
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 
+from services import load_bench
+
 pytestmark = [pytest.mark.vllm, pytest.mark.redis]
-
-BENCH = Path(__file__).resolve().parents[3] / "bench" / "chaos.py"
-
-
-def _chaos():
-    spec = importlib.util.spec_from_file_location("l0_bench_chaos", BENCH)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # dataclasses look their module up there
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def test_one_fault_of_each_kind_loses_nothing(tmp_path):
     pytest.importorskip("openai")
-    doc = _chaos().main(["--faults", "6", "--cycle", "--concurrency", "6", "--prompts", "6", "--max-tokens", "48",
-                         "--interval-s", "4", "--freeze-s", "9", "--outage-s", "6", "--inter-token-s", "6",
-                         "--out", str(tmp_path / "chaos.json")])
+    doc = load_bench("chaos").main(["--faults", "6", "--cycle", "--concurrency", "6", "--prompts", "6",
+                                    "--max-tokens", "48", "--interval-s", "4", "--freeze-s", "9", "--outage-s", "6",
+                                    "--inter-token-s", "6", "--out", str(tmp_path / "chaos.json")])
     total = doc["total"]
     assert [f["kind"] for f in doc["faults"]] == ["kill", "freeze", "xid", "redis_restart", "redis_outage", "cut"]
     assert total["streams_started"] > 0

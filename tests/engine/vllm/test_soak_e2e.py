@@ -10,31 +10,19 @@ results in bench/results/soak.json.)
 """
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 
+from services import load_bench
+
 pytestmark = pytest.mark.vllm
-
-BENCH = Path(__file__).resolve().parents[3] / "bench" / "soak.py"
-
-
-def _soak():
-    spec = importlib.util.spec_from_file_location("l0_bench_soak", BENCH)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # dataclasses look their module up there
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def test_a_short_soak_keeps_the_store_bounded_the_lag_recovering_and_the_temp_dir_clean(tmp_path):
     pytest.importorskip("openai")
     pytest.importorskip("psutil")
-    doc = _soak().main(["--minutes", "2", "--warmup-s", "30", "--fault-every-s", "10", "--sample-s", "2",
-                        "--ttl-s", "20", "--lock-s", "3", "--freeze-s", "2", "--concurrency", "6",
-                        "--max-tokens", "48", "--out", str(tmp_path / "soak.json")])
+    doc = load_bench("soak").main(["--minutes", "2", "--warmup-s", "30", "--fault-every-s", "10",
+                                   "--sample-s", "2", "--ttl-s", "20", "--lock-s", "3", "--freeze-s", "2",
+                                   "--concurrency", "6", "--max-tokens", "48", "--out", str(tmp_path / "soak.json")])
     v, streams, writer = doc["verdict"], doc["streams"], doc["writer"]
     assert [f["kind"] for f in doc["faults"]][:4] == ["cut", "cancel", "store_lock", "freeze"]
     assert streams["errors"] == 0, streams["error_examples"]
