@@ -19,6 +19,7 @@ from typing import Any, AsyncIterator, Callable, Sequence
 
 from l0.client import chunks as ck
 from l0.client import events as ev
+from l0.client.http import client as http_client
 from l0.client.options import Options
 from l0.client.session import Endpoint, NotResumable, Plan, Session
 from l0.contract import CHECKPOINTS_OFF, CHECKPOINTS_ROUTE, OPT_KEY
@@ -69,7 +70,7 @@ async def probe_root(root: str, headers: dict[str, str], refresh: bool = False) 
         return _PROBES[root]
     l0 = vllm = False
     try:
-        async with httpx.AsyncClient(timeout=PROBE_TIMEOUT_S, headers=headers) as http:
+        async with http_client(PROBE_TIMEOUT_S, headers) as http:
             r = await http.get(root + "/l0/health")
             if r.status_code in (200, 503):
                 try:
@@ -134,7 +135,7 @@ class ServerEndpoint(Endpoint):
         from l0.client.retry import retry_after_s
 
         try:
-            async with httpx.AsyncClient(timeout=HEALTH_TIMEOUT_S, headers=self.headers) as http:
+            async with http_client(HEALTH_TIMEOUT_S, self.headers) as http:
                 r = await http.get(self.root + "/l0/health")
         except httpx.TimeoutException:
             return None          # slow, not down: a busy replica is still a replica
@@ -321,7 +322,7 @@ class ServerEndpoint(Endpoint):
                     continue
             raise ConnectionError("l0: no endpoint could detokenize")
 
-        async with httpx.AsyncClient(timeout=PROBE_TIMEOUT_S, headers=self.headers) as http:
+        async with http_client(PROBE_TIMEOUT_S, self.headers) as http:
             b = await detok(http, list(full))
             if delivered is not None and b.startswith(delivered):
                 return b[len(delivered):].rstrip("\ufffd")
@@ -330,11 +331,9 @@ class ServerEndpoint(Endpoint):
 
     async def _fetch_checkpoint(self, session: Session, emit: bool = True, wait_s: float = 0.0,
                                 ready: "Callable[[Any], bool] | None" = None, every_s: float = 0.1):
-        import httpx
-
         key = session.l0_key
         peers = self._l0_peers()
-        async with httpx.AsyncClient(timeout=PROBE_TIMEOUT_S) as http:
+        async with http_client(PROBE_TIMEOUT_S) as http:
             found = await fetch_record(http, key, [(ep.root, ep.headers) for ep in peers], wait_s, ready, every_s)
         if found is None:
             return None

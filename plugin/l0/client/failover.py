@@ -110,12 +110,11 @@ class FailoverClient:
     async def fetch_checkpoint(self, key: str, client=None, start: int = 0) -> Record | None:
         """The record from the first replica that answers, trying them from
         ``start`` on (a 404 is an answer: None)."""
-        import httpx
-
         from l0.client.endpoints import fetch_record
+        from l0.client.http import client as side_client
 
         own = client is None
-        client = client or httpx.AsyncClient(timeout=self.policy.connect_timeout_s, headers=self.headers)
+        client = client or side_client(self.policy.connect_timeout_s, self.headers)
         try:
             order = self.replicas[start:] + self.replicas[:start]
             found = await fetch_record(client, key, [(url, {}) for url in order])

@@ -45,22 +45,34 @@ def server(tmp_path_factory):
         yield srv
 
 
-def _run_all(server, rows, xargs):
-    with ThreadPoolExecutor(max_workers=len(rows)) as pool:
-        futs = {r["id"]: pool.submit(stream_chat, server.url, server.model, r["prompt"], MAX_TOKENS,
-                                     dict(xargs, l0_key=r["id"])) for r in rows}
-        return {k: f.result() for k, f in futs.items()}
+def _run_all(server, *jobs):
+    """Each ``(rows, xargs)`` job's rows, every job at once (one batch of the
+    server's 64 sequences, the rest queued: greedy decoding gives a request
+    the same tokens whatever else is in the batch). Keys: the row id for the
+    first job, ``<id>-<action>`` for the others (no two requests in flight
+    share one). One dict of results per job."""
+    with ThreadPoolExecutor(max_workers=sum(len(rows) for rows, _ in jobs)) as pool:
+        futs = [{r["id"]: pool.submit(stream_chat, server.url, server.model, r["prompt"], MAX_TOKENS,
+                                      dict(xargs, l0_key=r["id"] if j == 0 else f"{r['id']}-{xargs['l0_action']}"))
+                 for r in rows} for j, (rows, xargs) in enumerate(jobs)]
+        return [{k: f.result() for k, f in fs.items()} for fs in futs]
+
+
+OBSERVED = ("p00", "p20", "p01", "p14")
 
 
 @pytest.fixture(scope="module")
 def runs(server):
-    off = _run_all(server, ROWS, {"l0_action": "off"})
-    on = _run_all(server, ROWS, {"l0_action": "stop"})
-    return off, on
+    # stop, off and a sample in observe side by side: the off run's runaways decode 1024 tokens
+    # each, and the others fit beside them in the batch (or take the places the stopped ones free)
+    sample = [r for r in ROWS if r["id"] in OBSERVED]
+    on, off, obs = _run_all(server, (ROWS, {"l0_action": "stop"}), (ROWS, {"l0_action": "off"}),
+                            (sample, {"l0_action": "observe"}))
+    return off, on, obs
 
 
 def test_labels_still_hold_with_l0_off(runs):
-    off, _ = runs
+    off, _, _ = runs
     for r in ROWS:
         got = off[r["id"]]
         expected = "length" if r["label"] == "runaway" else "stop"
@@ -68,7 +80,7 @@ def test_labels_still_hold_with_l0_off(runs):
 
 
 def test_every_runaway_is_stopped(runs):
-    off, on = runs
+    off, on, _ = runs
     stopped, missed = {}, set()
     for r in RUNAWAY:
         got, ref = on[r["id"]], off[r["id"]]
@@ -86,13 +98,13 @@ def test_every_runaway_is_stopped(runs):
 
 
 def test_finished_outputs_unchanged(runs):
-    off, on = runs
+    off, on, _ = runs
     changed = {r["id"] for r in FINISHED if on[r["id"]].token_ids != off[r["id"]].token_ids}
     assert changed == KNOWN_CHANGED_FINISHED, f"changed finished outputs: {sorted(changed)}"
 
 
 def test_pluto_stopped_well_before_max_tokens(runs):
-    _, on = runs
+    _, on, _ = runs
     got = on["p00"]
     assert got.finish_reason == "stop"
     assert len(got.token_ids) <= MAX_TOKENS // 3
@@ -100,17 +112,15 @@ def test_pluto_stopped_well_before_max_tokens(runs):
 
 
 def test_count_to_50_identical(runs):
-    off, on = runs
+    off, on, _ = runs
     assert on["p01"].token_ids == off["p01"].token_ids
     assert on["p01"].finish_reason == "stop"
 
 
 def test_observe_changes_nothing(server, runs):
-    off, _ = runs
-    sample = [r for r in ROWS if r["id"] in ("p00", "p20", "p01", "p14")]
-    obs = _run_all(server, sample, {"l0_action": "observe"})
-    for r in sample:
-        assert obs[r["id"]].token_ids == off[r["id"]].token_ids, r["id"]
+    off, _, obs = runs
+    for rid in OBSERVED:
+        assert obs[rid].token_ids == off[rid].token_ids, rid
 
 
 def test_intervention_logged_once_per_request(server, runs):
