@@ -9,7 +9,8 @@ stopped (or why not), that the answer is otherwise the same (the stopped
 answer is the off answer cut, plus the stop token), and no 500. Three
 servers: the main one (prefix caching on with 32-token blocks, so the 39-token chat
 prompt fills one: CPU blocks are 128 tokens by default; 256 sequences, tool parser, an API
-key, checkpoints in a password-protected Redis), one with prefix caching off,
+key, checkpoints in Redis as production runs it: a password, TLS only (``rediss://``),
+append-only persistence), one with prefix caching off,
 one sequence at a time and chunked prefill on a 32-token budget (and a LoRA
 adapter), and one with
 a KV cache of 160 tokens (preemption).
@@ -29,7 +30,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from services import RedisProcess, free_port, settled_record
+from services import RedisProcess, free_port, make_tls_files, settled_record
 
 pytestmark = [pytest.mark.vllm, pytest.mark.redis]
 
@@ -80,7 +81,8 @@ def fleet(tmp_path_factory):
 
     model = str(prepare_smollm2())
     tmp = tmp_path_factory.mktemp("compat")
-    redis = RedisProcess(tmp, password=REDIS_PASSWORD).start()
+    redis = RedisProcess(tmp, password=REDIS_PASSWORD, tls=make_tls_files(tmp), persist=True).start()
+    assert redis.url.startswith("rediss://")
     store = {"L0_CHECKPOINT_STORE": redis.url}
     servers = {
         "main": _server(model, tmp, "main", ["--max-model-len", "2048", "--max-num-seqs", "256",
