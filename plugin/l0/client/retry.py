@@ -139,6 +139,13 @@ def classify(exc: BaseException) -> Category:
     return Category.FATAL
 
 
+def _short(exc: BaseException) -> str:
+    """``Type: message`` of a failure, at most about 300 characters (events, errors)."""
+    text = str(exc) or type(exc).__name__
+    text = text if len(text) <= 300 else text[:297] + "..."
+    return f"{type(exc).__name__}: {text}"
+
+
 def retry_after_s(headers: Mapping[str, str], now: float | None = None) -> float | None:
     """Seconds the server asks to wait: ``retry-after-ms``, else ``Retry-After``
     as seconds or an HTTP date. None when absent, unparsable or negative."""

@@ -33,7 +33,8 @@ from typing import Any, Awaitable, Callable, Sequence
 from l0.client import events as ev
 from l0.client.deadline import within
 from l0.client.fleet import Fleet
-from l0.client.retry import (Category, Decision, Retry, RetryState, Stalled, decide, headers_of, retry_after_s)
+from l0.client.retry import (Category, Decision, Retry, RetryState, Stalled, _short, decide, headers_of,
+                             retry_after_s)
 
 PROBE_LIMIT_S = 0.75    # the most a choice waits on /l0/health answers
 WAIT_STEP_S = 1.0       # while waiting for a cooldown, replicas that answer health checks are asked this often
@@ -229,9 +230,3 @@ class Route:
             await within(asyncio.gather(*(one(e) for e in eps)), PROBE_LIMIT_S)
         except asyncio.TimeoutError:
             pass
-
-
-def _short(exc: BaseException) -> str:
-    text = str(exc) or type(exc).__name__
-    text = text if len(text) <= 300 else text[:297] + "..."
-    return f"{type(exc).__name__}: {text}"

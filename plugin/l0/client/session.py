@@ -48,7 +48,7 @@ from l0.client.adapters import OpenAIAdapter
 from l0.client.content import ContentScan
 from l0.client.deadline import close_stream, within
 from l0.client.retry import (Category, FirstTokenTimeout, GuardrailFailed, GuardrailFatal, Retry, Stalled,
-                             StreamEnded, Timeouts, ZeroOutput, classify, status_of)
+                             StreamEnded, Timeouts, ZeroOutput, _short, classify, status_of)
 from l0.client.route import GiveUp, Route
 
 
@@ -560,9 +560,3 @@ class _Overlap:
             if self.tail.endswith(buf[:k]):
                 return buf[k:]
         return buf
-
-
-def _short(exc: BaseException) -> str:
-    text = str(exc) or type(exc).__name__
-    text = text if len(text) <= 300 else text[:297] + "..."
-    return f"{type(exc).__name__}: {text}"
