@@ -209,7 +209,6 @@ class Session:
         self.events: list[ev.Event] = []
         self.l0_key: str | None = l0_key     # the checkpoint key (L0 endpoints); made when None
         self.key_model: str | None = None    # the model the keyed request was made for
-        self.fallback_delay = fallback_delay  # seconds to wait before fallback i (1, 2, ...)
         self.pending: list[Any] = []         # chunks to deliver before the next attempt's
         self.held: list[Any] = []            # received, not delivered: no real content yet
         self.endpoint: Endpoint | None = None
