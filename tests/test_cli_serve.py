@@ -3,13 +3,17 @@ import subprocess
 import sys
 
 
-def test_bad_config_exits_2_with_the_reason(tmp_path):
+def test_bad_config_exits_2_with_the_reason_and_leaves_no_status_directory(tmp_path):
+    import os
     bad = tmp_path / "l0.yaml"
     bad.write_text("l0:\n  detector:\n    near_threshold: 2\n")
+    temp = tmp_path / "temp"
+    temp.mkdir()
     proc = subprocess.run([sys.executable, "-m", "l0.cli", "serve", "some/model", "--l0-config", str(bad)],
-                          capture_output=True, text=True, timeout=60)
+                          capture_output=True, text=True, timeout=60, env=dict(os.environ, TMPDIR=str(temp)))
     assert proc.returncode == 2
     assert "l0_near_threshold=2.0 is out of range" in proc.stderr
+    assert list(temp.iterdir()) == []
 
 
 def test_bad_action_is_rejected_by_argparse():

@@ -42,18 +42,6 @@ def serve(argv: Sequence[str]) -> int:
         env["L0_CONFIG"] = os.path.abspath(ours.l0_config)
     if ours.l0_store:
         env["L0_CHECKPOINT_STORE"] = ours.l0_store
-    if not env.get("L0_STATUS_DIR"):
-        # Engines publish their health here; the HTTP server reads it (l0.engine.health.status) and
-        # removes it at exit; those of servers killed before they could are swept now.
-        from l0.engine.health.status import make_status_dir, sweep_status_dirs
-        sweep_status_dirs()
-        env["L0_STATUS_DIR"] = make_status_dir()
-        # vLLM and torch leave files in the temp directory at every exit (ZMQ sockets, a rendezvous
-        # file, torch's compile cache): the server gets a private one inside the status directory,
-        # so they go with it.
-        private = os.path.join(env["L0_STATUS_DIR"], "tmp")
-        os.mkdir(private, 0o700)
-        env["TMPDIR"] = private
     try:  # refuse to start on a bad config, before vLLM spends time loading
         os.environ.update({k: env[k] for k in ("L0_ACTION", "L0_CONFIG", "L0_CHECKPOINT_STORE") if k in env})
         load_server_config()
@@ -68,6 +56,20 @@ def serve(argv: Sequence[str]) -> int:
     if "--host" not in args and not any(a.startswith("--host=") for a in args):
         args += ["--host", "127.0.0.1"]
     args += ["--logits-processors", FQCN]
+    # Engines publish their health in a status directory; the HTTP server reads it (l0.engine.health.status)
+    # and removes it at exit; those of servers killed before they could are swept now. Made last, so a
+    # refusal above leaves nothing behind. An operator's L0_STATUS_DIR is theirs (kept); l0 serve still
+    # makes its own, owned one for the temp directory.
+    from l0.engine.health.status import make_status_dir, sweep_status_dirs
+    sweep_status_dirs()
+    owned = make_status_dir()
+    if not env.get("L0_STATUS_DIR"):
+        env["L0_STATUS_DIR"] = owned
+    # vLLM and torch leave files in the temp directory at every exit (ZMQ sockets, a rendezvous file,
+    # torch's compile cache): the server gets a private one inside the owned directory, so they go with it.
+    private = os.path.join(owned, "tmp")
+    os.mkdir(private, 0o700)
+    env["TMPDIR"] = private
     from l0.engine.server import vllm_server_argv
 
     cmd = vllm_server_argv(ours.model, args)

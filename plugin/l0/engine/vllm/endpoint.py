@@ -371,9 +371,12 @@ class L0EndpointPlugin:
         import atexit
 
         from l0.engine.health.status import remove_status_dir
-        # This API server owns the directory l0 serve made for it (same pid: l0 serve execs vLLM); at
-        # exit, its engines stopped, it goes.
+        # This API server owns the directory l0 serve made for it (same pid: l0 serve execs vLLM), which
+        # holds its temp directory (and its status, unless the operator named one): at exit, its engines
+        # stopped, it goes. (Each call removes only a directory this pid owns.)
         atexit.register(remove_status_dir, os.environ.get("L0_STATUS_DIR"))
+        if os.environ.get("TMPDIR"):
+            atexit.register(remove_status_dir, os.path.dirname(os.environ["TMPDIR"].rstrip("/")))
         app.add_middleware(XargsValidation)
         app.add_middleware(Drain, retry_after_s=health.retry_after_s)
         app.state.l0_api_tokens = _api_token_hashes(None)  # until init_state sees the args
