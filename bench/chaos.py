@@ -46,7 +46,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "plugin"))
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "bench"))
-from harness import Run, proc_tree  # noqa: E402
+from harness import Run, proc_tree, write_result  # noqa: E402
 
 FAULTS = ("kill", "freeze", "xid", "redis_restart", "redis_outage", "cut")
 ARGS = ["--dtype", "float32", "--max-model-len", "1024", "--enforce-eager", "--max-num-seqs", "32", "--seed", "0"]
@@ -66,6 +66,7 @@ class Stream:
     resumes: list = field(default_factory=list)     # (time, mode)
     waits: int = 0                                  # times it waited for the fleet (every replica cooling down)
     steps: list = field(default_factory=list)       # (time, event type): the client's moves, for the gap's parts
+    endpoints: list = field(default_factory=list)   # each attempt's endpoint, in order
     error: str | None = None
 
 
@@ -162,6 +163,7 @@ class Chaos(Run):
                 st.failures.append((time.monotonic(), names.get("endpoint")))
             elif e.type == "attempt_start":
                 names["endpoint"] = e.endpoint
+                st.endpoints.append(e.endpoint)
             elif e.type == "resume":
                 st.resumes.append((time.monotonic(), e.mode))
             elif e.type == "wait":
@@ -399,7 +401,7 @@ class Chaos(Run):
         total = {"streams_started": len(streams), "completed": 0, "identical": 0, "lost_streams": 0,
                  "lost_tokens": 0, "duplicated_tokens": 0, "changed_tokens": 0, "errors_surfaced": 0,
                  "streams_with_a_failure": 0, "resumes_by_mode": {}, "waits_for_the_fleet": 0,
-                 "streams_that_waited": 0}
+                 "streams_that_waited": 0, "resumed_on": {"same_replica": 0, "another_replica": 0}}
         examples = []
         for st in streams:
             want_ids, want_text = ref[st.prompt]
@@ -416,6 +418,8 @@ class Chaos(Run):
             total["streams_with_a_failure"] += bool(st.failures)
             total["waits_for_the_fleet"] += st.waits
             total["streams_that_waited"] += bool(st.waits)
+            for a, b in zip(st.endpoints, st.endpoints[1:]):
+                total["resumed_on"]["same_replica" if a == b else "another_replica"] += 1
             for _, m in st.resumes:
                 total["resumes_by_mode"][m] = total["resumes_by_mode"].get(m, 0) + 1
             if (not same) and len(examples) < 10:
@@ -457,6 +461,15 @@ class Chaos(Run):
                                              max(0.0, firsts[-1] - attempts[-1]), after[0] - firsts[-1]))
                     if f["fleet_otherwise_healthy"]:
                         row["gaps_others_serving_s"].append(after[0] - f["at"])
+        # the floor a gap is measured against: a new request's first token, and the gap between tokens,
+        # of the streams no fault touched, under the same load
+        calm = [st for st in streams if not st.failures and st.error is None and st.times]
+        firsts = sorted(st.times[0] - st.started for st in calm)
+        steps = sorted(b - a for st in calm for a, b in zip(st.times, st.times[1:]))
+        total["undisturbed"] = {"streams": len(calm),
+                                "first_token_p50_s": round(statistics.median(firsts), 2) if firsts else None,
+                                "inter_token_p50_s": round(statistics.median(steps), 3) if steps else None,
+                                "inter_token_p99_s": round(steps[int(0.99 * (len(steps) - 1))], 3) if steps else None}
         for row in per.values():
             gaps = sorted(row.pop("gaps_s"))
             row["gap_p50_s"] = round(statistics.median(gaps), 2) if gaps else None
@@ -530,16 +543,14 @@ def main(argv=None) -> dict:
     t = doc["total"]
     print(f"\nstreams {t['streams_started']}: completed {t['completed']}, identical {t['identical']}, "
           f"lost {t['lost_streams']}, duplicated tokens {t['duplicated_tokens']}, errors surfaced "
-          f"{t['errors_surfaced']}; {doc['meta']['faults']} faults in {doc['meta']['duration_s']:.0f} s")
+          f"{t['errors_surfaced']}; {doc['meta']['faults']} faults in {doc['meta']['duration_s']:.0f} s; "
+          f"resumed on {t['resumed_on']}; undisturbed streams {t['undisturbed']}")
     for kind, row in doc["per_fault"].items():
         print(f"  {kind:>14}: {row['faults']:3d} faults, {row['streams_hit']:4d} streams hit, "
               f"{row['identical']:4d} identical, {row['errors']:3d} errors, gap p50 {row['gap_p50_s']} s "
               f"p99 {row['gap_p99_s']} s (p50 {row['gap_p50_fleet_otherwise_healthy_s']} s with the rest of the "
               f"fleet healthy), resumes {row['resumes_by_mode']}\n{'':>18}gap parts p50: {row['gap_parts_p50_s']}")
-    out = Path(ns.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(doc, indent=1) + "\n")
-    print("wrote", out)
+    write_result(doc, ns.out)
     return doc
 
 

@@ -1,8 +1,10 @@
 """What the long benches (chaos.py, soak.py) share: a run's clock and log
-lines, and a server's process tree."""
+lines, a server's process tree, and where a result goes."""
 from __future__ import annotations
 
+import json
 import time
+from pathlib import Path
 
 
 class Run:
@@ -26,3 +28,12 @@ def proc_tree(pid: int) -> list:
         return [root] + root.children(recursive=True)
     except psutil.Error:
         return []
+
+
+def write_result(doc: dict, out: str | Path) -> Path:
+    """Writes ``doc`` as indented JSON to ``out`` (its folder made) and says so."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(doc, indent=1) + "\n")
+    print("wrote", out)
+    return out

@@ -30,7 +30,7 @@ every stream complete and identical to the first answer to its prompt, the
 temp directory empty. Prints and writes ``bench/results/soak.json``.
 
     .venv/bin/python bench/soak.py                       # 30 minutes
-    .venv/bin/python bench/soak.py --minutes 2 --warmup-s 30 --out /tmp/soak.json   # CI-sized
+    .venv/bin/python bench/soak.py --minutes 1.5 --warmup-s 20 --ttl-s 15 --out /tmp/soak.json   # CI-sized
 """
 from __future__ import annotations
 
@@ -52,7 +52,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "plugin"))
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "bench"))
-from harness import Run, proc_tree  # noqa: E402
+from harness import Run, proc_tree, write_result  # noqa: E402
 
 FAULTS = ("cut", "cancel", "store_lock", "freeze")
 ARGS = ["--dtype", "float32", "--max-model-len", "1024", "--enforce-eager", "--max-num-seqs", "32", "--seed", "0"]
@@ -371,10 +371,7 @@ def main(argv=None) -> dict:
         print(f"  {name:>28}: RSS {p['rss_mb_after_warmup']} -> {p['rss_mb_end']} MB ({p['rss_growth']:+.1%}), "
               f"fds {p['fds_after_warmup']} -> {p['fds_end']} ({p['fds_growth']:+.1%})")
     print(f"  store: {doc['store']}\n  writer: {doc['writer']}\n  streams: {doc['streams']}")
-    out = Path(ns.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(doc, indent=1) + "\n")
-    print("wrote", out)
+    write_result(doc, ns.out)
     return doc
 
 
