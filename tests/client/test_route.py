@@ -98,6 +98,11 @@ def test_the_fleet_book_cooldowns_double_take_retry_after_and_end_on_a_token_or_
     f.probed("b", True, 5.0, 60.0)
     assert f.cooling("b") == 0 and f.get("b").healthy is True
     assert f.failed("c", 0.0, 60.0) == 0.0 and f.cooling("c") == 0   # cooldowns off
+    # a check in flight: the streams failing beside it don't ask again (and what was known stays)
+    clock.t += 5.0
+    assert f.needs_probe("b")
+    f.probing("b")
+    assert not f.needs_probe("b") and f.get("b").healthy is True and f.cooling("b") == 0
 
 
 def test_a_failed_replica_is_left_at_once_for_a_ready_one_and_the_next_stream_starts_there():

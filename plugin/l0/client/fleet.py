@@ -77,6 +77,13 @@ class Fleet:
         if self.cooling(name) <= 0:
             self.failed(name, cooldown_s, max_cooldown_s, retry_after_s)
 
+    def probing(self, name: str) -> None:
+        """A health check of ``name`` starts: the streams that fail beside this
+        one (every stream of a killed replica fails at once) go by what is
+        known instead of asking again, until the answer or the probe TTL."""
+        h = self.get(name)
+        self._book[name] = EndpointHealth(h.failures, h.until, self.clock(), h.healthy)
+
     def cooling(self, name: str) -> float:
         """Seconds of cooldown left (0: ready)."""
         return max(0.0, self.get(name).until - self.clock())

@@ -36,7 +36,7 @@ from l0.client.fleet import Fleet
 from l0.client.retry import (Category, Decision, Retry, RetryState, Stalled, _short, decide, headers_of,
                              retry_after_s)
 
-PROBE_LIMIT_S = 0.75    # the most a choice waits on /l0/health answers
+PROBE_LIMIT_S = 0.5     # the most a choice waits on /l0/health answers (each is asked for as long)
 WAIT_STEP_S = 1.0       # while waiting for a cooldown, replicas that answer health checks are asked this often
 
 
@@ -217,6 +217,8 @@ class Route:
                if hasattr(e, "health") and self.fleet.needs_probe(e.name)]
         if not eps:
             return
+        for e in eps:
+            self.fleet.probing(e.name)
 
         async def one(e):
             try:
