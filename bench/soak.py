@@ -30,7 +30,7 @@ every stream complete and identical to the first answer to its prompt, the
 temp directory empty. Prints and writes ``bench/results/soak.json``.
 
     .venv/bin/python bench/soak.py                       # 30 minutes
-    .venv/bin/python bench/soak.py --minutes 1.5 --warmup-s 20 --ttl-s 15 --out /tmp/soak.json   # CI-sized
+    .venv/bin/python bench/soak.py --minutes 2 --warmup-s 30 --out /tmp/soak.json   # CI-sized
 """
 from __future__ import annotations
 
