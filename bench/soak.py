@@ -23,7 +23,9 @@ stops: every file left in the server's temp directory (``TMPDIR``).
 
 Verdicts: RSS and fds flat (growth from just after ``--warmup-s`` to the
 end at most ``--max-growth``: RSS by medians, fds by the floor of each
-window), the store bounded by its TTL (the file no larger in the run's last
+window, which may also move by one per stream in flight: a window that
+falls just after a cut has none open, a leak grows with the streams
+served, hundreds in a short run), the store bounded by its TTL (the file no larger in the run's last
 third than in its middle third, beyond the same margin; rows reported), the
 lag back to its steady level after every store fault and 0 at the end,
 every stream complete and identical to the first answer to its prompt, the
@@ -303,7 +305,8 @@ class Soak(Run):
         g = ns.max_growth
         verdict = {
             "rss_flat": all(p["rss_growth"] <= g for p in procs.values()),
-            "fds_flat": all(p["fds_growth"] <= g for p in procs.values()),
+            # (a CI run failed on 37 -> 43 fds in the API server: its first window fell just after a cut)
+            "fds_flat": all(p["fds_end"] <= p["fds_after_warmup"] * (1 + g) + ns.concurrency for p in procs.values()),
             # the file: expired rows are purged and their pages reused, so it stops growing
             "store_bounded": (store["bytes_max_middle_third"] is not None
                               and store["bytes_max_last_third"] <= store["bytes_max_middle_third"] * (1 + g)),
