@@ -40,3 +40,56 @@ def test_model_check_and_guided():
     assert needs_regeneration(rec(sampling={"structured_outputs": {"json": {}}}))
     assert needs_regeneration(rec(sampling={"stop": ["\n\n"]}))    # straddles a cut: see the e2e test
     assert not needs_regeneration(rec(sampling={"stop": []})) and not needs_regeneration(rec(sampling={"stop": None}))
+
+
+def test_the_text_past_a_cut_holds_back_a_split_character_as_the_stream_does():
+    """``detokenize_tail`` against a stub ``/l0/detokenize`` over byte
+    tokens: a token that leaves a character incomplete is held back whole,
+    the space it starts with too (vLLM's stream does the same: a kept space
+    came again with the character, a doubled space in a chaos run)."""
+    import asyncio
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from l0.client.endpoints import ServerEndpoint
+    from l0.client.options import Options
+
+    vocab = {1: b"Arabic:", 2: b" \xd8", 3: b"\xa5", 4: b"\xd8", 5: b"\xae", 6: b" ok"}   # " \u0625", "\u062e"
+    asked = []
+
+    class Detok(BaseHTTPRequestHandler):
+        def log_message(self, *a):
+            pass
+
+        def do_POST(self):
+            ids = json.loads(self.rfile.read(int(self.headers["Content-Length"])))["tokens"]
+            asked.append(len(ids))
+            data = json.dumps({"text": b"".join(vocab[i] for i in ids).decode("utf-8", "replace")}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), Detok)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        ep = ServerEndpoint(f"http://127.0.0.1:{srv.server_address[1]}/v1", {}, "chat", {"model": "m"}, Options(),
+                            [], assume_l0=True)
+
+        def tail(have, full, delivered=None):
+            return asyncio.run(ep.detokenize_tail(have, full, delivered=delivered))
+        assert tail([1], [1, 2], "Arabic:") == ""                    # " \xd8": held whole, its space too
+        assert tail([1, 2], [1, 2, 3], "Arabic:") == " \u0625"         # the character completes: with its space
+        assert tail([1, 2, 3], [1, 2, 3, 4], "Arabic: \u0625") == ""
+        assert tail([1, 2, 3, 4], [1, 2, 3, 4, 5, 6], "Arabic: \u0625") == "\u062e ok"
+        assert tail([1, 2, 3], [1, 2, 3, 4, 5], "Arabic: \u0625") == "\u062e"
+        asked.clear()
+        assert tail([1], [1, 2, 3, 4], "Arabic:") == " \u0625"         # the last token held back
+        assert asked == [4, 3]                                       # one ask more for the split character
+        assert tail([1], [1, 2], None) == ""                         # no delivered text: from ``have``'s
+        assert tail([1], [1, 2, 3], None) == " \u0625"
+    finally:
+        srv.shutdown()
+        srv.server_close()

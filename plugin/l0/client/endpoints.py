@@ -298,9 +298,12 @@ class ServerEndpoint(Endpoint):
         them) only on servers without it. ``delivered``: the text the caller
         already has for ``have``. A stream holds back the bytes of a
         character split across tokens (and a space before them), so the
-        text is what the whole output decodes to past ``delivered``, less a
-        character still incomplete at the end (it comes with the next
-        token): cut there, decoding ``have`` alone lost that space."""
+        text is what the whole output decodes to past ``delivered``, less
+        the tokens at the end that leave a character incomplete (they come
+        with the next token), as vLLM's stream holds them: the whole of each
+        such token, the space it starts with too. (Keeping that space, and
+        the server's stream then sending it again with the character, gave
+        a chaos run a doubled space; decoding ``have`` alone lost it.)"""
         import httpx
 
         extra = self.params.get("extra_body") or {}
@@ -322,12 +325,25 @@ class ServerEndpoint(Endpoint):
                     continue
             raise ConnectionError("l0: no endpoint could detokenize")
 
+        async def complete(http, ids, floor):
+            """The text of the longest prefix of ``ids`` (``floor`` tokens at
+            least) that ends on a whole character; None when even the floor
+            does not (a split character is at most 4 bytes: few asks)."""
+            n = len(ids)
+            text = await detok(http, ids)
+            while text.endswith("\ufffd") and n > floor:
+                n -= 1
+                text = await detok(http, ids[:n])
+            return None if text.endswith("\ufffd") else text
+
         async with http_client(PROBE_TIMEOUT_S, self.headers) as http:
-            b = await detok(http, list(full))
+            b = await complete(http, list(full), len(have))
+            if b is None:
+                return ""                   # nothing past ``have`` ends a character yet
             if delivered is not None and b.startswith(delivered):
-                return b[len(delivered):].rstrip("\ufffd")
-            a = await detok(http, list(have))
-        return b[len(a):] if b.startswith(a) else b[len(a.rstrip("\ufffd")):]
+                return b[len(delivered):]
+            a = await complete(http, list(have), 0)
+        return b[len(a or ""):]
 
     async def _fetch_checkpoint(self, session: Session, emit: bool = True, wait_s: float = 0.0,
                                 ready: "Callable[[Any], bool] | None" = None, every_s: float = 0.1):
