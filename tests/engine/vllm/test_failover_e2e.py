@@ -7,6 +7,7 @@ after any number of kills equal an uninterrupted run.
 from __future__ import annotations
 
 import asyncio
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -206,11 +207,14 @@ def test_guided_json_closed_by_l0_is_regenerated_exactly(fleet):
     msgs = [{"role": "user", "content": "List the planets of the solar system as JSON with their index."}]
     guided = {"response_format": {"type": "json_schema", "json_schema": {"name": "planets", "schema": schema}},
               "max_tokens": 600}
-    ref_ids, ref_text, ref = _collect(FailoverClient([r2.url], fleet["model"], policy=FAST), msgs, **guided)
+    # The reference runs on r2 beside the stream (greedy: the same tokens in any batch).
+    with ThreadPoolExecutor(1) as pool:
+        ref_run = pool.submit(_collect, FailoverClient([r2.url], fleet["model"], policy=FAST), msgs, **guided)
+        client = FailoverClient([r1.url, r2.url], fleet["model"], policy=FAST)
+        ids, text, out = _collect(client, msgs, kill_at=100, victim=r1, **guided)
+        ref_ids, ref_text, ref = ref_run.result()
     assert ref.finish_reason == "stop" and len(ref_ids) < 600
     jsonschema.validate(json.loads(ref_text), schema)
-    client = FailoverClient([r1.url, r2.url], fleet["model"], policy=FAST)
-    ids, text, out = _collect(client, msgs, kill_at=100, victim=r1, **guided)
     assert ids == ref_ids and text == ref_text and out.finish_reason == "stop"
     assert [e.mode for e in out.events if e.kind == "attempt"] == ["fresh", "regenerate"]
 

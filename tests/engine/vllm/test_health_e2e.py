@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
@@ -166,7 +167,9 @@ def test_fatal_xid_mid_stream_drains_and_the_client_resumes_exactly(pair):
     seen = {}
     # A long answer: at token 20 the engine must still be generating, not
     # already done with every token sitting in the socket (seen in CI with 64).
-    reference = _stream(FailoverClient([r2.url], pair["model"], policy=POLICY), max_tokens=LONG)[:2]
+    # Its reference runs on r2 beside the stream (greedy: the same tokens in any batch).
+    pool = ThreadPoolExecutor(1)
+    ref_run = pool.submit(_stream, FailoverClient([r2.url], pair["model"], policy=POLICY), max_tokens=LONG)
 
     # r1's decode loop holds at token 20 while the Xid lands, so the stream
     # is still running when r1 fails (else a fast engine may have sent every
@@ -187,6 +190,8 @@ def test_fatal_xid_mid_stream_drains_and_the_client_resumes_exactly(pair):
     before = _engine(r1)[1]
     client = FailoverClient([r1.url, r2.url], pair["model"], policy=POLICY)
     ids, text, out = _stream(client, on_tokens, max_tokens=LONG)
+    reference = ref_run.result()[:2]
+    pool.shutdown()
     assert ids == reference[0] and text == reference[1]
     resume = next(e for e in out.events if e.kind == "resume")
     assert resume.replica == r2.url and resume.offset >= 20

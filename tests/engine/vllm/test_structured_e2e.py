@@ -89,11 +89,6 @@ def ask(server, row_or_prompt, max_tokens: int, action: str, key: str | None = N
                                         "json_schema": {"name": row["id"], "schema": row["schema"]}})
 
 
-def run_all(server, jobs):
-    with ThreadPoolExecutor(max_workers=32) as pool:
-        return list(pool.map(lambda job: ask(server, *job), jobs))
-
-
 def interventions(server, key=None) -> list[dict]:
     lines = [json.loads(line[line.index("{"):]) for line in server.log.read_text().splitlines()
              if '"event": "l0.intervention"' in line]
@@ -102,10 +97,10 @@ def interventions(server, key=None) -> list[dict]:
 
 # -- a loop in a JSON answer ----------------------------------------------------
 
-def test_planets_loop_ends_in_valid_closed_json(server):
+def test_planets_loop_ends_in_valid_closed_json(server, decoded):
     from l0.engine.checkpoint import open_store
 
-    off, on = run_all(server, [(PLANETS_PROMPT, 600, "off"), (PLANETS_PROMPT, 600, "stop", "planets-1")])
+    off, on = decoded["planets"]
     assert off.status == 200 and off.finish_reason == "length" and len(off.token_ids) == 600
     assert not valid(off.text, PLANETS)
     assert on.status == 200 and on.finish_reason == "stop"
@@ -125,22 +120,23 @@ def test_planets_loop_ends_in_valid_closed_json(server):
     assert on.token_ids[:lines[0]["token_index"]] == off.token_ids[:lines[0]["token_index"]]
 
 
-def test_tool_call_arguments_that_loop_are_closed(server):
+def call_tool(server, action: str):
+    """One greedy non-streamed chat whose named tool call takes the planets
+    schema (600 tokens at most); the response's JSON."""
     import httpx
 
     tools = [{"type": "function", "function": {"name": "record_planets", "description": "Record planets",
                                                "parameters": PLANETS}}]
+    body = {"model": server.model, "messages": [{"role": "user", "content": PLANETS_PROMPT}],
+            "temperature": 0, "max_tokens": 600, "tools": tools, "vllm_xargs": {"l0_action": action},
+            "tool_choice": {"type": "function", "function": {"name": "record_planets"}}}
+    resp = httpx.post(server.url + "/v1/chat/completions", json=body, timeout=600)
+    assert resp.status_code == 200, resp.text
+    return resp.json()
 
-    def call(action):
-        body = {"model": server.model, "messages": [{"role": "user", "content": PLANETS_PROMPT}],
-                "temperature": 0, "max_tokens": 600, "tools": tools, "vllm_xargs": {"l0_action": action},
-                "tool_choice": {"type": "function", "function": {"name": "record_planets"}}}
-        resp = httpx.post(server.url + "/v1/chat/completions", json=body, timeout=600)
-        assert resp.status_code == 200, resp.text
-        return resp.json()
 
-    with ThreadPoolExecutor(2) as pool:
-        off, on = pool.map(call, ("off", "stop"))
+def test_tool_call_arguments_that_loop_are_closed(decoded):
+    off, on = decoded["tool"]
     assert off["choices"][0]["finish_reason"] == "length" and off["usage"]["completion_tokens"] == 600
     choice = on["choices"][0]
     assert choice["finish_reason"] == "stop"
@@ -149,12 +145,12 @@ def test_tool_call_arguments_that_loop_are_closed(server):
     assert on["usage"]["completion_tokens"] <= 300
 
 
-def test_json_runaways_end_valid(server):
+def test_json_runaways_end_valid(decoded):
     """Recorded runaways (each ran to 1024 tokens with L0 off; the first 16 of
     the set here, all of them in bench/bench_structured.py): L0 stop ends
     every one early with JSON that validates against its schema."""
     rows = RUNAWAY[:16]
-    got = run_all(server, [(PROMPTS[r["id"]], 1024, "stop") for r in rows])
+    got = decoded["runaways"]
     bad = {r["id"]: g.text[-120:] for r, g in zip(rows, got)
            if g.finish_reason != "stop" or not valid(g.text, PROMPTS[r["id"]]["schema"])}
     assert not bad
@@ -175,12 +171,46 @@ def feasible(tokenizer) -> list[dict]:
     return [r for r in CLEAN if math.ceil(0.5 * len(r["token_ids"])) >= margin(tokenizer, r) + 2]
 
 
-@pytest.fixture(scope="module")
-def budget_runs(server, tokenizer):
+def budget_jobs(tokenizer) -> tuple[list[dict], list[tuple]]:
     rows = feasible(tokenizer)
-    jobs = [(PROMPTS[r["id"]], math.ceil(frac * len(r["token_ids"])), action)
-            for r in rows for frac in (0.5, 0.8) for action in ("off", "stop")]
-    return rows, jobs, run_all(server, jobs)
+    return rows, [(PROMPTS[r["id"]], math.ceil(frac * len(r["token_ids"])), action)
+                  for r in rows for frac in (0.5, 0.8) for action in ("off", "stop")]
+
+
+def room_jobs(tokenizer) -> list[tuple]:
+    """Each clean answer at 1024 tokens, and at a budget that leaves more than
+    the row's close margin (plus one per container and the stop token) after
+    its natural end."""
+    jobs = []
+    for r in CLEAN:
+        depth = max_depth(json.loads(r["text"]))
+        jobs += [(PROMPTS[r["id"]], 1024, "stop"),
+                 (PROMPTS[r["id"]], len(r["token_ids"]) + margin(tokenizer, r) + depth + 2, "stop")]
+    return jobs
+
+
+@pytest.fixture(scope="module")
+def decoded(server, tokenizer):
+    """The long runs of this module's tests, all in flight at once (the 600-token
+    runs of L0 off bound the time; greedy: a request's tokens do not depend on
+    what else is in the batch): group -> results in job order."""
+    groups = {
+        "planets": [lambda: ask(server, PLANETS_PROMPT, 600, "off"),
+                    lambda: ask(server, PLANETS_PROMPT, 600, "stop", "planets-1")],
+        "tool": [lambda: call_tool(server, "off"), lambda: call_tool(server, "stop")],
+        "runaways": [lambda r=r: ask(server, PROMPTS[r["id"]], 1024, "stop") for r in RUNAWAY[:16]],
+        "room": [lambda job=job: ask(server, *job) for job in room_jobs(tokenizer)],
+        "budget": [lambda job=job: ask(server, *job) for job in budget_jobs(tokenizer)[1]],
+    }
+    with ThreadPoolExecutor(max_workers=sum(len(fs) for fs in groups.values())) as pool:
+        futs = {name: [pool.submit(f) for f in fs] for name, fs in groups.items()}
+        return {name: [f.result() for f in fs] for name, fs in futs.items()}
+
+
+@pytest.fixture(scope="module")
+def budget_runs(decoded, tokenizer):
+    rows, jobs = budget_jobs(tokenizer)
+    return rows, jobs, decoded["budget"]
 
 
 def test_the_budget_set_is_large_enough(tokenizer):
@@ -201,16 +231,12 @@ def test_tight_budgets_end_valid_with_l0_and_never_without(budget_runs, frac):
     assert sum(valid(g.text, job[0]["schema"]) for job, g in off) == 0  # cut by max_tokens: never valid
 
 
-def test_answers_that_finish_with_room_left_are_unchanged(server, tokenizer):
+def test_answers_that_finish_with_room_left_are_unchanged(decoded, tokenizer):
     """At 1024 tokens, and at a budget that leaves more than the row's close
     margin (plus one per container and the stop token) after the answer's
     natural end, every clean answer is byte-identical to L0 off's recording."""
-    jobs = []
-    for r in CLEAN:
-        depth = max_depth(json.loads(r["text"]))
-        jobs += [(PROMPTS[r["id"]], 1024, "stop"),
-                 (PROMPTS[r["id"]], len(r["token_ids"]) + margin(tokenizer, r) + depth + 2, "stop")]
-    got = run_all(server, jobs)
+    jobs = room_jobs(tokenizer)
+    got = decoded["room"]
     for (row, budget, action), g in zip(jobs, got):
         rec = next(r for r in CLEAN if r["id"] == row["id"])
         assert g.token_ids == rec["token_ids"], (row["id"], budget, action)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
@@ -47,8 +48,13 @@ def server(tmp_path_factory):
 
 
 def test_ranks_agree_and_only_rank0_logs(server):
-    off = stream_chat(server.url, server.model, PLUTO, MAX_TOKENS, {"l0_action": "off"})
-    on = stream_chat(server.url, server.model, PLUTO, MAX_TOKENS, {"l0_action": "stop", "l0_key": "tp-pluto"})
+    # Side by side, one batch (greedy: a request's tokens do not depend on its batch): the
+    # stopped run costs no steps of its own.
+    with ThreadPoolExecutor(2) as pool:
+        off = pool.submit(stream_chat, server.url, server.model, PLUTO, MAX_TOKENS, {"l0_action": "off"})
+        on = pool.submit(stream_chat, server.url, server.model, PLUTO, MAX_TOKENS,
+                         {"l0_action": "stop", "l0_key": "tp-pluto"})
+        off, on = off.result(), on.result()
     assert off.finish_reason == "length"
     assert on.finish_reason == "stop"
     n = len(on.token_ids)
