@@ -169,3 +169,51 @@ def test_a_whole_response_through_wrap(server):
         model="m", messages=[{"role": "user", "content": "hi"}]))
     assert resp["choices"][0]["message"]["content"] == "".join(WORDS)
     assert "stream" not in server.bodies[0][1]
+
+
+@pytest.mark.parametrize("sdk", ["l0.http", "openai"])
+def test_a_dropped_stream_leaves_no_reference_cycle(server, sdk):
+    """A finished stream, one broken and continued (l0.http), and one
+    abandoned: once dropped, nothing of L0's or of the SDK's for it waits for
+    the garbage collector's full collection (its session, route, endpoints
+    and events, a copy of the SDK client: ~110 objects a stream, with the
+    responses they held, made the soak's RSS climb between collections).
+    (httpx's own response <-> stream pair is httpx's, as without L0.)"""
+    import gc
+
+    if sdk == "openai":
+        from openai import AsyncOpenAI
+        inner = AsyncOpenAI(base_url=server.url + "/v1", api_key="-")
+        cases = [("ok", False), ("ok", True)]
+    else:
+        inner = l0.http(server.url)
+        cases = [("ok", False), ("break", False), ("ok", True)]
+    client = l0.wrap(inner, l0_resume=False, sleep=lambda s: asyncio.sleep(0))
+
+    async def one(abandon: bool) -> None:
+        stream = await client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}],
+                                                      stream=True)
+        async for _ in stream:
+            if abandon:
+                break
+        await stream.close()
+
+    async def go():
+        await one(False)                  # the client's own one-time objects are made
+        gc.collect()
+        gc.disable()
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        try:
+            server.script = [act for act, _ in cases]
+            for _, abandon in cases:
+                await one(abandon)
+            client.last = None            # the wrapper keeps the last session for the caller
+            gc.collect()
+            return [type(o).__module__ + "." + type(o).__qualname__ for o in gc.garbage
+                    if type(o).__module__.startswith(("l0.", "openai."))]
+        finally:
+            gc.set_debug(0)
+            gc.garbage.clear()
+            gc.enable()
+    got = asyncio.run(go())
+    assert got == [], sorted(set(got))

@@ -76,7 +76,7 @@ def test_the_text_past_a_cut_holds_back_a_split_character_as_the_stream_does():
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     try:
         ep = ServerEndpoint(f"http://127.0.0.1:{srv.server_address[1]}/v1", {}, "chat", {"model": "m"}, Options(),
-                            [], assume_l0=True)
+                            assume_l0=True)
 
         def tail(have, full, delivered=None):
             return asyncio.run(ep.detokenize_tail(have, full, delivered=delivered))

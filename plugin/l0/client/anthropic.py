@@ -35,7 +35,7 @@ from typing import Any, AsyncIterator
 from l0.client import chunks as ck
 from l0.client.adapters import Adapter
 from l0.client.chunks import Parts
-from l0.client.endpoints import ChatRouteEndpoint, _headers, chat_content, image_part
+from l0.client.endpoints import ChatRouteEndpoint, _headers, chat_content, image_part, without_retries
 from l0.client.options import Options, options_from
 from l0.client.session import NotResumable, Plan, Session
 
@@ -196,9 +196,9 @@ class AnthropicEndpoint(ChatRouteEndpoint):
     route = "messages"
     api = "Anthropic's Messages"
 
-    def __init__(self, client: Any, params: dict, options: Options, peers: list) -> None:
-        super().__init__(str(client.base_url), _headers(client), "messages", params, options, peers)
-        self.client = client.with_options(max_retries=0)
+    def __init__(self, client: Any, params: dict, options: Options) -> None:
+        super().__init__(str(client.base_url), _headers(client), "messages", params, options)
+        self.client = without_retries(client)
 
     def chat_request(self, text: str) -> tuple[dict, dict]:
         p = self.params
@@ -271,18 +271,17 @@ class AnthropicWrapped:
         self._options = options
         self.messages = _Messages(self)
         self.last: Session | None = None
+        self._sources: list[tuple[Any, dict]] | None = None
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._client, name)
 
     def _endpoints(self, params: dict) -> list[AnthropicEndpoint]:
-        from l0.client.wrap import _fallback
-
-        eps: list[AnthropicEndpoint] = []
-        for client, overrides in [(self._client, {})] + [_fallback(f, self._client, "messages")
-                                                          for f in self._options.fallbacks]:
-            eps.append(AnthropicEndpoint(client, {**params, **overrides}, self._options, eps))
-        return eps
+        from l0.client.wrap import sources
+        if self._sources is None:
+            self._sources = sources(self._client, self._options.fallbacks, "messages")
+        return [AnthropicEndpoint(client, {**params, **overrides}, self._options)
+                for client, overrides in self._sources]
 
     async def _create(self, params: dict) -> Any:
         from l0.client.wrap import L0Stream, _omitted

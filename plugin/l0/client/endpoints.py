@@ -55,6 +55,14 @@ def _headers(client: Any) -> dict[str, str]:
     return out
 
 
+def without_retries(client: Any) -> Any:
+    """``client`` with the SDK's own retries off (this layer counts them):
+    itself when they already are, else the SDK's ``with_options`` copy. (A
+    copy is a cycle of objects in the SDK: make it once per client, not per
+    stream.)"""
+    return client if getattr(client, "max_retries", None) == 0 else client.with_options(max_retries=0)
+
+
 async def probe(client: Any, refresh: bool = False) -> ServerInfo:
     """Is the server behind ``client`` (an SDK client) an L0 server
     (``/l0/health`` answers 200 or 503 with JSON), a vLLM server
@@ -96,7 +104,7 @@ class ServerEndpoint(Endpoint):
     ``assume_l0``: the caller knows the server runs L0 (no probe)."""
 
     def __init__(self, base_url: str, headers: dict[str, str], kind: str, params: dict, options: Options,
-                 peers: list["ServerEndpoint"], assume_l0: bool = False) -> None:
+                 assume_l0: bool = False) -> None:
         self.kind = kind
         self.params = params
         self.model = params.get("model")
@@ -104,7 +112,6 @@ class ServerEndpoint(Endpoint):
         self.root = _root(base_url)
         self.headers = headers
         self.options = options
-        self.peers = peers
         self.assume_l0 = assume_l0
         self.info = ServerInfo(l0=True, vllm=True, known=True) if assume_l0 else ServerInfo()
         self.l0 = assume_l0
@@ -206,7 +213,7 @@ class ServerEndpoint(Endpoint):
         outputs = merge(got.token_ids, record.output_ids, session.l0_key)
         extra = outputs[len(got.token_ids):]
         if extra:  # generated and checkpointed, never delivered: deliver first
-            text = await self.detokenize_tail(got.token_ids, outputs, delivered=got.text)
+            text = await self.detokenize_tail(got.token_ids, outputs, delivered=got.text, peers=session.endpoints)
             p = ck.Parts(text=text, token_ids=tuple(extra))
             session.take(p)
             session.pending.extend(session._restamp(p))
@@ -250,11 +257,14 @@ class ServerEndpoint(Endpoint):
     async def open(self, plan: Plan, session: Session) -> AsyncIterator[Any]:
         raise NotImplementedError
 
-    def _l0_peers(self) -> list["ServerEndpoint"]:
-        """This endpoint, then the other L0 servers of the session (each
-        server once): where checkpoints and ``/detokenize`` are asked for."""
+    def _l0_peers(self, peers: Sequence[Any]) -> list["ServerEndpoint"]:
+        """This endpoint, then the other L0 servers among ``peers`` (the
+        session's endpoints; each server once): where checkpoints and
+        ``/detokenize`` are asked for. (An endpoint keeps no list of its
+        peers: they would refer to each other, and every stream's endpoints,
+        session and responses would wait for the GC's full collection.)"""
         out, roots = [], set()
-        for ep in [self] + [p for p in self.peers if p.l0]:
+        for ep in [self] + [p for p in peers if getattr(p, "l0", False)]:
             if ep.root not in roots:
                 roots.add(ep.root)
                 out.append(ep)
@@ -288,15 +298,18 @@ class ServerEndpoint(Endpoint):
 
     async def fix_text(self, chunk: Any, kept: list[int], session: Session) -> str:
         have = session.received.token_ids or []
-        return await self.detokenize_tail(have, list(have) + list(kept), delivered=session.received.text)
+        return await self.detokenize_tail(have, list(have) + list(kept), delivered=session.received.text,
+                                          peers=session.endpoints)
 
-    async def detokenize_tail(self, have: list[int], full: list[int], delivered: str | None = None) -> str:
+    async def detokenize_tail(self, have: list[int], full: list[int], delivered: str | None = None,
+                              peers: Sequence[Any] = ()) -> str:
         """Text of ``full[len(have):]`` as it continues ``have``, rendered as
         the stream renders it: L0's ``/l0/detokenize`` (special tokens
         skipped unless the request says ``skip_special_tokens: false``), on
         this endpoint or an L0 peer; vLLM's ``/detokenize`` (which keeps
         them) only on servers without it. ``delivered``: the text the caller
-        already has for ``have``. A stream holds back the bytes of a
+        already has for ``have``; ``peers``: the other endpoints that may
+        answer (the session's). A stream holds back the bytes of a
         character split across tokens (and a space before them), so the
         text is what the whole output decodes to past ``delivered``, less
         the tokens at the end that leave a character incomplete (they come
@@ -312,7 +325,7 @@ class ServerEndpoint(Endpoint):
         async def detok(http, ids):
             if not ids:
                 return ""
-            for ep in self._l0_peers():
+            for ep in self._l0_peers(peers):
                 try:
                     r = await http.post(ep.root + "/l0/detokenize", json={"tokens": ids, "skip_special_tokens": skip})
                     if r.status_code == 200:
@@ -348,7 +361,7 @@ class ServerEndpoint(Endpoint):
     async def _fetch_checkpoint(self, session: Session, emit: bool = True, wait_s: float = 0.0,
                                 ready: "Callable[[Any], bool] | None" = None, every_s: float = 0.1):
         key = session.l0_key
-        peers = self._l0_peers()
+        peers = self._l0_peers(session.endpoints)
         async with http_client(PROBE_TIMEOUT_S) as http:
             found = await fetch_record(http, key, [(ep.root, ep.headers) for ep in peers], wait_s, ready, every_s)
         if found is None:
@@ -493,10 +506,9 @@ class SDKEndpoint(ServerEndpoint):
     :class:`l0.client.http.HttpClient`): attempts run through its own
     ``create`` (SDK retries off: this layer counts them)."""
 
-    def __init__(self, client: Any, kind: str, params: dict, options: Options, peers: list[ServerEndpoint],
-                 assume_l0: bool = False) -> None:
-        super().__init__(str(client.base_url), _headers(client), kind, params, options, peers, assume_l0)
-        self.client = client.with_options(max_retries=0)
+    def __init__(self, client: Any, kind: str, params: dict, options: Options, assume_l0: bool = False) -> None:
+        super().__init__(str(client.base_url), _headers(client), kind, params, options, assume_l0)
+        self.client = without_retries(client)
 
     async def open(self, plan: Plan, session: Session) -> AsyncIterator[Any]:
         req = plan.request

@@ -163,7 +163,7 @@ class FailoverClient:
         for i in range(pol.max_attempts):
             replica = self.replicas[i % len(self.replicas)]
             http = HttpClient(replica, headers=self.headers, connect_timeout_s=pol.connect_timeout_s)
-            ep = SDKEndpoint(http, kind, dict(params), options, endpoints, assume_l0=True)
+            ep = SDKEndpoint(http, kind, dict(params), options, assume_l0=True)
             replica_of[ep.name] = replica
             endpoints.append(ep)
         session = Session(endpoints, kind=kind, retry=options.retry, timeouts=options.timeout, emit=translate,

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -174,6 +175,22 @@ class NotResumable(Exception):
     (tool-call pieces, several choices): the caller gets the failure."""
 
 
+def record_event(events: list, stream_id: str, clock: Callable[[], float], log: Any,
+                 callback: Callable[[ev.Event], Any] | None, cls: type[ev.Event], **fields: Any) -> ev.Event:
+    """One event of a stream: made, kept in ``events``, written to ``log``,
+    handed to ``callback``. A function of those parts, not a method of the
+    session: its route holds it, and a bound method made every session a
+    reference cycle (with its responses and chunks), freed only by the
+    garbage collector's full collection."""
+    event = cls(stream_id=stream_id, ts=clock(), **fields)
+    events.append(event)
+    if log is not None:
+        log.event(event)
+    if callback is not None:
+        callback(event)
+    return event
+
+
 class Session:
     """Iterate it (``async for chunk in session``) to get the hardened stream.
     Raises the last failure when every endpoint gave up (the exception gets
@@ -218,7 +235,8 @@ class Session:
         self.hold = hold                     # deliver nothing before the answer passed its end checks
         self.delivered = 0                   # chunks the caller has
         self.response: Any = None            # the first attempt's HTTP response (the SDK stream's), if any
-        self.route = Route(self.endpoints, retry, fleet, self.emit, sleep, clock=clock,
+        self._record = functools.partial(record_event, self.events, self.stream_id, clock, log, emit)
+        self.route = Route(self.endpoints, retry, fleet, self._record, sleep, clock=clock,
                            fallback_delay=fallback_delay)   # where each attempt goes (l0.client.route)
 
     @classmethod
@@ -231,13 +249,7 @@ class Session:
 
     # -- events ---------------------------------------------------------------
     def emit(self, cls: type[ev.Event], **fields: Any) -> ev.Event:
-        event = cls(stream_id=self.stream_id, ts=self.clock(), **fields)
-        self.events.append(event)
-        if self.log is not None:
-            self.log.event(event)
-        if self.emit_cb is not None:
-            self.emit_cb(event)
-        return event
+        return self._record(cls, **fields)
 
     def _deliver(self, chunk: Any) -> Any:
         self.delivered += 1

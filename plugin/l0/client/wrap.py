@@ -25,7 +25,8 @@ from __future__ import annotations
 import warnings
 from typing import Any, AsyncIterator, Callable, Sequence
 
-from l0.client.endpoints import FactoryEndpoint, ResumeRefused, SDKEndpoint, ServerEndpoint, ServerInfo, probe
+from l0.client.endpoints import (FactoryEndpoint, ResumeRefused, SDKEndpoint, ServerEndpoint, ServerInfo, probe,
+                                 without_retries)
 from l0.client.options import Options, options_from
 from l0.client.retry import Category
 from l0.client.session import Session
@@ -209,6 +210,7 @@ class WrappedClient:
         if hasattr(client, "responses"):
             self.responses = _Api(self, "responses", client.responses)
         self.last: Session | None = None
+        self._sources: list[tuple[Any, dict]] | None = None
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._client, name)
@@ -217,10 +219,9 @@ class WrappedClient:
         cls = SDKEndpoint
         if kind == "responses":
             from l0.client.responses import ResponsesEndpoint as cls   # type: ignore[assignment]
-        eps: list[SDKEndpoint] = []
-        for client, overrides in [(self._client, {})] + [_fallback(f, self._client) for f in self._options.fallbacks]:
-            eps.append(cls(client, kind, {**params, **overrides}, self._options, eps))
-        return eps
+        if self._sources is None:
+            self._sources = sources(self._client, self._options.fallbacks)
+        return [cls(client, kind, {**params, **overrides}, self._options) for client, overrides in self._sources]
 
     async def _create(self, kind: str, params: dict, method: str = "create", raw: bool = False) -> Any:
         """``raw``: (value, the answering attempt's HTTP response, the SDK's
@@ -316,6 +317,19 @@ class PassThrough:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._stream, name)
+
+
+def sources(primary: Any, fallbacks: Sequence[Any], api: str = "chat") -> list[tuple[Any, dict]]:
+    """(client with the SDK's retries off, request overrides) for the primary
+    and each fallback, in order: made once per wrapped client, every stream's
+    endpoints share them."""
+    quiet: dict[int, Any] = {}
+
+    def once(c: Any) -> Any:
+        if id(c) not in quiet:
+            quiet[id(c)] = without_retries(c)
+        return quiet[id(c)]
+    return [(once(primary), {})] + [(once(c), o) for c, o in (_fallback(f, primary, api) for f in fallbacks)]
 
 
 def _fallback(f: Any, primary: Any, api: str = "chat") -> tuple[Any, dict]:
