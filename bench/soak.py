@@ -122,7 +122,7 @@ class Soak(Run):
         cfg.write_text(f"l0:\n  action: stop\n  checkpoint:\n    ttl_s: {self.ns.ttl_s}\n"
                        f"  health:\n    stall_timeout_s: {self.ns.stall_s}\n")
         env = {"L0_CONFIG": str(cfg), "L0_CHECKPOINT_STORE": f"sqlite://{self.db}", "TMPDIR": str(self.tmpdir),
-               "VLLM_CPU_KVCACHE_SPACE": "1"}
+               "VLLM_CPU_KVCACHE_SPACE": "1", **self.ns.server_env}
         self.server = Server(self.model, ARGS, env=env, log_path=tmp / "server.log", startup_timeout=600)
         self.server.start()
         self.proxy = FaultProxy(self.server.port).start()
@@ -255,8 +255,21 @@ class Soak(Run):
                 k += 1
                 await asyncio.sleep(self.ns.fault_every_s)
         sched = asyncio.create_task(faults())
+        if self.ns.tracemalloc:
+            # what this process allocates after the warm-up and still holds at the end, by line
+            import tracemalloc
+            await asyncio.sleep(min(self.ns.warmup_s, self.ns.minutes * 30))
+            tracemalloc.start()
         await asyncio.gather(*workers)
         await sched
+        if self.ns.tracemalloc:
+            import gc
+            self.gc_unreachable = gc.collect()   # what only a full collection frees is not held
+            snap = tracemalloc.take_snapshot()
+            tracemalloc.stop()
+            top = snap.statistics("lineno")[: self.ns.tracemalloc]
+            self.held_after_warmup = [f"{st.size / 1024:.1f} KiB in {st.count} blocks: {st.traceback[0]}"
+                                      for st in top]
         await sdk.close()
         # load over: the writer drains, its lag goes to 0
         deadline = time.monotonic() + 60
@@ -317,13 +330,15 @@ class Soak(Run):
         return {"meta": {"host": platform.node(), "when": time.strftime("%Y-%m-%dT%H:%M:%S"),
                          "minutes": ns.minutes, "warmup_s": ns.warmup_s, "concurrency": ns.concurrency,
                          "max_tokens": ns.max_tokens, "fault_every_s": ns.fault_every_s, "kinds": ns.kinds,
-                         "samples": len(self.samples), "max_growth": g,
+                         "samples": len(self.samples), "max_growth": g, "server_env": ns.server_env,
                          "model": "SmolLM2-135M-Instruct (float32, vLLM CPU build)", "store": "sqlite"},
                 "verdict": verdict, "processes": procs, "store": store, "writer": writer,
                 "streams": {"started": self.counts.started, "completed": self.counts.completed,
                             "identical": self.counts.identical, "cancelled": self.counts.cancelled,
                             "errors": len(self.counts.errors), "error_examples": self.counts.errors[:5]},
                 "faults": self.faults, "temp_dir_leftovers": leftovers,
+                "client_held_after_warmup": getattr(self, "held_after_warmup", None),
+                "client_gc_unreachable_at_end": getattr(self, "gc_unreachable", None),
                 "timeline": [{"t": s.t, "rss_mb": {k: round(v[0] / 2 ** 20, 1) for k, v in s.procs.items()},
                               "fds": {k: v[1] for k, v in s.procs.items()}, "db_bytes": s.db_bytes,
                               "rows": s.rows, "lag": s.lag} for s in self.samples[:: max(1, len(self.samples) // 120)]]}
@@ -347,8 +362,18 @@ def parse(argv=None):
     ap.add_argument("--lag-steady", type=float, default=0.0,
                     help="a lag at or below this counts as recovered (besides the level before the fault)")
     ap.add_argument("--max-growth", type=float, default=0.05)
+    ap.add_argument("--server-env", action="append", default=[], metavar="NAME=VALUE",
+                    help="an environment variable for the server only (repeatable), e.g. "
+                         "LD_PRELOAD=/lib/x86_64-linux-gnu/libjemalloc.so.2")
+    ap.add_argument("--tracemalloc", type=int, default=0, metavar="N",
+                    help="report the N source lines holding the most memory this process allocated after "
+                         "the warm-up (slows the client)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "soak.json"))
     ns = ap.parse_args(argv)
+    bad = [kv for kv in ns.server_env if "=" not in kv or kv.startswith("=")]
+    if bad:
+        ap.error(f"--server-env takes NAME=VALUE: {bad}")
+    ns.server_env = dict(kv.split("=", 1) for kv in ns.server_env)
     ns.kinds = [k for k in ns.kinds.split(",") if k]
     if set(ns.kinds) - set(FAULTS):
         ap.error(f"unknown fault kinds: {sorted(set(ns.kinds) - set(FAULTS))}")

@@ -27,6 +27,7 @@ Faults:
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import socket
 import struct
@@ -67,7 +68,8 @@ class FaultProxy:
     def __init__(self, upstream_port: int) -> None:
         self.upstream_port = upstream_port
         self.faults: list = []
-        self.seen: list[str] = []          # "METHOD path -> fault" per request
+        # "METHOD path -> fault" per request: the last 10 000 (a soak's proxy lives for hours)
+        self.seen: collections.deque[str] = collections.deque(maxlen=10_000)
         self.live: set = set()             # writers of completion answers being piped
         self.loop = asyncio.new_event_loop()
         self.ready = threading.Event()
