@@ -136,13 +136,23 @@ def test_unwrapped_http_streams_and_merges_extra_body(server):
     assert "extra_body" not in body
 
 
-def test_a_broken_stream_is_continued_by_wrap(server):
+@pytest.mark.parametrize("sdk", ["l0.http", "openai"])
+def test_a_broken_stream_is_continued_by_wrap(server, sdk):
+    """The server's error event mid-stream (vLLM's, when generation fails:
+    ``{"error": {..., "code": 500}}``) is a 5xx whichever client reads it
+    (the OpenAI SDK raises it as an ``APIError`` without a status: it was
+    taken for a fatal error and the stream was lost)."""
     server.script = ["break"]
     events, sleeps = [], []
 
     async def sleep(s):
         sleeps.append(s)
-    client = l0.wrap(l0.http(server.url), on_event=events.append, sleep=sleep, l0_resume=False)
+    if sdk == "openai":
+        from openai import AsyncOpenAI
+        inner = AsyncOpenAI(base_url=server.url + "/v1", api_key="-")
+    else:
+        inner = l0.http(server.url)
+    client = l0.wrap(inner, on_event=events.append, sleep=sleep, l0_resume=False)
     chunks, stream = _stream(client)
     assert stream.text == "".join(WORDS) == "".join(_text(c) for c in chunks)
     failure = [e for e in events if e.type == "failure"]

@@ -104,13 +104,20 @@ _NETWORK_NAMES = ("ConnectError", "ConnectTimeout", "ReadError", "WriteError", "
 
 def status_of(exc: BaseException) -> int | None:
     """The HTTP status an exception carries (openai's ``APIStatusError``,
-    httpx's ``HTTPStatusError``), else None."""
+    httpx's ``HTTPStatusError``), else the status an error event inside a
+    stream carried (openai's ``APIError`` keeps the event's ``error`` object
+    as ``body``: vLLM's ``{"message", "type", "code": 500}`` when generation
+    failed mid-stream, its engine dead or its request aborted), else None."""
     code = getattr(exc, "status_code", None)
     if isinstance(code, int):
         return code
     resp = getattr(exc, "response", None)
     code = getattr(resp, "status_code", None)
-    return code if isinstance(code, int) else None
+    if isinstance(code, int):
+        return code
+    body = getattr(exc, "body", None)
+    code = body.get("code") if isinstance(body, Mapping) else None
+    return code if isinstance(code, int) and 100 <= code <= 599 else None
 
 
 def headers_of(exc: BaseException) -> Mapping[str, str]:
