@@ -29,6 +29,27 @@ def test_status_codes(code, category):
     assert classify(status_error(code)).value == category
 
 
+def test_an_error_event_inside_a_stream_is_the_status_it_says():
+    """The SDKs raise a stream's error event with the stream's 200 (anthropic)
+    or no status (openai's APIError): its own code or type decides."""
+    from anthropic._error_classes import make_status_error   # what the SDK's stream raises for the event
+
+    # vLLM's event for a generation that failed mid-stream, as openai raises it
+    assert classify(openai.APIError("engine died", REQ, body={"message": "engine died", "type":
+                                    "InternalServerError", "code": 500})) is Category.TRANSIENT
+    assert classify(openai.APIError("bad", REQ, body={"message": "bad", "code": 400})) is Category.FATAL
+    assert classify(openai.APIError("?", REQ, body=None)) is Category.FATAL
+    ok = httpx.Response(200, request=httpx.Request("POST", "http://127.0.0.1:1/v1/messages"))
+
+    def event(kind):
+        return make_status_error("x", body={"type": "error", "error": {"type": kind, "message": "x"}}, response=ok)
+    assert classify(event("overloaded_error")) is Category.TRANSIENT
+    assert classify(event("api_error")) is Category.TRANSIENT
+    assert classify(event("rate_limit_error")) is Category.TRANSIENT
+    assert classify(event("invalid_request_error")) is Category.FATAL
+    assert classify(event("something_new")) is Category.FATAL   # unknown: as before
+
+
 def test_transport_and_model_failures():
     assert classify(openai.APIConnectionError(request=REQ)) is Category.NETWORK
     assert classify(openai.APITimeoutError(request=REQ)) is Category.TRANSIENT

@@ -102,22 +102,46 @@ _NETWORK_NAMES = ("ConnectError", "ConnectTimeout", "ReadError", "WriteError", "
                   "IncompleteReadError", "ChunkedEncodingError", "ProtocolError")
 
 
+# The error types of an Anthropic stream's ``error`` event, as the statuses
+# they stand for (Anthropic's error reference; the event comes on a 200).
+ERROR_TYPE_STATUS = {"invalid_request_error": 400, "authentication_error": 401, "billing_error": 402,
+                     "permission_error": 403, "not_found_error": 404, "request_too_large": 413,
+                     "rate_limit_error": 429, "api_error": 500, "timeout_error": 504, "overloaded_error": 529}
+
+
+def in_band_status(body: Any) -> int | None:
+    """The status an error event inside a stream carries: OpenAI-shaped
+    ``{"message", "type", "code": 500}`` (vLLM's, when generation fails
+    mid-stream: its engine dead, its request aborted; 503 when retryable), or
+    wrapped in ``{"error": {...}}``, or Anthropic's ``{"type": "error",
+    "error": {"type": "overloaded_error", ...}}``. None when it says none."""
+    if not isinstance(body, Mapping):
+        return None
+    inner = body.get("error")
+    for obj in (body, inner if isinstance(inner, Mapping) else {}):
+        code = obj.get("code")
+        if isinstance(code, int) and 100 <= code <= 599:
+            return code
+        kind = obj.get("type")
+        if isinstance(kind, str) and kind in ERROR_TYPE_STATUS:
+            return ERROR_TYPE_STATUS[kind]
+    return None
+
+
 def status_of(exc: BaseException) -> int | None:
     """The HTTP status an exception carries (openai's ``APIStatusError``,
-    httpx's ``HTTPStatusError``), else the status an error event inside a
-    stream carried (openai's ``APIError`` keeps the event's ``error`` object
-    as ``body``: vLLM's ``{"message", "type", "code": 500}`` when generation
-    failed mid-stream, its engine dead or its request aborted), else None."""
+    httpx's ``HTTPStatusError``); for an error event inside a stream (the
+    SDKs raise it with the stream's 200, or with no status at all: openai's
+    ``APIError``), the status the event says (:func:`in_band_status`), else None."""
     code = getattr(exc, "status_code", None)
-    if isinstance(code, int):
+    if not isinstance(code, int):
+        code = getattr(getattr(exc, "response", None), "status_code", None)
+    if isinstance(code, int) and code >= 400:
         return code
-    resp = getattr(exc, "response", None)
-    code = getattr(resp, "status_code", None)
-    if isinstance(code, int):
-        return code
-    body = getattr(exc, "body", None)
-    code = body.get("code") if isinstance(body, Mapping) else None
-    return code if isinstance(code, int) and 100 <= code <= 599 else None
+    said = in_band_status(getattr(exc, "body", None))
+    if said is not None:
+        return said
+    return code if isinstance(code, int) else None
 
 
 def headers_of(exc: BaseException) -> Mapping[str, str]:
