@@ -15,10 +15,8 @@ tests never sleep.
 from __future__ import annotations
 
 import logging
-import sys
 import threading
 import time
-import traceback
 from collections import deque
 from typing import Callable
 
@@ -77,12 +75,29 @@ class Heartbeat:
 
 
 def thread_stacks() -> str:
-    """Every thread's Python stack, as one text block."""
+    """Every thread's Python stack, as one text block (``--- thread NAME
+    (IDENT) ---`` and its frames, most recent call first). Read as
+    :mod:`faulthandler` reads a crashed process's, without the interpreter's
+    thread-list lock: ``sys._current_frames()`` takes that lock while holding
+    the GIL, and on CPython 3.11 a thread being started at that moment left
+    every thread of the process waiting on the GIL for good (seen: a test
+    process hung in ``Thread.start`` while a watchdog reported a stall). A
+    stall report must not hang the engine it reports on."""
+    import faulthandler
+    import re
+    import tempfile
+
     names = {t.ident: t.name for t in threading.enumerate()}
-    parts = []
-    for ident, frame in sys._current_frames().items():
-        parts.append(f"--- thread {names.get(ident, '?')} ({ident}) ---\n" + "".join(traceback.format_stack(frame)))
-    return "\n".join(parts)
+    with tempfile.TemporaryFile(mode="w+") as f:
+        faulthandler.dump_traceback(f, all_threads=True)
+        f.seek(0)
+        text = f.read()
+
+    def header(m: re.Match) -> str:
+        ident = int(m.group(1), 16)
+        return f"--- thread {names.get(ident, '?')} ({ident}) ---"
+    return re.sub(r"^(?:Current thread|Thread) (0x[0-9a-f]+) \(most recent call first\):$", header, text,
+                  flags=re.M)
 
 
 class Watchdog:
