@@ -37,6 +37,7 @@ from l0.client.adapters import Adapter
 from l0.client.chunks import Parts
 from l0.client.endpoints import ChatRouteEndpoint, _headers, chat_content, image_part, without_retries
 from l0.client.options import Options, options_from
+from l0.client.retry import ERROR_TYPE_STATUS
 from l0.client.session import NotResumable, Plan, Session
 
 # Anthropic's stop reasons, and the OpenAI finish reasons they are read as (and written back from).
@@ -44,10 +45,6 @@ STOP_REASONS = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "leng
                 "pause_turn": "stop", "refusal": "content_filter"}
 FINISH_TO_STOP = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use",
                   "content_filter": "refusal"}
-# An ``error`` event's type, as the HTTP status the same error has as a response (what the retry policy reads).
-ERROR_STATUS = {"overloaded_error": 529, "api_error": 500, "rate_limit_error": 429, "timeout_error": 504,
-                "invalid_request_error": 400, "authentication_error": 401, "permission_error": 403,
-                "not_found_error": 404, "request_too_large": 413}
 
 
 class AnthropicStreamError(Exception):
@@ -57,7 +54,7 @@ class AnthropicStreamError(Exception):
     def __init__(self, kind: str, message: str) -> None:
         super().__init__(f"{kind}: {message}")
         self.kind = kind
-        self.status_code = ERROR_STATUS.get(kind, 500)
+        self.status_code = ERROR_TYPE_STATUS.get(kind, 500)
 
 
 class AnthropicAdapter(Adapter):

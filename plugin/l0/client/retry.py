@@ -102,11 +102,11 @@ _NETWORK_NAMES = ("ConnectError", "ConnectTimeout", "ReadError", "WriteError", "
                   "IncompleteReadError", "ChunkedEncodingError", "ProtocolError")
 
 
-# The error types of an Anthropic stream's ``error`` event, as the statuses
-# they stand for (Anthropic's error reference; the event comes on a 200).
-ERROR_TYPE_STATUS = {"invalid_request_error": 400, "authentication_error": 401, "billing_error": 402,
-                     "permission_error": 403, "not_found_error": 404, "request_too_large": 413,
-                     "rate_limit_error": 429, "api_error": 500, "timeout_error": 504, "overloaded_error": 529}
+# An Anthropic stream's ``error`` event type, as the HTTP status the same error
+# has as a response (the event comes on a 200): what the policy reads.
+ERROR_TYPE_STATUS = {"overloaded_error": 529, "api_error": 500, "rate_limit_error": 429, "timeout_error": 504,
+                     "invalid_request_error": 400, "authentication_error": 401, "permission_error": 403,
+                     "not_found_error": 404, "request_too_large": 413}
 
 
 def in_band_status(body: Any) -> int | None:
