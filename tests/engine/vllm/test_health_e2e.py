@@ -84,6 +84,16 @@ def _engine(srv) -> tuple[float, dict[str, float]]:
                      if s.name == "vllm:request_success_total"}
 
 
+def _wait_idle(srv, before: dict[str, float], limit_s: float = 120.0) -> None:
+    """Poll until ``srv``'s engine runs no request, then assert no request
+    finished there since ``before`` (a cut request is aborted, not decoded
+    on to its end by a replica the client has left)."""
+    deadline = time.monotonic() + limit_s
+    while (state := _engine(srv))[0] > 0 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert state == (0, before)
+
+
 def _stream(client, on_tokens=None, max_tokens=MAX_TOKENS):
     async def go():
         ids, text = [], ""
@@ -140,6 +150,7 @@ def test_frozen_decode_loop_fails_health_and_the_client_resumes(pair, reference)
 
     # The DEBUG hook: r1's decode loop stops stepping once the row has 10
     # tokens (held by the engine itself: a lagging client cannot miss it).
+    before = _engine(r1)[1]
     freeze.write_text("10")
 
     def on_tokens(n):
@@ -160,6 +171,12 @@ def test_frozen_decode_loop_fails_health_and_the_client_resumes(pair, reference)
     assert r.status_code == 503 and r.headers["retry-after"] == "7"
     freeze.unlink()
     _wait_health(r1, 200, "healthy")  # moving again
+    # The cut request ends in r1's engine (aborted, not decoded on): healthy
+    # again, r1 may still decode it until the abort lands. The next test's
+    # freeze counts any row's tokens, so it must start from an idle engine.
+    # Seen in CI: that test's stream was cut at its token 9 and r1 counted a
+    # second stall, which is what this request reaching token 20 first does.
+    _wait_idle(r1, before)
 
 
 def test_fatal_xid_mid_stream_drains_and_the_client_resumes_exactly(pair):
@@ -197,10 +214,7 @@ def test_fatal_xid_mid_stream_drains_and_the_client_resumes_exactly(pair):
     assert resume.replica == r2.url and resume.offset >= 20
     # The cut request ended in r1's engine too (aborted), not decoded on to
     # its end by a FAILED replica (seen in CI: it starved r2 of the cores).
-    deadline = time.monotonic() + 120
-    while (state := _engine(r1))[0] > 0 and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert state == (0, before)  # idle, and the request did not run on to its end
+    _wait_idle(r1, before)
     code, body = _health(r1)
     # The Xid is among the reasons (a drained engine that still counts the cut
     # request in flight can also read as frozen on a busy machine: seen in CI).
