@@ -230,3 +230,28 @@ def test_the_new_knobs_are_checked():
             Retry(**bad)
     assert Retry().deadline_for(True) == 300.0 and Retry().deadline_for(False) == 0.0
     assert Retry(deadline_s=5).deadline_for(False) == 5
+
+
+def test_the_streams_of_a_failed_replica_spread_over_its_ready_peers_by_attempts_in_progress():
+    def run_with(busy, script):
+        fleet = Fleet(clock=Clock())
+        for name in busy:                # other streams of this fleet running there
+            fleet.began(name)
+        run = Run([Replica("a", script), Replica("b"), Replica("c")], fleet=fleet)
+        return run.text(), fleet
+    text, fleet = run_with(["b"], ["break"])
+    assert text == "from a: one two (c)"             # c: ready and idle, though b is listed first
+    assert (fleet.busy("a"), fleet.busy("b"), fleet.busy("c")) == (0, 1, 0)   # its own ended on every path
+    assert run_with(["c", "c", "b"], ["break"])[0] == "from a: one two (b)"   # b has fewer
+    assert run_with(["b", "c"], ["refuse"])[0] == "from b: one two (b)"       # a tie: list order
+    # a stream the caller closes mid-way ends its attempt's count too
+    fleet = Fleet(clock=Clock())
+    run = Run([Replica("a"), Replica("b")], fleet=fleet)
+
+    async def first_then_close():
+        it = run.session.__aiter__()
+        await it.__anext__()
+        assert fleet.busy("a") == 1
+        await it.aclose()
+    asyncio.run(first_then_close())
+    assert fleet.busy("a") == 0

@@ -7,16 +7,21 @@ up to ``max_cooldown_s``, or the server's ``Retry-After`` when that is
 longer. While an endpoint cools down, a stream that has somewhere else to go
 (another endpoint serving the same model) goes there, and a new stream does
 not start on it. A token from the endpoint, or a ``200`` from its
-``/l0/health``, ends the cooldown. One :class:`Fleet` is shared by every
+``/l0/health``, ends the cooldown. The fleet also counts each endpoint's
+attempts in progress, so the streams that fail together (every stream of a
+killed replica) spread over the ready peers instead of all moving to the
+first one listed. One :class:`Fleet` is shared by every
 stream of a wrapped client (``l0.wrap(..., fleet=...)`` shares one across
 clients), so one stream's failure spares the others the same wait; entries
 are keyed by the endpoint's name (its base URL).
 
 Thread-safe in the way the client uses it: each call reads or replaces one
-entry (the sync client runs streams on several threads).
+entry, and the attempt counts change under a lock (the sync client runs
+streams on several threads).
 """
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -39,6 +44,25 @@ class Fleet:
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.clock = clock
         self._book: dict[str, EndpointHealth] = {}
+        self._busy: dict[str, int] = {}   # attempts in progress, by endpoint
+        self._counting = threading.Lock()  # a count is read and written: one thread at a time
+
+    def began(self, name: str) -> None:
+        """An attempt on ``name`` starts (each is ended by :meth:`ended`)."""
+        with self._counting:
+            self._busy[name] = self._busy.get(name, 0) + 1
+
+    def ended(self, name: str) -> None:
+        with self._counting:
+            n = self._busy.get(name, 0) - 1
+            if n > 0:
+                self._busy[name] = n
+            else:
+                self._busy.pop(name, None)
+
+    def busy(self, name: str) -> int:
+        """Attempts in progress on ``name`` (this fleet's streams only)."""
+        return self._busy.get(name, 0)
 
     def get(self, name: str) -> EndpointHealth:
         return self._book.get(name, EndpointHealth())

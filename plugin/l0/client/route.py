@@ -11,9 +11,10 @@ The rules (the policy's numbers are :class:`~l0.client.retry.Retry`'s):
   ``max_retries`` is out for this round.
 * A network or "not now" failure, or a stall, puts the endpoint in cooldown.
   Endpoints serving the same model as the failed one (its *peers*: replicas)
-  come first: the first in list order that is not cooling down (its
-  ``/l0/health`` asked, for those that can say) gets the next attempt at
-  once. With none ready, the failed endpoint is retried after the policy's
+  come first: of those not cooling down (their ``/l0/health`` asked, for
+  those that can say), the one with the fewest attempts of the fleet's
+  streams in progress gets the next attempt at once (list order breaks a
+  tie), so the streams of a failed replica spread over its peers. With none ready, the failed endpoint is retried after the policy's
   backoff while it has retries, else the stream waits for the peer whose
   cooldown ends first (a :class:`~l0.client.events.Waiting` event).
   Cooldowns off (``cooldown_s=0``): the failed endpoint is retried first,
@@ -201,7 +202,10 @@ class Route:
         await self._probe(others)
         ready = [j for j in others if self.fleet.cooling(self.endpoints[j].name) <= 0]
         if ready:
-            return ready[0], 0.0, False
+            # The least busy: a killed replica's streams all fail at once,
+            # and all going to the first peer listed doubled its batch while
+            # another sat at its own (seen in the chaos bench).
+            return min(ready, key=lambda j: self.fleet.busy(self.endpoints[j].name)), 0.0, False
         if own is not None:
             return i, own.delay_s, False
         j = min(pool, key=lambda k: (self.fleet.cooling(self.endpoints[k].name), k))

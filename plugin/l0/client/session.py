@@ -300,11 +300,15 @@ class Session:
                         self.emit(ev.Resume, attempt=self.attempts, mode=plan.mode,
                                   token_offset=self.received.tokens, char_offset=len(self.received.text))
                     attempt = self._attempt(endpoint, plan)
+                    route.fleet.began(endpoint.name)
                     try:
                         async for chunk in attempt:
                             yield self._deliver(chunk)
                     finally:   # now, not when the loop collects it: a close shuts the source before returning
-                        await attempt.aclose()
+                        try:
+                            await attempt.aclose()
+                        finally:
+                            route.fleet.ended(endpoint.name)
                     if self.finish_reason is None and not self.require_finish:
                         self.finish_reason = "stop"
                     if self.finish_reason is None:

@@ -75,7 +75,11 @@ async def respond(endpoints: list[SDKEndpoint], kind: str, o: Options, call: Cal
             send(ev.AttemptStart, attempt=attempts, endpoint=ep.name, mode="fresh")
             try:
                 limit = o.timeout.first_token_s
-                resp = await within(call(ep), limit)
+                route.fleet.began(ep.name)
+                try:
+                    resp = await within(call(ep), limit)
+                finally:
+                    route.fleet.ended(ep.name)
                 route.progress()
                 text, tools, finish_reason, usage = read(resp)
                 if o.check_zero_output and not tools and not has_content(text):
