@@ -331,14 +331,23 @@ class Chaos(Run):
         active: set[asyncio.Task] = set()
         faults_done = asyncio.Event()
 
+        def recovering(st: Stream) -> bool:
+            """Broken, not yet delivering again (nor ended)."""
+            return not st.ended and bool(st.failures) and (not st.times or st.failures[-1][0] > st.times[-1])
+
         async def schedule():
             await asyncio.sleep(self.ns.warmup_s)
             while len(self.faults) < self.ns.faults:
                 choice = self.pick()
                 if choice is not None:
                     await asyncio.to_thread(self.inject, *choice)
-                while self.ns.spaced and not (self.redis_up and all(r.up and not r.busy for r in self.replicas)):
-                    await asyncio.sleep(0.5)   # the fleet recovers before the next fault
+                # The fleet recovers before the next fault: every replica up, and every stream the
+                # last fault broke delivering again (a cut leaves no replica down, and cuts 3-6 s
+                # apart hit streams still waiting for their resumed first token: their gap was
+                # the time to the next cut, not to a token).
+                while self.ns.spaced and not (self.redis_up and all(r.up and not r.busy for r in self.replicas)
+                                              and not any(recovering(st) for st in streams)):
+                    await asyncio.sleep(0.5)
                 await asyncio.sleep(self.rng.uniform(0.5, 1.5) * self.ns.interval_s)
             faults_done.set()
 
@@ -396,6 +405,7 @@ class Chaos(Run):
         per: dict[str, dict] = {k: {"faults": 0, "streams_hit": 0, "completed": 0, "identical": 0, "errors": 0,
                                     "resumes_by_mode": {}, "gaps_s": [], "gaps_others_serving_s": [], "parts": []}
                                 for k in FAULTS}
+        gap_rows: list[dict] = []   # each gap measured: its fault, stream, client steps (s after the fault)
         for f in self.faults:
             per[f["kind"]]["faults"] += 1
         total = {"streams_started": len(streams), "completed": 0, "identical": 0, "lost_streams": 0,
@@ -439,17 +449,24 @@ class Chaos(Run):
                     row[mode] = row.get(mode, 0) + 1
             for f, t in hits:
                 row = per[f["kind"]]
-                if id(f) not in seen:
-                    seen.add(id(f))
-                    row["streams_hit"] += 1
-                    row["completed"] += ok
-                    row["identical"] += same
-                    row["errors"] += not ok
+                if id(f) in seen:
+                    continue   # a second failure put down to the same fault: one stream, one gap
+                seen.add(id(f))
+                row["streams_hit"] += 1
+                row["completed"] += ok
+                row["identical"] += same
+                row["errors"] += not ok
                 after = [x for x in st.times if x > f["at"]]
                 # the gap is a stream's in flight at the fault: it had delivered and was still going
                 in_flight = st.started < f["at"] and any(x <= f["at"] for x in st.times)
                 if after and in_flight:
                     row["gaps_s"].append(after[0] - f["at"])
+                    gap_rows.append({"fault": self.faults.index(f) + 1, "stream": st.n,
+                                     "gap_s": round(after[0] - f["at"], 3),
+                                     "failed_after_s": round(t - f["at"], 3),
+                                     "steps": [[round(x - f["at"], 3), kind] for x, kind in st.steps
+                                               if f["at"] - 1 <= x <= after[0]],
+                                     "endpoints": st.endpoints})
                     # the gap's parts: the fault until the client saw the failure, until the attempt
                     # that delivered next began, until its first token, until the first token delivered
                     attempts = [x for x, kind in st.steps if kind == "attempt_start" and t <= x <= after[0]]
@@ -494,7 +511,8 @@ class Chaos(Run):
                          "reference_unstable_prompts": unstable},
                 "total": total, "per_fault": per, "faults": [{k: v for k, v in f.items() if k != "at"}
                                                             for f in self.faults],
-                "health_timeline": {str(k): v for k, v in self.health.items()}, "not_identical": examples}
+                "health_timeline": {str(k): v for k, v in self.health.items()}, "not_identical": examples,
+                "gaps": gap_rows}
 
 
 def parse(argv=None):
@@ -519,7 +537,8 @@ def parse(argv=None):
     ap.add_argument("--cycle", action="store_true", help="take the fault kinds in turn, not at random")
     ap.add_argument("--min-streams", type=int, default=0)
     ap.add_argument("--spaced", action="store_true",
-                    help="each fault waits for the fleet to recover from the last (gaps with the rest healthy)")
+                    help="each fault waits for the fleet to recover from the last: every replica up, every "
+                         "stream it broke delivering again (gaps with the rest healthy)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "chaos.json"))
     ns = ap.parse_args(argv)
     ns.kinds = [k for k in ns.kinds.split(",") if k]

@@ -70,7 +70,7 @@ class FaultProxy:
         self.faults: list = []
         # "METHOD path -> fault" per request: the last 10 000 (a soak's proxy lives for hours)
         self.seen: collections.deque[str] = collections.deque(maxlen=10_000)
-        self.live: set = set()             # writers of completion answers being piped
+        self.live: dict = {}               # completion answers being piped: client writer -> upstream writer
         self.loop = asyncio.new_event_loop()
         self.ready = threading.Event()
         self.thread = threading.Thread(target=self._serve, daemon=True)
@@ -103,12 +103,18 @@ class FaultProxy:
         self.loop.close()
 
     def cut_now(self) -> int:
-        """Abort every completion stream being piped now; returns how many."""
+        """Abort every completion stream being piped now, both ways, as a
+        network fault between client and server does: the server sees its
+        connection drop at once and aborts the request, even one that has
+        sent nothing yet (cut on the client side only, a request still
+        waiting for its first token ran on, unseen, until it sent one:
+        ghost load in the chaos bench). Returns how many."""
         async def cut():
-            writers = list(self.live)
-            for w in writers:
+            pairs = list(self.live.items())
+            for w, up_w in pairs:
                 w.transport.abort()
-            return len(writers)
+                up_w.transport.abort()
+            return len(pairs)
         return asyncio.run_coroutine_threadsafe(cut(), self.loop).result(10)
 
     def inject(self, *faults) -> None:
@@ -173,11 +179,11 @@ class FaultProxy:
             await up_w.drain()
             completion = method == b"POST" and path.split(b"?")[0] in COMPLETION_PATHS
             if completion:
-                self.live.add(writer)
+                self.live[writer] = up_w
             try:
                 await self._pipe(up_r, writer, fault, reader)
             finally:
-                self.live.discard(writer)
+                self.live.pop(writer, None)
                 up_w.close()
         except (ConnectionError, OSError):
             pass
