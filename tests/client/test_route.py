@@ -232,19 +232,57 @@ def test_the_new_knobs_are_checked():
     assert Retry(deadline_s=5).deadline_for(False) == 5
 
 
-def test_the_streams_of_a_failed_replica_spread_over_its_ready_peers_by_attempts_in_progress():
+def test_the_streams_of_a_failed_replica_spread_over_its_ready_peers_by_the_streams_on_each():
     def run_with(busy, script):
         fleet = Fleet(clock=Clock())
-        for name in busy:                # other streams of this fleet running there
+        for name in busy:                # other streams of this fleet are on these
             fleet.began(name)
         run = Run([Replica("a", script), Replica("b"), Replica("c")], fleet=fleet)
         return run.text(), fleet
     text, fleet = run_with(["b"], ["break"])
     assert text == "from a: one two (c)"             # c: ready and idle, though b is listed first
-    assert (fleet.busy("a"), fleet.busy("b"), fleet.busy("c")) == (0, 1, 0)   # its own ended on every path
+    assert (fleet.busy("a"), fleet.busy("b"), fleet.busy("c")) == (0, 1, 0)   # the stream's own count ended
     assert run_with(["c", "c", "b"], ["break"])[0] == "from a: one two (b)"   # b has fewer
     assert run_with(["b", "c"], ["refuse"])[0] == "from b: one two (b)"       # a tie: list order
-    # a stream the caller closes mid-way ends its attempt's count too
+
+    # streams failing together (each had its first piece from a, then a breaks them all at once)
+    # choose one after another, each seeing the others' choices: they spread over b and c
+    broken, moved, arrived = asyncio.Event(), asyncio.Event(), []
+
+    def held(name, breaks):
+        r = Replica(name)
+
+        def factory(received):
+            async def gen():
+                if not received:
+                    yield f"from {name}: one"
+                    await broken.wait()
+                    raise ConnectionResetError(name)
+                arrived.append(name)         # every stream is on its new replica before any goes on
+                if len(arrived) == 4:
+                    moved.set()
+                await moved.wait()
+                yield f" two ({name})"
+            return gen()
+        r.factory = factory
+        return r
+    fleet = Fleet(clock=Clock())
+    runs = [Run([held("a", True), held("b", False), held("c", False)], fleet=fleet) for _ in range(4)]
+
+    async def together():
+        its = [r.session.__aiter__() for r in runs]
+        firsts = [await it.__anext__() for it in its]
+        assert fleet.busy("a") == 4
+        broken.set()
+
+        async def rest(f, it):
+            return f + "".join([c async for c in it])
+        return await asyncio.gather(*(rest(f, it) for f, it in zip(firsts, its)))
+    assert sorted(t[-3:] for t in asyncio.run(together())) == ["(b)", "(b)", "(c)", "(c)"]
+    assert sorted(arrived) == ["b", "b", "c", "c"]
+    assert fleet.busy("a") == fleet.busy("b") == fleet.busy("c") == 0
+
+    # a stream the caller closes mid-way ends its count too
     fleet = Fleet(clock=Clock())
     run = Run([Replica("a"), Replica("b")], fleet=fleet)
 
@@ -255,3 +293,4 @@ def test_the_streams_of_a_failed_replica_spread_over_its_ready_peers_by_attempts
         await it.aclose()
     asyncio.run(first_then_close())
     assert fleet.busy("a") == 0
+

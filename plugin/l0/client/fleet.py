@@ -7,10 +7,10 @@ up to ``max_cooldown_s``, or the server's ``Retry-After`` when that is
 longer. While an endpoint cools down, a stream that has somewhere else to go
 (another endpoint serving the same model) goes there, and a new stream does
 not start on it. A token from the endpoint, or a ``200`` from its
-``/l0/health``, ends the cooldown. The fleet also counts each endpoint's
-attempts in progress, so the streams that fail together (every stream of a
-killed replica) spread over the ready peers instead of all moving to the
-first one listed. One :class:`Fleet` is shared by every
+``/l0/health``, ends the cooldown. The fleet also counts the streams on
+each endpoint (from the moment one is chosen until the stream moves or
+ends), so the streams that fail together (every stream of a killed replica)
+spread over the ready peers instead of all moving to the first one listed. One :class:`Fleet` is shared by every
 stream of a wrapped client (``l0.wrap(..., fleet=...)`` shares one across
 clients), so one stream's failure spares the others the same wait; entries
 are keyed by the endpoint's name (its base URL).
@@ -44,11 +44,11 @@ class Fleet:
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.clock = clock
         self._book: dict[str, EndpointHealth] = {}
-        self._busy: dict[str, int] = {}   # attempts in progress, by endpoint
+        self._busy: dict[str, int] = {}   # streams on each endpoint
         self._counting = threading.Lock()  # a count is read and written: one thread at a time
 
     def began(self, name: str) -> None:
-        """An attempt on ``name`` starts (each is ended by :meth:`ended`)."""
+        """A stream is now on ``name`` (each is ended by :meth:`ended`)."""
         with self._counting:
             self._busy[name] = self._busy.get(name, 0) + 1
 
@@ -61,7 +61,7 @@ class Fleet:
                 self._busy.pop(name, None)
 
     def busy(self, name: str) -> int:
-        """Attempts in progress on ``name`` (this fleet's streams only)."""
+        """Streams on ``name`` (this fleet's only)."""
         return self._busy.get(name, 0)
 
     def get(self, name: str) -> EndpointHealth:

@@ -68,6 +68,23 @@ class Route:
         self.budget_s = 0.0              # the time budget (0: counts only); set by arm()
         self.streak: float | None = None  # when (``clock``) the first failure since the last token came
         self.rounds = 1
+        self.claimed: str | None = None   # the endpoint this stream counts on in the fleet
+
+    def _claim(self, j: int) -> None:
+        """The stream is now on ``j``: counted there in the fleet (and no
+        longer where it was). Made when ``j`` is chosen, before any await,
+        so the streams that fail together see each other's choices."""
+        name = self.endpoints[j].name
+        if self.claimed != name:
+            self.release()
+            self.fleet.began(name)
+            self.claimed = name
+
+    def release(self) -> None:
+        """The stream ended: no longer counted on its endpoint."""
+        if self.claimed is not None:
+            self.fleet.ended(self.claimed)
+            self.claimed = None
 
     # -- the stream's start and progress --------------------------------------
     def arm(self, l0: bool) -> None:
@@ -88,6 +105,7 @@ class Route:
         event when the stream moves, the caller's fallback delay on the
         first visit. Returns the endpoint."""
         ep = self.endpoints[j]
+        self._claim(j)
         moved = self.current is not None and j != self.current
         if j not in self.entered:
             self.entered.add(j)
@@ -204,8 +222,11 @@ class Route:
         if ready:
             # The least busy: a killed replica's streams all fail at once,
             # and all going to the first peer listed doubled its batch while
-            # another sat at its own (seen in the chaos bench).
-            return min(ready, key=lambda j: self.fleet.busy(self.endpoints[j].name)), 0.0, False
+            # another sat at its own (seen in the chaos bench). Claimed now:
+            # the streams failing beside this one choose next.
+            j = min(ready, key=lambda k: self.fleet.busy(self.endpoints[k].name))
+            self._claim(j)
+            return j, 0.0, False
         if own is not None:
             return i, own.delay_s, False
         j = min(pool, key=lambda k: (self.fleet.cooling(self.endpoints[k].name), k))

@@ -300,15 +300,11 @@ class Session:
                         self.emit(ev.Resume, attempt=self.attempts, mode=plan.mode,
                                   token_offset=self.received.tokens, char_offset=len(self.received.text))
                     attempt = self._attempt(endpoint, plan)
-                    route.fleet.began(endpoint.name)
                     try:
                         async for chunk in attempt:
                             yield self._deliver(chunk)
                     finally:   # now, not when the loop collects it: a close shuts the source before returning
-                        try:
-                            await attempt.aclose()
-                        finally:
-                            route.fleet.ended(endpoint.name)
+                        await attempt.aclose()
                     if self.finish_reason is None and not self.require_finish:
                         self.finish_reason = "stop"
                     if self.finish_reason is None:
@@ -371,6 +367,7 @@ class Session:
                       error=_short(exc), delivered_chars=len(self.received.text))
             raise
         finally:
+            route.release()
             if self.log is not None:
                 self.log.end_stream(self.stream_id)
 

@@ -75,11 +75,7 @@ async def respond(endpoints: list[SDKEndpoint], kind: str, o: Options, call: Cal
             send(ev.AttemptStart, attempt=attempts, endpoint=ep.name, mode="fresh")
             try:
                 limit = o.timeout.first_token_s
-                route.fleet.began(ep.name)
-                try:
-                    resp = await within(call(ep), limit)
-                finally:
-                    route.fleet.ended(ep.name)
+                resp = await within(call(ep), limit)
                 route.progress()
                 text, tools, finish_reason, usage = read(resp)
                 if o.check_zero_output and not tools and not has_content(text):
@@ -106,6 +102,7 @@ async def respond(endpoints: list[SDKEndpoint], kind: str, o: Options, call: Cal
         send(ev.Error, category=classify(exc).value, error=str(exc)[:300])
         raise
     finally:
+        route.release()
         if o.log is not None:
             o.log.end_stream(sid)
 
