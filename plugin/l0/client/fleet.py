@@ -10,13 +10,14 @@ not start on it. A token from the endpoint, or a ``200`` from its
 ``/l0/health``, ends the cooldown. The fleet also counts the streams on
 each endpoint (from the moment one is chosen until the stream moves or
 ends), so the streams that fail together (every stream of a killed replica)
-spread over the ready peers instead of all moving to the first one listed. One :class:`Fleet` is shared by every
-stream of a wrapped client (``l0.wrap(..., fleet=...)`` shares one across
-clients), so one stream's failure spares the others the same wait; entries
-are keyed by the endpoint's name (its base URL).
+spread over the ready peers instead of all moving to the first one listed.
+One :class:`Fleet` is shared by every stream of a wrapped client
+(``l0.wrap(..., fleet=...)`` shares one across clients), so one stream's
+failure spares the others the same wait; entries are keyed by the
+endpoint's name (its base URL).
 
 Thread-safe in the way the client uses it: each call reads or replaces one
-entry, and the attempt counts change under a lock (the sync client runs
+entry, and the stream counts change under a lock (the sync client runs
 streams on several threads).
 """
 from __future__ import annotations

@@ -12,11 +12,12 @@ The rules (the policy's numbers are :class:`~l0.client.retry.Retry`'s):
 * A network or "not now" failure, or a stall, puts the endpoint in cooldown.
   Endpoints serving the same model as the failed one (its *peers*: replicas)
   come first: of those not cooling down (their ``/l0/health`` asked, for
-  those that can say), the one with the fewest attempts of the fleet's
-  streams in progress gets the next attempt at once (list order breaks a
-  tie), so the streams of a failed replica spread over its peers. With none ready, the failed endpoint is retried after the policy's
-  backoff while it has retries, else the stream waits for the peer whose
-  cooldown ends first (a :class:`~l0.client.events.Waiting` event).
+  those that can say), the one with the fewest of the fleet's streams on
+  it gets the next attempt at once (list order breaks a tie), so the
+  streams of a failed replica spread over its peers. With none ready, the
+  failed endpoint is retried after the policy's backoff while it has
+  retries, else the stream waits for the peer whose cooldown ends first
+  (a :class:`~l0.client.events.Waiting` event).
   Cooldowns off (``cooldown_s=0``): the failed endpoint is retried first,
   as plain fallbacks are.
 * With no peer left, the next endpoint in list order (a fallback to another
