@@ -28,7 +28,19 @@ def vllm_server_argv(model: str, args: Sequence[str]) -> list[str]:
 
 
 class Server:
-    """``with Server(model, args, env) as srv: srv.url`` — a running l0 server."""
+    """``with Server(model, args, env) as srv: srv.url`` — a running l0 server.
+
+    On vLLM's CPU build each server's model runs on one core, and vLLM picks
+    core 0 for every server it starts (its "auto" binding sees only its own
+    process): three replicas on this machine all decoded on core 0 while
+    core 1 stayed idle. A server here gets its own core, round-robin over the
+    cores this process may use, unless the caller's ``env`` names
+    ``VLLM_CPU_OMP_THREADS_BIND`` or the args ask for tensor or pipeline
+    parallelism (more cores than one). The core is chosen once, so a
+    restarted server keeps it. GPU builds ignore the variable.
+    """
+
+    _started = 0  # servers built in this process: the next one's core
 
     def __init__(self, model: str, args: Sequence[str] = (), env: dict | None = None,
                  port: int | None = None, log_path: str | os.PathLike | None = None,
@@ -37,6 +49,12 @@ class Server:
         self.model, self.args = model, list(args)
         self.port = port or free_port()
         self.env = {**os.environ, **(env or {})}
+        if "VLLM_CPU_OMP_THREADS_BIND" not in self.env and not any(
+                a.startswith(("--tensor-parallel-size", "-tp", "--pipeline-parallel-size", "-pp"))
+                for a in self.args):
+            cores = sorted(os.sched_getaffinity(0))
+            self.env["VLLM_CPU_OMP_THREADS_BIND"] = str(cores[Server._started % len(cores)])
+            Server._started += 1
         self.log_path = Path(log_path) if log_path else None
         self.startup_timeout = startup_timeout
         self.progress = progress
