@@ -20,6 +20,9 @@ Faults:
 * ``Status(code, headers)``: answer ``code`` with a JSON error body without
   asking upstream (429/503 with ``Retry-After``, 401, ...).
 * ``Reset()``: reset the connection before any byte of the answer.
+* ``Watch()``: no fault: forward the whole answer, and append the number of
+  SSE events it held to ``watched`` (what a client's chunk count is checked
+  against: vLLM may put two tokens in one event when its server lags).
 
 ``cut_now()`` drops every completion stream in flight at once (a chaos run's
 "connection cut").
@@ -41,6 +44,11 @@ COMPLETION_PATHS = (b"/v1/chat/completions", b"/v1/completions", b"/v1/messages"
 class Cut:
     after_events: int = 0
     after_bytes: int | None = None   # instead of events: cut after this many body bytes
+
+
+@dataclass
+class Watch:
+    after_events: float = float("inf")   # (forwarded event by event, never faulted)
 
 
 @dataclass
@@ -71,6 +79,7 @@ class FaultProxy:
         # "METHOD path -> fault" per request: the last 10 000 (a soak's proxy lives for hours)
         self.seen: collections.deque[str] = collections.deque(maxlen=10_000)
         self.live: dict = {}               # completion answers being piped: client writer -> upstream writer
+        self.watched: list[int] = []       # SSE events of each answer a Watch() forwarded, in order
         self.loop = asyncio.new_event_loop()
         self.ready = threading.Event()
         self.thread = threading.Thread(target=self._serve, daemon=True)
@@ -123,6 +132,7 @@ class FaultProxy:
     def clear(self) -> None:
         self.faults.clear()
         self.seen.clear()
+        self.watched.clear()
 
     # -- the server -----------------------------------------------------------
     def _serve(self) -> None:
@@ -202,6 +212,11 @@ class FaultProxy:
         while True:
             data = await up.read(65536)
             if not data or writer.is_closing():  # upstream done, or the client side was cut
+                if isinstance(fault, Watch):
+                    self.watched.append(events)
+                    if pending and not writer.is_closing():
+                        writer.write(pending)  # the chunked body's end
+                        await writer.drain()
                 return
             if fault is None:
                 writer.write(data)

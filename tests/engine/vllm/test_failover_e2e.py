@@ -90,7 +90,9 @@ def reference(fleet):
     return ids, text
 
 
-@pytest.mark.parametrize("kill_at", [3, 32, MAX_TOKENS - 1], ids=["early", "middle", "one-before-end"])
+# The two edges of a resume; a kill in the middle of a stream is test_wrap_e2e's (at token 24,
+# through the SDK and l0.http): each kill here costs a restart of r1 (~40 s on the CI machine).
+@pytest.mark.parametrize("kill_at", [3, MAX_TOKENS - 1], ids=["early", "one-before-end"])
 def test_sigkill_mid_stream_resumes_exactly_on_the_other_replica(fleet, reference, kill_at):
     r1, r2 = fleet["r1"], fleet["r2"]
     if r1.proc is None or r1.proc.poll() is not None:

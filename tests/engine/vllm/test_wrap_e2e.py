@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from faultproxy import Cut, FaultProxy, Reset, Stall, Status
+from faultproxy import Cut, FaultProxy, Reset, Stall, Status, Watch
 from services import RedisProcess, free_port, settled_record
 
 pytestmark = [pytest.mark.vllm, pytest.mark.redis]
@@ -193,9 +193,13 @@ def reference(fleet):
 def test_a_healthy_stream_is_the_sdk_stream(fleet, reference, proxies, transport):
     from openai.types.chat import ChatCompletionChunk
 
-    run = wrapped_run(fleet, fleet["r1"].url, transport=transport)
+    proxies["r1"].inject(Watch())
+    run = wrapped_run(fleet, proxies["r1"].url, transport=transport)
     assert (run.text, run.ids) == reference[:2]
-    assert len(run.chunks) == reference[2] and all(isinstance(c, ChatCompletionChunk) for c in run.chunks)
+    # one chunk per event on the wire, [DONE] aside (not the reference's count: vLLM's server, when it
+    # lags its engine, puts two tokens in one event, as a CI run saw: 64 chunks, 65 in the reference)
+    assert proxies["r1"].watched == [len(run.chunks) + 1]
+    assert all(isinstance(c, ChatCompletionChunk) for c in run.chunks)
     assert run.types() == ["session_start", "attempt_start", "first_token", "complete"]
     start = run.of("session_start")[0]
     assert start.l0_key and start.l0_key.startswith("l0-")
@@ -304,23 +308,6 @@ def test_401_and_400_are_never_retried(fleet, proxies, transport):
     assert run.types() == ["session_start", "attempt_start", "failure", "retry_given_up", "error"]
     assert (run.of("failure")[0].status, run.of("retry_given_up")[0].why) == (400, "fatal")
     assert proxies["r1"].seen.count("POST /v1/chat/completions -> Status") == 1
-
-
-@pytest.mark.parametrize("transport", TRANSPORTS)
-def test_sigkill_of_the_primary_resumes_on_the_fallback(fleet, reference, proxies, transport):
-    import l0
-
-    run = wrapped_run(fleet, fleet["r1"].url, kill_at=24, victim=fleet["r1"], fallbacks=[fleet["r2"].url],
-                      retry=l0.Retry(max_retries=1), transport=transport)
-    assert (run.text, run.ids) == reference[:2]
-    # the break cools r1 down and r2 (a replica of the same model, healthy) takes over at once:
-    # the dead replica is not tried again, no retry budget spent on it
-    assert [f.category for f in run.of("failure")] == ["network"]
-    assert [e.endpoint for e in run.of("attempt_start")] == [fleet["r1"].url + "/v1/", fleet["r2"].url + "/v1/"]
-    assert [(e.index, e.endpoint) for e in run.of("fallback")] == [(1, fleet["r2"].url + "/v1/")]
-    assert run.of("retry_scheduled") == [] and run.of("retry_given_up") == []
-    assert run.of("checkpoint_fetched")[0].endpoint == fleet["r2"].url + "/v1/"
-    assert run.of("attempt_start")[-1].mode == "checkpoint"
 
 
 def test_plain_vllm_is_continued_from_the_text(fleet, reference, proxies):
@@ -1104,3 +1091,22 @@ def test_l0_run_falls_back_to_a_zero_argument_factory_after_a_mid_stream_break(f
     assert text == reference[0]   # (each factory's chunks come as it made them: l0.run keeps their ids)
     assert [e.type for e in events if e.type in ("fallback", "retry_given_up")] == ["retry_given_up", "fallback"]
     assert [e.mode for e in events if e.type == "attempt_start"] == ["fresh", "fresh" if hold else "regenerate"]
+
+
+# Last in the module: each kill costs a restart of r1 (~40 s here) before the next test that
+# needs it, and after the last kill none does.
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_sigkill_of_the_primary_resumes_on_the_fallback(fleet, reference, proxies, transport):
+    import l0
+
+    run = wrapped_run(fleet, fleet["r1"].url, kill_at=24, victim=fleet["r1"], fallbacks=[fleet["r2"].url],
+                      retry=l0.Retry(max_retries=1), transport=transport)
+    assert (run.text, run.ids) == reference[:2]
+    # the break cools r1 down and r2 (a replica of the same model, healthy) takes over at once:
+    # the dead replica is not tried again, no retry budget spent on it
+    assert [f.category for f in run.of("failure")] == ["network"]
+    assert [e.endpoint for e in run.of("attempt_start")] == [fleet["r1"].url + "/v1/", fleet["r2"].url + "/v1/"]
+    assert [(e.index, e.endpoint) for e in run.of("fallback")] == [(1, fleet["r2"].url + "/v1/")]
+    assert run.of("retry_scheduled") == [] and run.of("retry_given_up") == []
+    assert run.of("checkpoint_fetched")[0].endpoint == fleet["r2"].url + "/v1/"
+    assert run.of("attempt_start")[-1].mode == "checkpoint"
