@@ -35,6 +35,7 @@ import json
 import socket
 import struct
 import threading
+import time
 from dataclasses import dataclass, field
 
 COMPLETION_PATHS = (b"/v1/chat/completions", b"/v1/completions", b"/v1/messages", b"/v1/responses")
@@ -133,6 +134,15 @@ class FaultProxy:
         self.faults.clear()
         self.seen.clear()
         self.watched.clear()
+
+    def wait_watched(self, n: int = 1, timeout_s: float = 10.0) -> list[int]:
+        """``watched`` once it holds ``n`` answers (polled: the proxy counts an
+        answer when its upstream ends, which a client that stops reading at
+        ``[DONE]`` may not wait for); as it is after ``timeout_s`` otherwise."""
+        deadline = time.monotonic() + timeout_s
+        while len(self.watched) < n and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return list(self.watched)
 
     # -- the server -----------------------------------------------------------
     def _serve(self) -> None:

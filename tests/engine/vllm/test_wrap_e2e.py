@@ -198,7 +198,7 @@ def test_a_healthy_stream_is_the_sdk_stream(fleet, reference, proxies, transport
     assert (run.text, run.ids) == reference[:2]
     # one chunk per event on the wire, [DONE] aside (not the reference's count: vLLM's server, when it
     # lags its engine, puts two tokens in one event, as a CI run saw: 64 chunks, 65 in the reference)
-    assert proxies["r1"].watched == [len(run.chunks) + 1]
+    assert proxies["r1"].wait_watched() == [len(run.chunks) + 1]
     assert all(isinstance(c, ChatCompletionChunk) for c in run.chunks)
     assert run.types() == ["session_start", "attempt_start", "first_token", "complete"]
     start = run.of("session_start")[0]
