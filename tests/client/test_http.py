@@ -59,6 +59,19 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, *a):
         pass
 
+    def do_GET(self):
+        # vLLM's /version when the test says the server is vLLM (no /l0/health: not L0)
+        if self.path == "/version" and getattr(self.server, "vllm", False):
+            data = json.dumps({"version": "0.32.0"}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+        else:
+            data = b"{}"
+            self.send_response(404)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
     def do_POST(self):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         srv = self.server
@@ -227,3 +240,28 @@ def test_a_dropped_stream_leaves_no_reference_cycle(server, sdk):
             gc.enable()
     got = asyncio.run(go())
     assert got == [], sorted(set(got))
+
+
+def test_a_replica_unknown_at_its_first_probe_is_probed_again_before_a_resume(server):
+    """A replica that was down when a stream first tried it (its probe
+    failed) and is back when the stream, broken elsewhere, returns to it is
+    probed again: a vLLM server is continued with ``continue_final_message``,
+    not asked to "continue" as an unknown server would be."""
+    import l0
+    from l0.client import chunks as ck
+    from l0.client.endpoints import _PROBES, SDKEndpoint, ServerInfo
+    from l0.client.options import Options
+    from l0.client.session import Session
+
+    server.vllm = True
+    ep = SDKEndpoint(l0.http(server.url + "/v1"), "chat",
+                     {"model": "m", "messages": [{"role": "user", "content": "hi"}]}, Options())
+    _PROBES.pop(ep.root, None)
+    assert ep.info == ServerInfo()                     # never reached: unknown
+    session = Session([ep])
+    session.take(ck.Parts(text="Once upon"))          # the stream broke elsewhere after two words
+    plan = asyncio.run(ep.plan(session))
+    assert ep.info.known and ep.info.vllm and not ep.info.l0
+    body = plan.request["params"]
+    assert plan.mode == "text" and body["extra_body"]["continue_final_message"] is True
+    assert body["messages"][-1] == {"role": "assistant", "content": "Once upon"}

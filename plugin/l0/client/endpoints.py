@@ -157,8 +157,11 @@ class ServerEndpoint(Endpoint):
     # -- planning -------------------------------------------------------------
     async def plan(self, session: Session) -> Plan | None:
         got = session.received
-        if got.empty and not self.info.known:
-            await self.prepare()  # the server was unreachable at the first probe
+        if not self.info.known:
+            # unreachable at its first probe (down, restarting): ask again, mid-stream too. Unknown, an
+            # L0 replica would be resumed as a plain server, from the text (a chaos run's kills: 13
+            # streams of 273 came back changed, from the replica that had just restarted)
+            await self.prepare()
         if got.tool_calls and not self.resumes_tool_calls(session):
             raise NotResumable("l0: tool-call pieces were delivered, and only an L0 server regenerating a "
                                "greedy request can go on from them")
@@ -467,8 +470,8 @@ class ChatRouteEndpoint(ServerEndpoint):
 
     async def plan(self, session: Session) -> Plan | None:
         got = session.received
-        if got.empty and not self.info.known:
-            await self.prepare()
+        if not self.info.known:
+            await self.prepare()   # (mid-stream too: see ServerEndpoint.plan)
         if got.empty:
             params = dict(self.params)
             if self.l0:
