@@ -52,7 +52,9 @@ class Server:
         if "VLLM_CPU_OMP_THREADS_BIND" not in self.env and not any(
                 a.startswith(("--tensor-parallel-size", "-tp", "--pipeline-parallel-size", "-pp"))
                 for a in self.args):
-            cores = sorted(os.sched_getaffinity(0))
+            # (sched_getaffinity is Linux's; elsewhere every core counts)
+            cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(
+                range(os.cpu_count() or 1))
             self.env["VLLM_CPU_OMP_THREADS_BIND"] = str(cores[Server._started % len(cores)])
             Server._started += 1
         self.log_path = Path(log_path) if log_path else None
