@@ -159,8 +159,8 @@ class ServerEndpoint(Endpoint):
         got = session.received
         if not self.info.known:
             # unreachable at its first probe (down, restarting): ask again, mid-stream too. Unknown, an
-            # L0 replica would be resumed as a plain server, from the text (a chaos run's kills: 13
-            # streams of 273 came back changed, from the replica that had just restarted)
+            # L0 replica would be resumed as a plain server, from the text (a chaos run's kills: 12
+            # streams of 273 came back changed, resumed by text on the replica that had restarted)
             await self.prepare()
         if got.tool_calls and not self.resumes_tool_calls(session):
             raise NotResumable("l0: tool-call pieces were delivered, and only an L0 server regenerating a "
