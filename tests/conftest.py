@@ -124,6 +124,52 @@ def pytest_configure(config):
         config.addinivalue_line("markers", f"{name}: needs {name}; skipped centrally when absent")
 
 
+# `make test` runs the suite on two pytest-xdist workers, a whole module to a
+# worker (`--dist loadfile`), in this order (`--no-loadscope-reorder`): the
+# modules that start real servers, longest first (their times on the 2-core CI
+# machine, from --durations), so the two workers end close together, then the
+# rest as collected. A module's own tests keep their order (its kill tests run
+# last, see docs/tests.md).
+SLOWEST_FIRST = [f"tests/{m}" for m in (
+    "engine/vllm/test_wrap_e2e.py",            # ~500 s
+    "engine/vllm/test_failover_e2e.py",        # ~390 s
+    "engine/vllm/test_serve_e2e.py",           # ~360 s
+    "engine/vllm/test_health_e2e.py",          # ~190 s
+    "engine/vllm/test_chaos_e2e.py",           # ~185 s
+    "engine/vllm/test_v2_engine_e2e.py",       # ~185 s
+    "engine/vllm/test_structured_e2e.py",      # ~175 s
+    "engine/vllm/test_tensor_parallel_e2e.py",  # ~165 s
+    "engine/vllm/test_soak_e2e.py",            # ~160 s
+    "engine/vllm/test_compat_e2e.py",          # ~160 s
+    "engine/vllm/test_content_e2e.py",         # ~100 s
+    "engine/triton/test_triton_e2e.py",        # ~80 s
+    "engine/vllm/test_load_e2e.py",            # ~70 s
+    "engine/vllm/test_multimodal_e2e.py",
+    "test_light_install.py",
+    "test_cli_serve.py",
+)]
+
+
+def _worker_index() -> int:
+    """This process's pytest-xdist worker (``gw0`` → 0); 0 without xdist."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    return int(worker[2:]) if worker[2:].isdigit() else 0
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _servers_start_on_this_workers_core():
+    """Each module's first server on its worker's own core, the next on the
+    next core (``l0.engine.server.Server``'s round-robin): two workers'
+    single-server modules decode on two cores, not both on core 0."""
+    try:
+        from l0.engine.server import Server
+    except ImportError:  # pragma: no cover
+        yield
+        return
+    Server._started = _worker_index()
+    yield
+
+
 def pytest_collection_modifyitems(config, items):
     reasons = {}
     for item in items:
@@ -140,3 +186,6 @@ def pytest_collection_modifyitems(config, items):
             if name in REQUIRED:
                 raise pytest.UsageError(f"{'CI' if IN_CI else 'L0_REQUIRE'} requires {name} for {item.nodeid}: {why}")
             item.add_marker(pytest.mark.skip(reason=why))
+    rank = {path: i for i, path in enumerate(SLOWEST_FIRST)}
+    # stable: each module's tests stay together and in their own order
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(rank)))
