@@ -34,6 +34,7 @@ import json
 import os
 import platform
 import random
+import shutil
 import signal
 import statistics
 import sys
@@ -62,7 +63,7 @@ class Stream:
     ids: list = field(default_factory=list)
     text: str = ""
     times: list = field(default_factory=list)       # arrival time of each delivered chunk with tokens
-    failures: list = field(default_factory=list)    # (time, endpoint name)
+    failures: list = field(default_factory=list)    # (time, endpoint name, "category: error")
     resumes: list = field(default_factory=list)     # (time, mode)
     waits: int = 0                                  # times it waited for the fleet (every replica cooling down)
     steps: list = field(default_factory=list)       # (time, event type): the client's moves, for the gap's parts
@@ -71,7 +72,8 @@ class Stream:
 
 
 class Replica:
-    def __init__(self, i: int, model: str, tmp: Path, redis_url: str, stall_s: float) -> None:
+    def __init__(self, i: int, model: str, tmp: Path, redis_url: str, stall_s: float,
+                 step_tokens: int | None = None) -> None:
         from faultproxy import FaultProxy
         from l0.engine.server import Server
 
@@ -82,7 +84,8 @@ class Replica:
         cfg.write_text(f"l0:\n  action: stop\n  health:\n    stall_timeout_s: {stall_s}\n    retry_after_s: 1\n")
         env = {"L0_CONFIG": str(cfg), "L0_CHECKPOINT_STORE": redis_url, "L0_TELEMETRY_SCRIPT": str(self.script),
                "L0_STATUS_DIR": str(tmp / f"status-{i}"), "VLLM_CPU_KVCACHE_SPACE": "1"}
-        self.server = Server(model, ARGS, env=env, log_path=tmp / f"replica-{i}.log", startup_timeout=600)
+        args = ARGS + (["--max-num-batched-tokens", str(step_tokens)] if step_tokens else [])
+        self.server = Server(model, args, env=env, log_path=tmp / f"replica-{i}.log", startup_timeout=600)
         self.proxy = FaultProxy(self.server.port).start()
         self.up = False
         self.busy = False           # a fault or a restart in progress
@@ -122,7 +125,8 @@ class Chaos(Run):
         self.redis = RedisProcess(tmp, persist=not self.ns.no_persist).start()
         self.fleet = l0.Fleet()   # one application's view of the replicas, shared by its streams
         self.redis_up = True
-        self.replicas = [Replica(i, self.model, tmp, self.redis.url, self.ns.stall_s) for i in range(self.ns.replicas)]
+        self.replicas = [Replica(i, self.model, tmp, self.redis.url, self.ns.stall_s, self.ns.step_tokens)
+                         for i in range(self.ns.replicas)]
         threads = [threading.Thread(target=r.start) for r in self.replicas]
         for t in threads:
             t.start()
@@ -160,7 +164,8 @@ class Chaos(Run):
                           "retry_scheduled"):
                 st.steps.append((time.monotonic(), e.type))
             if e.type == "failure":
-                st.failures.append((time.monotonic(), names.get("endpoint")))
+                st.failures.append((time.monotonic(), names.get("endpoint"),
+                                    f"{getattr(e, 'category', '')}: {getattr(e, 'error', '')}"[:200]))
             elif e.type == "attempt_start":
                 names["endpoint"] = e.endpoint
                 st.endpoints.append(e.endpoint)
@@ -393,7 +398,7 @@ class Chaos(Run):
             Redis fault (which breaks no stream itself but may make a resume
             regenerate), else to the latest fault."""
             out = []
-            for t, endpoint in st.failures:
+            for t, endpoint, _ in st.failures:
                 replica = by_url.get(str(endpoint or "").rstrip("/").removesuffix("/v1"))
                 recent = [f for f in self.faults if f["at"] <= t and t - f["at"] < 60]
                 cands = ([f for f in recent if f["replica"] == replica]
@@ -466,7 +471,10 @@ class Chaos(Run):
                                      "failed_after_s": round(t - f["at"], 3),
                                      "steps": [[round(x - f["at"], 3), kind] for x, kind in st.steps
                                                if f["at"] - 1 <= x <= after[0]],
-                                     "endpoints": st.endpoints})
+                                     "endpoints": st.endpoints,
+                                     # what the client saw fail: the failures after the fault, up to the gap's end
+                                     "failures": [[round(x - f["at"], 3), str(ep or ""), why]
+                                                  for x, ep, why in st.failures if f["at"] <= x <= after[0]]})
                     # the gap's parts: the fault until the client saw the failure, until the attempt
                     # that delivered next began, until its first token, until the first token delivered
                     attempts = [x for x, kind in st.steps if kind == "attempt_start" and t <= x <= after[0]]
@@ -504,6 +512,8 @@ class Chaos(Run):
                          "replicas": self.ns.replicas, "concurrency": self.ns.concurrency,
                          "max_tokens": self.ns.max_tokens, "prompts": len(self.prompts), "faults": len(self.faults),
                          "duration_s": self.now(), "model": "SmolLM2-135M-Instruct (float32, vLLM CPU build)",
+                         "max_num_batched_tokens": self.ns.step_tokens or "vLLM's default (2048 on the CPU build)",
+                         "stall_timeout_s": self.ns.stall_s,
                          "redis_persistence": None if self.ns.no_persist else "appendonly yes, appendfsync everysec",
                          "client": {"max_retries": 3, "attempts": 3, "wait": "fixed-jitter 0.5-1.0 s",
                                     "deadline_s": self.ns.deadline_s if self.ns.deadline_s is not None
@@ -512,7 +522,11 @@ class Chaos(Run):
                 "total": total, "per_fault": per, "faults": [{k: v for k, v in f.items() if k != "at"}
                                                             for f in self.faults],
                 "health_timeline": {str(k): v for k, v in self.health.items()}, "not_identical": examples,
-                "gaps": gap_rows}
+                "gaps": gap_rows,
+                # every failure a stream met (s since the run began, endpoint, what the client saw)
+                "failures": [{"stream": st.n, "primary": st.primary, "endpoints": st.endpoints,
+                              "failures": [[round(x - self.t0, 3), str(ep or ""), why] for x, ep, why in st.failures]}
+                             for st in streams if st.failures]}
 
 
 def parse(argv=None):
@@ -527,6 +541,9 @@ def parse(argv=None):
     ap.add_argument("--interval-s", type=float, default=4.0, help="mean time between faults")
     ap.add_argument("--warmup-s", type=float, default=3.0)
     ap.add_argument("--freeze-s", type=float, default=15.0)
+    ap.add_argument("--step-tokens", type=int, default=0,
+                    help="the replicas' --max-num-batched-tokens (default: vLLM's, 2048 on the CPU build)")
+    ap.add_argument("--keep-logs", metavar="DIR", help="copy the replicas' logs here at the end")
     ap.add_argument("--stall-s", type=float, default=10.0, help="the replicas' watchdog stall timeout")
     ap.add_argument("--outage-s", type=float, default=10.0)
     ap.add_argument("--xid-hold-s", type=float, default=3.0, help="a FAILED replica's time before its restart")
@@ -559,6 +576,10 @@ def main(argv=None) -> dict:
             doc = asyncio.run(chaos.run())
         finally:
             chaos.teardown()
+            if ns.keep_logs:  # the replicas' logs (a stall's report has every thread's stack)
+                Path(ns.keep_logs).mkdir(parents=True, exist_ok=True)
+                for log in Path(tmp).glob("replica-*.log"):
+                    shutil.copy(log, Path(ns.keep_logs) / log.name)
     t = doc["total"]
     print(f"\nstreams {t['streams_started']}: completed {t['completed']}, identical {t['identical']}, "
           f"lost {t['lost_streams']}, duplicated tokens {t['duplicated_tokens']}, errors surfaced "
