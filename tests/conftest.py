@@ -122,25 +122,35 @@ CHECKS = {"gpu": _have_gpu, "nvml": _have_nvml, "triton": _have_triton, "vllm": 
 def pytest_configure(config):
     for name in CHECKS:
         config.addinivalue_line("markers", f"{name}: needs {name}; skipped centrally when absent")
+    # The KV cache of each CPU server the tests start, in GiB (a module that
+    # needs more says so). vLLM's own default is a fraction of the machine's
+    # memory per server: three of them with another module's server beside
+    # them did not fit in 24 GiB (the kernel killed a model worker).
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
 
-# `make test` runs the suite on two pytest-xdist workers, a whole module to a
-# worker (`--dist loadfile`), in this order (`--no-loadscope-reorder`): the
-# modules that start real servers, longest first (their times on the 2-core CI
-# machine, from --durations), so the two workers end close together, then the
-# rest as collected. A module's own tests keep their order (its kill tests run
-# last, see docs/tests.md).
-SLOWEST_FIRST = [f"tests/{m}" for m in (
-    "engine/vllm/test_wrap_e2e.py",            # ~500 s
-    "engine/vllm/test_failover_e2e.py",        # ~390 s
+# `make test` runs the suite on two pytest-xdist workers (`-n 2 --dist
+# loadgroup --no-loadscope-reorder`). Every module is one xdist group, so a
+# worker takes it whole (its module-scoped servers start once), except the
+# modules that start several servers (or ranks) at once: those are one group,
+# FLEET, run one after another on one worker, so the machine never holds two
+# fleets (24 GiB: a fleet of three CPU servers takes about 11). The groups go
+# out longest first (their times on the 2-core CI machine, from --durations),
+# then the rest as collected. A module's own tests keep their order (its kill
+# tests run last, see docs/tests.md).
+FLEET = [f"tests/engine/vllm/{m}" for m in (
+    "test_wrap_e2e.py",             # ~500 s, three servers
+    "test_failover_e2e.py",         # ~390 s, two
+    "test_health_e2e.py",           # ~190 s, two
+    "test_chaos_e2e.py",            # ~185 s, three and Redis
+    "test_tensor_parallel_e2e.py",  # ~165 s, three ranks
+    "test_compat_e2e.py",           # ~160 s, three
+)]
+SLOWEST_FIRST = FLEET + [f"tests/{m}" for m in (
     "engine/vllm/test_serve_e2e.py",           # ~360 s
-    "engine/vllm/test_health_e2e.py",          # ~190 s
-    "engine/vllm/test_chaos_e2e.py",           # ~185 s
     "engine/vllm/test_v2_engine_e2e.py",       # ~185 s
     "engine/vllm/test_structured_e2e.py",      # ~175 s
-    "engine/vllm/test_tensor_parallel_e2e.py",  # ~165 s
     "engine/vllm/test_soak_e2e.py",            # ~160 s
-    "engine/vllm/test_compat_e2e.py",          # ~160 s
     "engine/vllm/test_content_e2e.py",         # ~100 s
     "engine/triton/test_triton_e2e.py",        # ~80 s
     "engine/vllm/test_load_e2e.py",            # ~70 s
@@ -170,6 +180,7 @@ def _servers_start_on_this_workers_core():
     yield
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
 def pytest_collection_modifyitems(config, items):
     reasons = {}
     for item in items:
@@ -189,3 +200,6 @@ def pytest_collection_modifyitems(config, items):
     rank = {path: i for i, path in enumerate(SLOWEST_FIRST)}
     # stable: each module's tests stay together and in their own order
     items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(rank)))
+    for item in items:
+        module = item.nodeid.split("::")[0]
+        item.add_marker(pytest.mark.xdist_group("fleet" if module in FLEET else module))
