@@ -130,14 +130,14 @@ def pytest_configure(config):
 
 
 # `make test` runs the suite on two pytest-xdist workers (`-n 2 --dist
-# loadgroup --no-loadscope-reorder`). Every module is one xdist group, so a
-# worker takes it whole (its module-scoped servers start once), except the
-# modules that start several servers (or ranks) at once: those are one group,
-# FLEET, run one after another on one worker, so the machine never holds two
-# fleets (24 GiB: a fleet of three CPU servers takes about 11). The groups go
-# out longest first (their times on the 2-core CI machine, from --durations),
-# then the rest as collected. A module's own tests keep their order (its kill
-# tests run last, see docs/tests.md).
+# loadfile --no-loadscope-reorder`), scheduled by `pytest_xdist_make_scheduler`
+# below: a worker takes a module whole (its module-scoped servers start
+# once), and the modules that start several servers (or ranks) at once are
+# one unit, FLEET, run one after another on one worker, so the machine never
+# holds two fleets (24 GiB: a fleet of three CPU servers takes about 11). The
+# units go out longest first (their times on the 2-core CI machine, from
+# --durations), then the rest as collected. A module's own tests keep their
+# order (its kill tests run last, see docs/tests.md).
 FLEET = [f"tests/engine/vllm/{m}" for m in (
     "test_wrap_e2e.py",             # ~500 s, three servers
     "test_failover_e2e.py",         # ~390 s, two
@@ -160,6 +160,21 @@ SLOWEST_FIRST = FLEET + [f"tests/{m}" for m in (
 )]
 
 
+@pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist, absent without it
+def pytest_xdist_make_scheduler(config, log):
+    """Whole modules to a worker, FLEET's modules as one unit. (xdist's own
+    ``loadgroup`` marks do not group under pytest 9.2: they rename
+    ``item._nodeid``, which pytest no longer reads.)"""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ModulesAndOneFleet(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::")[0]
+            return "fleet" if module in FLEET else module
+
+    return ModulesAndOneFleet(config, log)
+
+
 def _worker_index() -> int:
     """This process's pytest-xdist worker (``gw0`` → 0); 0 without xdist."""
     worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
@@ -180,7 +195,6 @@ def _servers_start_on_this_workers_core():
     yield
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
 def pytest_collection_modifyitems(config, items):
     reasons = {}
     for item in items:
@@ -200,6 +214,3 @@ def pytest_collection_modifyitems(config, items):
     rank = {path: i for i, path in enumerate(SLOWEST_FIRST)}
     # stable: each module's tests stay together and in their own order
     items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(rank)))
-    for item in items:
-        module = item.nodeid.split("::")[0]
-        item.add_marker(pytest.mark.xdist_group("fleet" if module in FLEET else module))
