@@ -938,8 +938,10 @@ def test_a_cut_responses_stream_resumes_as_one_response(fleet, proxies):
     assert want[-1].type == "response.completed" and len(text) > 40
     assert want[-1].response.status == "incomplete"   # max_output_tokens reached
     events, got, session = responses_events(proxies["r1"].url, fleet["model"])
-    assert got == text and [e.type for e in events] == [e.type for e in want]
-    assert all(isinstance(e, type(w)) for e, w in zip(events, want))
+    # The same events but how many deltas: a server that lags its engine puts two
+    # tokens in one SSE event, so two runs' delta counts depend on timing (seen in CI).
+    assert got == text and _shape(events) == _shape(want)
+    assert {type(e) for e in events} == {type(w) for w in want}
 
     proxies["r1"].inject(Cut(after_events=15))
     events, got, session = responses_events(proxies["r1"].url, fleet["model"], sleep=_no_sleep)
@@ -951,6 +953,12 @@ def test_a_cut_responses_stream_resumes_as_one_response(fleet, proxies):
     assert [e.sequence_number for e in events] == list(range(len(events)))
     assert len({e.item_id for e in events if e.type == "response.output_text.delta"}) == 1
     assert [e.mode for e in session.events if e.type == "attempt_start"] == ["fresh", "text"]
+
+
+def _shape(events) -> list[str]:
+    """The events' types, each run of text deltas counted once."""
+    types = [e.type for e in events]
+    return [t for i, t in enumerate(types) if not (t == "response.output_text.delta" and types[i - 1] == t)]
 
 
 async def _no_sleep(s):
