@@ -69,6 +69,24 @@ def test_ttl_expires(tmp_path, request):
     assert s.get("k1") is None
 
 
+def test_sqlite_purges_expired_rows_by_time_when_writes_are_rare(tmp_path):
+    """Fewer than PURGE_EVERY writes, but purge_s (a quarter of the TTL) has
+    passed: the next write deletes the expired row; the live one stays."""
+    import sqlite3
+    import time
+
+    from l0.engine.checkpoint.sqlite_store import PURGE_EVERY, SqliteStore
+    s = SqliteStore(tmp_path / "p.db", ttl_s=4)
+    assert s.purge_s == 1.0 and PURGE_EVERY == 256
+    s.put_many([rec("old")])
+    time.sleep(4.2)                        # past the TTL (and purge_s)
+    s.put_many([rec("new")])
+    with sqlite3.connect(tmp_path / "p.db") as db:
+        assert db.execute("SELECT key FROM l0_checkpoints").fetchall() == [("new",)]
+    assert s.get("new") is not None
+    assert SqliteStore(tmp_path / "q.db", ttl_s=24 * 3600).purge_s == 300.0
+
+
 @pytest.mark.redis
 def test_redis_sets_a_ttl_on_every_record(redis_proc):
     s = open_store(redis_proc.url, ttl_s=123)

@@ -5,7 +5,11 @@ process), ``synchronous=NORMAL`` (a killed writer loses no committed
 transaction and never leaves a corrupt file; only an OS crash may drop the
 newest ones), the file created 0600 before SQLite opens it (its -wal/-shm
 files inherit that mode). One connection per thread. Expired rows are never
-returned and are purged on writes.
+returned, and a write purges them every ``PURGE_EVERY`` writes or once a
+``purge_s`` (a quarter of the TTL, at most 5 minutes) has passed since the
+last purge, whichever comes first: while the engine writes, no row outlives
+its expiry by more than ``purge_s`` and the table holds at most the keys
+written in ``ttl_s + purge_s``.
 """
 from __future__ import annotations
 
@@ -25,7 +29,8 @@ CREATE TABLE IF NOT EXISTS l0_checkpoints (
     value   TEXT NOT NULL,
     expires REAL NOT NULL
 )"""
-_PURGE_EVERY = 256  # writes between purges of expired rows
+PURGE_EVERY = 256          # writes between purges of expired rows, at most
+PURGE_S_MAX = 300.0        # seconds between them, at most (see purge_s)
 
 
 class SqliteStore:
@@ -35,6 +40,9 @@ class SqliteStore:
         self.ttl_s = ttl_s
         self._local = threading.local()
         self._writes = 0
+        # A count alone lets expired rows pile up while writes are rare.
+        self.purge_s = min(ttl_s / 4, PURGE_S_MAX)
+        self._purged_at = time.monotonic()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # Create (or keep) the file owner-only before SQLite touches it.
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
@@ -75,8 +83,8 @@ class SqliteStore:
             db.executemany("INSERT OR REPLACE INTO l0_checkpoints (key, value, expires) VALUES (?, ?, ?)",
                            rows)
             self._writes += len(rows)
-            if self._writes >= _PURGE_EVERY:
-                self._writes = 0
+            if self._writes >= PURGE_EVERY or time.monotonic() - self._purged_at >= self.purge_s:
+                self._writes, self._purged_at = 0, time.monotonic()
                 db.execute("DELETE FROM l0_checkpoints WHERE expires <= ?", (now,))
             db.execute("COMMIT")
         except sqlite3.DatabaseError as exc:
