@@ -265,3 +265,37 @@ def test_a_replica_unknown_at_its_first_probe_is_probed_again_before_a_resume(se
     body = plan.request["params"]
     assert plan.mode == "text" and body["extra_body"]["continue_final_message"] is True
     assert body["messages"][-1] == {"role": "assistant", "content": "Once upon"}
+
+
+def test_a_vllm_server_without_l0_is_asked_for_token_ids_so_a_continuation_keeps_max_tokens(server):
+    """A lagging server puts two tokens in one chunk: counted by chunks, a
+    continuation would ask for one token too many. vLLM is asked for its own
+    ``return_token_ids`` (no L0 key), the received tokens are counted by
+    their ids, and the continuation's budget is what is left. After it the
+    answer is no longer one generation's ids (``token_ids`` None), still
+    counted exactly."""
+    import l0
+    from l0.client import chunks as ck
+    from l0.client.endpoints import _PROBES, SDKEndpoint
+    from l0.client.options import Options
+    from l0.client.session import Session
+
+    server.vllm = True
+    ep = SDKEndpoint(l0.http(server.url + "/v1"), "chat",
+                     {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 10}, Options())
+    _PROBES.pop(ep.root, None)
+    session = Session([ep])
+    asyncio.run(ep.prepare())
+    fresh = asyncio.run(ep.plan(session))
+    assert fresh.mode == "fresh" and fresh.request["params"]["extra_body"] == {"return_token_ids": True}
+    session.take(ck.Parts(text="Once upon", token_ids=(7, 8)))   # two tokens, one chunk
+    session.take(ck.Parts(text=" a", token_ids=(9,)))
+    assert session.received.tokens == 3 and session.received.token_ids == [7, 8, 9]
+    plan = asyncio.run(ep.plan(session))
+    body = plan.request["params"]
+    assert plan.mode == "text" and body["max_tokens"] == 7
+    assert body["extra_body"]["return_token_ids"] is True and "vllm_xargs" not in body["extra_body"]
+    assert session.received.token_ids is None
+    session.take(ck.Parts(text=" time", token_ids=(10, 11)))
+    session.take(ck.Parts(text="."))                   # (a chunk without ids counts as one)
+    assert session.received.tokens == 6

@@ -183,11 +183,14 @@ class ServerEndpoint(Endpoint):
 
     def _fresh_request(self, session: Session) -> dict:
         params = dict(self.params)
-        if self.l0:
+        if self.l0 or self.info.vllm:
             extra = dict(params.get("extra_body") or {})
-            xargs = dict(extra.get("vllm_xargs") or {})
-            xargs[OPT_KEY] = session.l0_key
-            extra["vllm_xargs"] = xargs
+            if self.l0:
+                xargs = dict(extra.get("vllm_xargs") or {})
+                xargs[OPT_KEY] = session.l0_key
+                extra["vllm_xargs"] = xargs
+            # vLLM's own option. Without L0 it only counts the tokens exactly: a lagging server
+            # puts two in one chunk, and a text continuation must not overrun max_tokens.
             extra["return_token_ids"] = True
             params["extra_body"] = extra
         return {"call": self.kind, "params": params}
@@ -238,6 +241,9 @@ class ServerEndpoint(Endpoint):
         left = _reduce(params, extra, got.tokens)
         if left is not None and left <= 0:
             raise ResumeRefused("l0: the token budget is spent")
+        got.token_ids = None     # from here on the answer is not one generation's ids
+        if self.info.vllm:
+            extra["return_token_ids"] = True   # (still counted exactly)
         if self.kind == "chat":
             messages = list(params["messages"]) + [{"role": "assistant", "content": got.text}]
             if self.info.vllm:

@@ -70,8 +70,12 @@ class Plan:
 class Received:
     """What the session has from the model: delivered to the caller or held."""
     text: str = ""
-    token_ids: list[int] | None = field(default_factory=list)  # None once a chunk came without ids
-    chunks: int = 0                 # content chunks (a token count where ids are missing)
+    # One generation's exact ids: None once a chunk came without ids, or the
+    # answer was continued from its text (the ids after that are another request's).
+    token_ids: list[int] | None = field(default_factory=list)
+    # Output tokens: by the ids of each chunk that has them, else one per
+    # content chunk (a lagging server may put two tokens in one chunk).
+    counted: int = 0
     tool_calls: bool = False
     tools: dict = field(default_factory=dict)   # index -> {"id", "name", "arguments"}: the calls so far
     scan: ContentScan = field(default_factory=ContentScan)
@@ -88,8 +92,10 @@ class Received:
                 self.token_ids = None
         elif self.token_ids is not None:
             self.token_ids.extend(p.token_ids)
-        if p.text or p.token_ids:
-            self.chunks += 1
+        if p.token_ids:
+            self.counted += len(p.token_ids)
+        elif p.text:
+            self.counted += 1
         self.tool_calls = self.tool_calls or p.tool_calls
         for index, call_id, name, arguments in p.tool_pieces or ():
             call = self.tools.setdefault(index, {"id": None, "name": None, "arguments": ""})
@@ -104,7 +110,7 @@ class Received:
 
     @property
     def tokens(self) -> int:
-        return len(self.token_ids) if self.token_ids is not None else self.chunks
+        return self.counted
 
 
 def end_checks(guard: Any, tool_calls: bool) -> list:
