@@ -58,8 +58,13 @@ services:
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; \
 	  else echo "redis-server missing: install it (Debian: apt-get install redis-server)"; fi; fi
 
+# Two workers, a whole module each, the modules that start fleets one after
+# another on one worker (tests/conftest.py groups and orders them): most
+# end-to-end modules decode on one core, so two side by side use both.
+# TEST_WORKERS=0 runs the suite in one process.
+TEST_WORKERS ?= 2
 test: install model kernels-check services triton
-	$(PY) -m pytest --durations=15; rc=$$?; \
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=15; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing on purpose"; exit 1; fi; exit $$rc
 
 # The inner loop: every test but the *_e2e.py files (those start real vLLM

@@ -122,6 +122,77 @@ CHECKS = {"gpu": _have_gpu, "nvml": _have_nvml, "triton": _have_triton, "vllm": 
 def pytest_configure(config):
     for name in CHECKS:
         config.addinivalue_line("markers", f"{name}: needs {name}; skipped centrally when absent")
+    # The KV cache of each CPU server the tests start, in GiB (a module that
+    # needs more says so). vLLM's own default is a fraction of the machine's
+    # memory per server: three of them with another module's server beside
+    # them did not fit in 24 GiB (the kernel killed a model worker).
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+
+
+# `make test` runs the suite on two pytest-xdist workers (`-n 2 --dist
+# loadfile --no-loadscope-reorder`), scheduled by `pytest_xdist_make_scheduler`
+# below: a worker takes a module whole (its module-scoped servers start
+# once), and the modules that start several servers (or ranks) at once are
+# one unit, FLEET, run one after another on one worker, so the machine never
+# holds two fleets (24 GiB: a fleet of three CPU servers takes about 11). The
+# units go out longest first (their times on the 2-core CI machine, from
+# --durations), then the rest as collected. A module's own tests keep their
+# order (its kill tests run last, see docs/tests.md).
+FLEET = [f"tests/engine/vllm/{m}" for m in (
+    "test_wrap_e2e.py",             # ~500 s, three servers
+    "test_failover_e2e.py",         # ~390 s, two
+    "test_health_e2e.py",           # ~190 s, two
+    "test_chaos_e2e.py",            # ~185 s, three and Redis
+    "test_tensor_parallel_e2e.py",  # ~165 s, three ranks
+    "test_compat_e2e.py",           # ~160 s, three
+)]
+SLOWEST_FIRST = FLEET + [f"tests/{m}" for m in (
+    "engine/vllm/test_serve_e2e.py",           # ~360 s
+    "engine/vllm/test_v2_engine_e2e.py",       # ~185 s
+    "engine/vllm/test_structured_e2e.py",      # ~175 s
+    "engine/vllm/test_soak_e2e.py",            # ~160 s
+    "engine/vllm/test_content_e2e.py",         # ~100 s
+    "engine/triton/test_triton_e2e.py",        # ~80 s
+    "engine/vllm/test_load_e2e.py",            # ~70 s
+    "engine/vllm/test_multimodal_e2e.py",
+    "test_light_install.py",
+    "test_cli_serve.py",
+)]
+
+
+@pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist, absent without it
+def pytest_xdist_make_scheduler(config, log):
+    """Whole modules to a worker, FLEET's modules as one unit. (xdist's own
+    ``loadgroup`` marks do not group under pytest 9.2: they rename
+    ``item._nodeid``, which pytest no longer reads.)"""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ModulesAndOneFleet(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::")[0]
+            return "fleet" if module in FLEET else module
+
+    return ModulesAndOneFleet(config, log)
+
+
+def _worker_index() -> int:
+    """This process's pytest-xdist worker (``gw0`` → 0); 0 without xdist."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    return int(worker[2:]) if worker[2:].isdigit() else 0
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _servers_start_on_this_workers_core():
+    """Each module's first server on its worker's own core, the next on the
+    next core (``l0.engine.server.Server``'s round-robin): two workers'
+    single-server modules decode on two cores, not both on core 0."""
+    try:
+        from l0.engine.server import Server
+    except ImportError:  # pragma: no cover
+        yield
+        return
+    Server._started = _worker_index()
+    yield
 
 
 def pytest_collection_modifyitems(config, items):
@@ -140,3 +211,6 @@ def pytest_collection_modifyitems(config, items):
             if name in REQUIRED:
                 raise pytest.UsageError(f"{'CI' if IN_CI else 'L0_REQUIRE'} requires {name} for {item.nodeid}: {why}")
             item.add_marker(pytest.mark.skip(reason=why))
+    rank = {path: i for i, path in enumerate(SLOWEST_FIRST)}
+    # stable: each module's tests stay together and in their own order
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(rank)))

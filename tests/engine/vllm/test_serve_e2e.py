@@ -39,7 +39,9 @@ def server(tmp_path_factory):
     args = ["--dtype", "float32", "--gpu-memory-utilization", "0.25", "--max-model-len", "2048",
             "--enforce-eager", "--max-num-seqs", "64", "--seed", "0"]
     store = f"sqlite://{tmp_path_factory.mktemp('ck')}/ck.db"
-    with Server(model, args, env={"L0_ACTION": "stop", "L0_CHECKPOINT_STORE": store}, log_path=log) as srv:
+    # KV for the whole labelled set at once, both ways (about 45k tokens; 3 GiB holds 70k)
+    env = {"L0_ACTION": "stop", "L0_CHECKPOINT_STORE": store, "VLLM_CPU_KVCACHE_SPACE": "3"}
+    with Server(model, args, env=env, log_path=log) as srv:
         srv.model = model
         srv.log = log
         yield srv

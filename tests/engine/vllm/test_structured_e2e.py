@@ -46,7 +46,8 @@ def server(tmp_path_factory):
     # Named/required tool choice through vLLM's JSON-schema grammar (hermes
     # otherwise serves them with a structural tag around its native format).
     env = {"L0_ACTION": "stop", "L0_CHECKPOINT_STORE": f"sqlite://{tmp}/ck.db",
-           "VLLM_ENFORCE_STRICT_TOOL_CALLING": "0"}
+           "VLLM_ENFORCE_STRICT_TOOL_CALLING": "0",
+           "VLLM_CPU_KVCACHE_SPACE": "2"}  # one batch of planets, runaways, room and budget jobs
     with Server(model, args, env=env, log_path=tmp / "server.log") as srv:
         srv.model, srv.log, srv.store = model, tmp / "server.log", f"sqlite://{tmp}/ck.db"
         yield srv

@@ -391,8 +391,7 @@ def test_the_key_header_and_assigned_keys(fleet):
             await client.close()
     key, body = asyncio.run(raw(fleet["r2"].url))  # unkeyed, on the replica that assigns keys
     assert re.fullmatch(r"l0-[0-9a-f]{32}", key)
-    record = settled_record(lambda k: _record_json(fleet["r2"], k), key, ready=lambda rec: rec["finished"],
-                            timeout_s=10.0)
+    record = settled_record(lambda k: _record_json(fleet["r2"], k), key, ready=lambda rec: rec["finished"])
     assert record is not None and record["finished"] and record["output_ids"] == body.choices[0].token_ids
     assert asyncio.run(raw(fleet["r1"].url))[0] is None  # r1 keys only keyed requests
     assert asyncio.run(raw(fleet["r1"].url, {"l0_key": "l0-" + "ab" * 16}))[0] == "l0-" + "ab" * 16
@@ -411,8 +410,7 @@ def test_a_stream_cut_before_its_stop_token_ends_without_special_text(fleet, pro
 
     def settle(e):  # let the record land finished before the retry reads it
         if e.type == "failure":
-            settled_record(lambda k: _record_json(fleet["r1"], k), run_key[0], ready=lambda rec: rec["finished"],
-                           timeout_s=10.0)
+            settled_record(lambda k: _record_json(fleet["r1"], k), run_key[0], ready=lambda rec: rec["finished"])
         elif e.type == "session_start":
             run_key.append(e.l0_key)
     run_key = []
