@@ -12,7 +12,9 @@ Faults:
 * ``Cut(after_events=N)``: forward the answer up to the end of its N-th SSE
   event, then close: the client sees an incomplete chunked body.
   ``Cut(after_bytes=N)``: the same after N bytes of the body (mid-event,
-  mid-UTF-8 even).
+  mid-UTF-8 even). ``Cut(before=REGEX)``: before the first event the regex
+  finds (a lagging server puts two tokens in one event, so a count of
+  events does not say where an answer ends).
 * ``Stall(after_events=N, seconds=T)``: after N events, forward nothing for T
   seconds (then go on); a client that hangs up during the stall makes the
   proxy drop its upstream connection at once (the server sees the
@@ -32,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import json
+import re
 import socket
 import struct
 import threading
@@ -45,6 +48,7 @@ COMPLETION_PATHS = (b"/v1/chat/completions", b"/v1/completions", b"/v1/messages"
 class Cut:
     after_events: int = 0
     after_bytes: int | None = None   # instead of events: cut after this many body bytes
+    before: bytes | None = None      # or: cut before the first event this regex finds
 
 
 @dataclass
@@ -257,6 +261,14 @@ class FaultProxy:
                 j = pending.find(b"\n\n")
                 if j < 0:
                     break
+                if isinstance(fault, Cut) and fault.before is not None:
+                    if re.search(fault.before, pending[:j + 2]):
+                        writer.write(out)
+                        await writer.drain()
+                        writer.close()
+                        return
+                    out, pending = out + pending[:j + 2], pending[j + 2:]
+                    continue
                 out, pending = out + pending[:j + 2], pending[j + 2:]
                 events += 1
                 if events >= fault.after_events:

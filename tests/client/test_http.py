@@ -76,6 +76,14 @@ class _Handler(BaseHTTPRequestHandler):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         srv = self.server
         srv.bodies.append((self.path, body, self.headers.get("Authorization")))
+        if self.path == "/tokenize":          # vLLM's; this fake's tokenizer: a token per word
+            data = json.dumps({"count": len(body["prompt"].split()), "tokens": []}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+            return
         act = srv.script.pop(0) if srv.script else "ok"
         if act == "busy":
             data = json.dumps({"error": {"message": "busy", "type": "rate"}}).encode()
@@ -299,3 +307,29 @@ def test_a_vllm_server_without_l0_is_asked_for_token_ids_so_a_continuation_keeps
     session.take(ck.Parts(text=" time", token_ids=(10, 11)))
     session.take(ck.Parts(text="."))                   # (a chunk without ids counts as one)
     assert session.received.tokens == 6
+
+
+def test_a_messages_stream_continued_on_vllm_counts_its_tokens_by_tokenize(server):
+    """Anthropic's Messages (and OpenAI's Responses) stream no token ids; a
+    lagging server puts several tokens in one event. The continuation's
+    budget counts the text received by vLLM's ``/tokenize``, not by events."""
+    import anthropic
+
+    from l0.client import chunks as ck
+    from l0.client.anthropic import AnthropicEndpoint
+    from l0.client.endpoints import _PROBES
+    from l0.client.options import Options
+    from l0.client.session import Session
+
+    server.vllm = True
+    ep = AnthropicEndpoint(anthropic.AsyncAnthropic(base_url=server.url, api_key="k"),
+                           {"model": "m", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]},
+                           Options())
+    _PROBES.pop(ep.root, None)
+    session = Session([ep])
+    session.take(ck.Parts(text="Once upon a time"))      # one event, four tokens
+    assert session.received.tokens == 1
+    plan = asyncio.run(ep.plan(session))
+    assert plan.mode == "text" and plan.request["params"]["max_tokens"] == 6
+    assert ("/tokenize", {"model": "m", "prompt": "Once upon a time", "add_special_tokens": False}, None) \
+        in [(p, b, None) for p, b, _ in server.bodies]

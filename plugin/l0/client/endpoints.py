@@ -496,12 +496,27 @@ class ChatRouteEndpoint(ServerEndpoint):
                                "on /v1/chat/completions); this one is not")
         params, extra = self.chat_request(got.text)
         extra.update(continue_final_message=True, add_generation_prompt=False)
-        left = _reduce(params, extra, got.tokens)
+        left = _reduce(params, extra, max(got.tokens, await self.count_tokens(got.text)))
         if left is not None and left <= 0:
             raise ResumeRefused("l0: the token budget is spent")
         params["extra_body"] = extra
         from l0.client.adapters import OpenAIAdapter
         return Plan("text", {"route": "chat", "params": params}, convert=True, reader=OpenAIAdapter("chat"))
+
+    async def count_tokens(self, text: str) -> int:
+        """``text``'s tokens by vLLM's ``/tokenize`` (0 when it can't say).
+        These streams carry no token ids, and a lagging server puts two
+        tokens in one event: counted by events, a continuation would ask
+        for more than ``max_tokens`` leaves."""
+        import httpx
+
+        try:
+            async with http_client(PROBE_TIMEOUT_S, self.headers) as http:
+                r = await http.post(self.root + "/tokenize",
+                                    json={"model": self.model, "prompt": text, "add_special_tokens": False})
+            return int(r.json()["count"]) if r.status_code == 200 else 0
+        except (httpx.HTTPError, ValueError, KeyError, TypeError):
+            return 0
 
     def chat_request(self, text: str) -> tuple[dict, dict]:
         """The chat request (SDK keywords, and ``extra_body`` fields) that
