@@ -72,37 +72,32 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
+    def _json(self, code, obj, headers=None):
+        data = json.dumps(obj).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
     def do_POST(self):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         srv = self.server
         srv.bodies.append((self.path, body, self.headers.get("Authorization")))
         if self.path == "/tokenize":          # vLLM's; this fake's tokenizer: a token per word
-            data = json.dumps({"count": len(body["prompt"].split()), "tokens": []}).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+            self._json(200, {"count": len(body["prompt"].split()), "tokens": []})
             return
         act = srv.script.pop(0) if srv.script else "ok"
         if act == "busy":
-            data = json.dumps({"error": {"message": "busy", "type": "rate"}}).encode()
-            self.send_response(429)
-            self.send_header("Retry-After", "2")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+            self._json(429, {"error": {"message": "busy", "type": "rate"}}, {"Retry-After": "2"})
             return
         if act == "whole":
-            data = json.dumps({"id": "c1", "object": "chat.completion", "created": 1, "model": "m",
-                               "choices": [{"index": 0, "finish_reason": "stop",
-                                            "message": {"role": "assistant", "content": "".join(WORDS)}}],
-                               "usage": {"prompt_tokens": 3, "completion_tokens": 5, "total_tokens": 8}}).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+            self._json(200, {"id": "c1", "object": "chat.completion", "created": 1, "model": "m",
+                             "choices": [{"index": 0, "finish_reason": "stop",
+                                          "message": {"role": "assistant", "content": "".join(WORDS)}}],
+                             "usage": {"prompt_tokens": 3, "completion_tokens": 5, "total_tokens": 8}})
             return
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")

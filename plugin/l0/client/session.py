@@ -75,7 +75,7 @@ class Received:
     token_ids: list[int] | None = field(default_factory=list)
     # Output tokens: by the ids of each chunk that has them, else one per
     # content chunk (a lagging server may put two tokens in one chunk).
-    counted: int = 0
+    tokens: int = 0
     tool_calls: bool = False
     tools: dict = field(default_factory=dict)   # index -> {"id", "name", "arguments"}: the calls so far
     scan: ContentScan = field(default_factory=ContentScan)
@@ -93,9 +93,9 @@ class Received:
         elif self.token_ids is not None:
             self.token_ids.extend(p.token_ids)
         if p.token_ids:
-            self.counted += len(p.token_ids)
+            self.tokens += len(p.token_ids)
         elif p.text:
-            self.counted += 1
+            self.tokens += 1
         self.tool_calls = self.tool_calls or p.tool_calls
         for index, call_id, name, arguments in p.tool_pieces or ():
             call = self.tools.setdefault(index, {"id": None, "name": None, "arguments": ""})
@@ -107,10 +107,6 @@ class Received:
     @property
     def empty(self) -> bool:
         return not self.text and not self.token_ids and not self.tool_calls
-
-    @property
-    def tokens(self) -> int:
-        return self.counted
 
 
 def end_checks(guard: Any, tool_calls: bool) -> list:
