@@ -4,7 +4,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from l0.engine.health.metrics import SERIES, render
 from l0.engine.health.policy import Level
 
-DOC = {"pid": 42, "in_flight": 3, "steps": 1200, "heartbeat_age_s": 0.02, "stall_timeout_s": 30.0,
+DOC = {"pid": 42, "in_flight": 3, "steps": 1200, "heartbeat_age_s": 0.02, "cpu_wait_s": 0.5,
+       "stall_timeout_s": 30.0,
        "stalled": False, "stalls": 1, "device": {"level": "degraded", "reasons": ["gpu 0: clocks slowed"]},
        "gpus": [{"index": 0, "temperature_c": 81.0, "power_w": 350.5, "memory_used_bytes": 1024,
                  "ecc_uncorrected": 0, "lost": False, "clock_events": ["hw_thermal_slowdown"]}],
@@ -28,6 +29,7 @@ def test_render_parses_and_carries_the_values():
     assert got[("l0_gpu_clock_event", (("engine", "42"), ("gpu", "0"), ("reason", "hw_thermal_slowdown")))] == 1
     assert got[("l0_checkpoints_written_total", (("engine", "42"),))] == 17
     assert got[("l0_watchdog_stalled", (("engine", "42"),))] == 0
+    assert got[("l0_heartbeat_cpu_wait_seconds", (("engine", "42"),))] == 0.5
     assert got[("l0_request_starvation_seconds_bucket", (("engine", "42"), ("le", "0.05")))] == 7
     assert got[("l0_request_starvation_seconds_bucket", (("engine", "42"), ("le", "1")))] == 9
     assert got[("l0_request_starvation_seconds_bucket", (("engine", "42"), ("le", "+Inf")))] == 10

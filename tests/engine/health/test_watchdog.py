@@ -1,9 +1,20 @@
-"""The watchdog's verdicts on a hand-driven clock (no sleeping)."""
+"""The watchdog's verdicts on a hand-driven clock (no sleeping), the
+stepping thread's CPU wait given by hand too; and that wait read for real
+from a thread starved by processes pinned to its core."""
 import logging
+import os
+import subprocess
+import sys
+import threading
+import time
 
 import pytest
 
-from l0.engine.health.watchdog import Heartbeat, Watchdog
+from l0.engine.health.watchdog import Heartbeat, Watchdog, cpu_wait_s
+
+
+def no_wait(tid):
+    return 0.0   # the stepping thread never waited for a CPU
 
 
 class Clock:
@@ -19,7 +30,8 @@ def test_stall_declared_once_with_stacks_then_cleared(caplog):
     clock = Clock()
     hb = Heartbeat(clock)
     stalls, recoveries = [], []
-    wd = Watchdog(hb, fixed_timeout_s=2.0, on_stall=[stalls.append], on_recover=[lambda: recoveries.append(1)])
+    wd = Watchdog(hb, fixed_timeout_s=2.0, on_stall=[stalls.append], on_recover=[lambda: recoveries.append(1)],
+                  cpu_wait=no_wait)
     hb.beat(3)
     clock.t = 1.9
     assert not wd.check()
@@ -35,7 +47,7 @@ def test_stall_declared_once_with_stacks_then_cleared(caplog):
 def test_idle_engine_is_never_stalled():
     clock = Clock()
     hb = Heartbeat(clock)
-    wd = Watchdog(hb, fixed_timeout_s=1.0)
+    wd = Watchdog(hb, fixed_timeout_s=1.0, cpu_wait=no_wait)
     hb.beat(1)
     hb.idle()
     clock.t = 100.0
@@ -45,7 +57,7 @@ def test_idle_engine_is_never_stalled():
 def test_timeout_adapts_to_observed_steps_with_a_floor():
     clock = Clock()
     hb = Heartbeat(clock)
-    wd = Watchdog(hb, floor_s=5.0, factor=10.0)
+    wd = Watchdog(hb, floor_s=5.0, factor=10.0, cpu_wait=no_wait)
     assert wd.stall_timeout_s == 5.0                 # too few steps seen: the floor
     for i in range(100):
         clock.t += 0.02 if i % 50 else 2.0          # steps of 20 ms, two slow ones of 2 s
@@ -62,7 +74,7 @@ def test_failing_callback_does_not_kill_the_watchdog():
     clock = Clock()
     hb = Heartbeat(clock)
     seen = []
-    wd = Watchdog(hb, fixed_timeout_s=1.0, on_stall=[lambda age: 1 / 0, seen.append])
+    wd = Watchdog(hb, fixed_timeout_s=1.0, on_stall=[lambda age: 1 / 0, seen.append], cpu_wait=no_wait)
     hb.beat(1)
     clock.t = 5.0
     assert wd.check() and seen == [5.0]
@@ -72,10 +84,9 @@ def test_between_steps_is_not_in_flight_and_keeps_the_step_statistics():
     """Model Runner V2 has no removal hook: a step that only hands finished
     requests over calls ``apply_staged_writes`` (between_steps) and nothing
     after; it must not read as a stall. A hang after the logits still does."""
-    from l0.engine.health.watchdog import Heartbeat, Watchdog
     now = [0.0]
     hb = Heartbeat(clock=lambda: now[0])
-    wd = Watchdog(hb, floor_s=30.0)
+    wd = Watchdog(hb, floor_s=30.0, cpu_wait=no_wait)
     for _ in range(10):
         hb.between_steps()
         now[0] += 0.01
@@ -90,3 +101,68 @@ def test_between_steps_is_not_in_flight_and_keeps_the_step_statistics():
     assert max(hb.intervals) == pytest.approx(0.01)  # the idle gap is no step
     now[0] += 31.0
     assert wd.check() is True
+
+
+def test_a_starved_step_is_not_a_stall_a_hung_one_is():
+    """The time the stepping thread waited for a CPU is not counted: a step
+    starved by a busier neighbour is not declared; the same gap with the
+    thread waiting for nothing is. The wait is summed between checks and
+    starts over at each beat."""
+    clock, wait = Clock(), {"s": 0.0}
+    hb = Heartbeat(clock)
+    wd = Watchdog(hb, fixed_timeout_s=2.0, cpu_wait=lambda tid: wait["s"])
+    hb.beat(1)
+    assert hb.tid is not None
+    assert not wd.check() and wd.starved_s == 0.0        # the first check after a beat: the baseline
+    for _ in range(10):                                  # 10 s without a step, 9 of them waiting for a CPU
+        clock.t += 1.0
+        wait["s"] += 0.9
+        assert not wd.check()
+    assert wd.starved_s == pytest.approx(9.0) and wd.heartbeat_age_s() == 10.0
+    clock.t += 1.5                                       # then 1.5 s more, given the CPU: 2.5 s its own
+    assert wd.check() and wd.stalls == 1
+    hb.beat(1)                                           # a step: the count starts over
+    assert not wd.check() and wd.starved_s == 0.0
+    clock.t += 2.5                                       # hung: no wait for a CPU at all
+    assert wd.check() and wd.stalls == 2
+
+
+def test_an_unreadable_cpu_wait_counts_every_second():
+    clock = Clock()
+    hb = Heartbeat(clock)
+    wd = Watchdog(hb, fixed_timeout_s=2.0, cpu_wait=lambda tid: None)
+    hb.beat(1)
+    wd.check()
+    clock.t = 2.5
+    assert wd.check() and wd.starved_s == 0.0
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or cpu_wait_s(threading.get_native_id()) is None,
+                    reason="needs Linux's per-thread scheduler statistics (/proc/self/task/<tid>/schedstat)")
+def test_cpu_wait_is_read_for_a_real_starved_thread():
+    """A thread pinned to one core beside two busy processes pinned there
+    too gets about a third of it: most of its wall time is CPU wait. (Only
+    that it is a real share is asserted, far below the third expected.)"""
+    core = sorted(os.sched_getaffinity(0))[0]
+    hog = f"import os\nos.sched_setaffinity(0, {{{core}}})\nwhile True: pass"
+    hogs = [subprocess.Popen([sys.executable, "-c", hog]) for _ in range(2)]
+    out = {}
+
+    def busy():
+        os.sched_setaffinity(0, {core})   # this thread only
+        tid = threading.get_native_id()
+        w0, t0 = cpu_wait_s(tid), time.monotonic()
+        while time.monotonic() - t0 < 1.5:
+            pass
+        out["wait"], out["wall"] = cpu_wait_s(tid) - w0, time.monotonic() - t0
+    try:
+        time.sleep(0.2)   # the hogs are running
+        t = threading.Thread(target=busy)
+        t.start()
+        t.join(30)
+    finally:
+        for h in hogs:
+            h.kill()
+            h.wait()
+    assert out["wall"] >= 1.5 and out["wait"] >= 0.25 * out["wall"], out
+    assert cpu_wait_s(10 ** 9) is None   # no such thread

@@ -25,6 +25,8 @@ SERIES = {
     "l0_watchdog_stalls_total": ("counter", "Decode-loop stalls declared by the watchdog."),
     "l0_watchdog_stalled": ("gauge", "1 while the decode loop is stalled."),
     "l0_heartbeat_age_seconds": ("gauge", "Seconds since the last decode step."),
+    "l0_heartbeat_cpu_wait_seconds": ("gauge", "Of those, the seconds the stepping thread waited for a CPU "
+                                      "(not counted against the stall timeout)."),
     "l0_stall_timeout_seconds": ("gauge", "The watchdog's current stall timeout."),
     "l0_requests_in_flight": ("gauge", "Requests in the engine's batch at the last step."),
     "l0_decode_steps_total": ("counter", "Decode steps seen by L0."),
@@ -75,6 +77,7 @@ def render(docs: Iterable[dict[str, Any]], replica_level: Level | None) -> str:
         add("l0_watchdog_stalls_total", d.get("stalls"), engine=e)
         add("l0_watchdog_stalled", int(bool(d.get("stalled"))), engine=e)
         add("l0_heartbeat_age_seconds", d.get("heartbeat_age_s"), engine=e)
+        add("l0_heartbeat_cpu_wait_seconds", d.get("cpu_wait_s"), engine=e)
         add("l0_stall_timeout_seconds", d.get("stall_timeout_s"), engine=e)
         add("l0_requests_in_flight", d.get("in_flight"), engine=e)
         add("l0_decode_steps_total", d.get("steps"), engine=e)

@@ -92,7 +92,8 @@ class EngineMonitor:
         if not self.status_dir:
             return
         doc = {"in_flight": self.hb.in_flight, "steps": self.hb.steps,
-               "heartbeat_age_s": self.watchdog.heartbeat_age_s(), "stall_timeout_s": self.watchdog.stall_timeout_s,
+               "heartbeat_age_s": self.watchdog.heartbeat_age_s(), "cpu_wait_s": round(self.watchdog.starved_s, 3),
+               "stall_timeout_s": self.watchdog.stall_timeout_s,
                "stalled": self.watchdog.stalled, "stalls": self.watchdog.stalls,
                "device": self.assessment.to_dict(), "telemetry": getattr(self.source, "name", None),
                "gpus": [r.to_dict() for r in self.readings],

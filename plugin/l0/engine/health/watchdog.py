@@ -9,6 +9,16 @@ checkpoints, flip health, exit if configured), and clears when beats resume.
 
 ``stall_timeout_s`` adapts: ``max(floor_s, factor × p99 of recent step
 intervals)`` (intervals while idle are not steps and are not counted).
+
+A starved step is not a stall: the time the stepping thread spent runnable
+but waiting for a CPU (Linux's ``/proc/self/task/<tid>/schedstat``, read by
+the watchdog's thread, never on the decode path) is not counted against the
+timeout. A decode loop that hangs (blocked on a lock, a dead peer, a device
+that stopped answering) waits for nothing of the kind, and is declared at its
+timeout as before; one that only shares its cores with a busier neighbour
+(seen in CI: a 38 s step on a 2-core machine beside a 27-request batch) is
+not, so its replica is not drained and its streams are not cut. Where the
+file cannot be read, every second counts.
 The clock is injectable, and :meth:`Watchdog.check` can be driven by hand, so
 tests never sleep.
 """
@@ -33,11 +43,14 @@ class Heartbeat:
         self.in_flight = 0
         self._busy = 0  # in_flight at the last beat (step intervals are counted between busy beats)
         self._began: float | None = None  # when the current step began (between_steps), if the host says
+        self.tid: int | None = None  # the stepping thread's native id (its CPU wait is read by the watchdog)
         self.steps = 0
         self.intervals: deque[float] = deque(maxlen=window)
 
     def beat(self, in_flight: int) -> None:
         now = self.clock()
+        if self.tid is None:
+            self.tid = threading.get_native_id()
         if self._began is not None:
             # The host marks step starts (V2): a step is its start to its
             # logits, so an idle gap before it is never counted as a step.
@@ -100,12 +113,36 @@ def thread_stacks() -> str:
                   flags=re.M)
 
 
+def cpu_wait_s(tid: int) -> float | None:
+    """Seconds thread ``tid`` of this process has spent runnable and waiting
+    for a CPU since it started (the second field of Linux's
+    ``/proc/self/task/<tid>/schedstat``, in ns); None where that is not
+    readable (another OS, a kernel without scheduler statistics, a thread
+    that has ended)."""
+    try:
+        with open(f"/proc/self/task/{tid}/schedstat", "rb") as f:
+            return int(f.read().split()[1]) / 1e9
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 class Watchdog:
+    """``check()`` gives one verdict: stalled when requests are in flight and
+    the time since the last beat, less the time the stepping thread waited
+    for a CPU meanwhile (``cpu_wait``: seconds so far for a thread id, or
+    None), exceeds ``stall_timeout_s``. The wait is summed between checks,
+    so the part before the first check after a beat counts as a stall's."""
+
     def __init__(self, heartbeat: Heartbeat, *, floor_s: float = 30.0, factor: float = 10.0,
                  fixed_timeout_s: float | None = None, check_every_s: float = 0.25,
                  on_stall: list[Callable[[float], None]] | None = None,
-                 on_recover: list[Callable[[], None]] | None = None) -> None:
+                 on_recover: list[Callable[[], None]] | None = None,
+                 cpu_wait: Callable[[int], float | None] = cpu_wait_s) -> None:
         self.hb = heartbeat
+        self.cpu_wait = cpu_wait
+        self.starved_s = 0.0   # of the time since the last beat, what the stepping thread waited for a CPU
+        self._mark: float | None = None     # hb.last when starved_s began
+        self._wait_at: float | None = None  # the thread's CPU wait at the last check
         self.floor_s, self.factor, self.fixed = floor_s, factor, fixed_timeout_s
         self.check_every_s = check_every_s
         self.on_stall = list(on_stall or [])
@@ -125,15 +162,29 @@ class Watchdog:
     def heartbeat_age_s(self) -> float:
         return self.hb.clock() - self.hb.last
 
+    def _starved(self) -> float:
+        """The stepping thread's CPU wait since the last beat (or idle), summed
+        over the checks since then."""
+        tid = self.hb.tid
+        wait = None if tid is None else self.cpu_wait(tid)
+        if self.hb.last != self._mark:   # a beat since the last check: a new gap begins
+            self._mark, self.starved_s = self.hb.last, 0.0
+        elif wait is not None and self._wait_at is not None:
+            self.starved_s += max(0.0, wait - self._wait_at)
+        self._wait_at = wait
+        return self.starved_s
+
     def check(self) -> bool:
         """One verdict; returns whether the engine is stalled now."""
         age = self.heartbeat_age_s()
-        stuck = self.hb.in_flight > 0 and age > self.stall_timeout_s
+        starved = self._starved()
+        stuck = self.hb.in_flight > 0 and age - starved > self.stall_timeout_s
         if stuck and not self.stalled:
             self.stalled = True
             self.stalls += 1
-            log.error("l0: decode loop stalled: %d request(s) in flight, no step for %.1f s (timeout %.1f s); "
-                      "thread stacks follow\n%s", self.hb.in_flight, age, self.stall_timeout_s, thread_stacks())
+            log.error("l0: decode loop stalled: %d request(s) in flight, no step for %.1f s (%.1f s of it waiting "
+                      "for a CPU; timeout %.1f s); thread stacks follow\n%s", self.hb.in_flight, age, starved,
+                      self.stall_timeout_s, thread_stacks())
             for fn in self.on_stall:
                 try:
                     fn(age)
