@@ -31,6 +31,8 @@ def test_a_short_soak_keeps_the_store_bounded_the_lag_recovering_and_the_temp_di
     locks = [f for f in doc["faults"] if f["kind"] == "store_lock"]
     assert locks and all(f["lag_peak"] > f["lag_before"] and f["lag_recovered_s"] is not None for f in locks)
     assert writer["dropped_total"] == 0 and writer["lag_end"] == 0
-    assert v["store_bounded"], doc["store"]
+    st = doc["store"]
+    assert v["store_bounded"], (f"rows span {st['rows_span_s_max']} s of writes (bound {st['rows_span_s_bound']}), "
+                                f"WAL {st['wal_bytes_max']} B (cap {st['wal_bytes_cap']})", st)
     assert v["fds_flat"], doc["processes"]
     assert doc["temp_dir_leftovers"] == []     # the status directory and vLLM's temp files went with the server
