@@ -1,6 +1,9 @@
 """``l0.client.race``: race (hedging, winners, losers closed), parallel and
-pipe, over in-process async streams. Sleeps only order events (0.01 s
-against 0.5 s and more); no durations are asserted."""
+pipe, over in-process async streams. Which op answers or finishes first is
+set by events, not sleeps (``Stream(wait=...)``, ``Op(after=...)``): a
+loser waits for the winner to finish, so a starved test process (CI, beside
+a busy neighbour) cannot reorder them. Sleeps only stand for latency; no
+durations are asserted."""
 from __future__ import annotations
 
 import asyncio
@@ -28,12 +31,14 @@ def run(coro, limit: float = 10.0):
 class Stream:
     """An async stream of ``items``: ``first`` s before the first, ``gap`` s
     before each of the others; ``fail`` (an exception) raised after ``fail_after``
-    items. ``close()`` records that it was called."""
+    items; ``wait=(i, other)``: item ``i`` only after ``other`` has ended (run
+    out or been closed). ``close()`` records that it was called."""
 
-    def __init__(self, items, first=0.0, gap=0.0, fail=None, fail_after=0):
+    def __init__(self, items, first=0.0, gap=0.0, fail=None, fail_after=0, wait=None):
         self.items, self.first, self.gap = list(items), first, gap
-        self.fail, self.fail_after = fail, fail_after
+        self.fail, self.fail_after, self.wait = fail, fail_after, wait
         self.pos, self.closed, self.cancelled = 0, False, False
+        self.ended = asyncio.Event()
 
     def __aiter__(self):
         return self
@@ -42,8 +47,11 @@ class Stream:
         if self.fail is not None and self.pos == self.fail_after:
             raise self.fail
         if self.pos >= len(self.items):
+            self.ended.set()
             raise StopAsyncIteration
         try:
+            if self.wait is not None and self.wait[0] == self.pos:
+                await self.wait[1].ended.wait()
             await asyncio.sleep(self.first if self.pos == 0 else self.gap)
         except asyncio.CancelledError:
             self.cancelled = True
@@ -54,20 +62,26 @@ class Stream:
 
     async def close(self):
         self.closed = True
+        self.ended.set()
 
 
 class Op:
     """A zero-argument async op returning ``result`` (a Stream or a value)
-    after ``delay`` s, or raising ``exc``; counts its calls."""
+    after ``delay`` s, or raising ``exc``; with ``after`` (another Op) only
+    once that one has returned. Counts its calls."""
 
-    def __init__(self, result=None, delay=0.0, exc=None):
-        self.result, self.delay, self.exc, self.calls = result, delay, exc, 0
+    def __init__(self, result=None, delay=0.0, exc=None, after=None):
+        self.result, self.delay, self.exc, self.after, self.calls = result, delay, exc, after, 0
+        self.returned = asyncio.Event()
 
     async def __call__(self):
         self.calls += 1
+        if self.after is not None:
+            await self.after.returned.wait()
         await asyncio.sleep(self.delay)
         if self.exc is not None:
             raise self.exc
+        self.returned.set()
         return self.result
 
 
@@ -78,7 +92,8 @@ def types(events):
 # --------------------------------------------------------------------------- race
 
 def test_race_without_hedge_the_first_token_wins_and_losers_are_closed():
-    s0, s1, s2 = Stream(["slow"], first=0.5), Stream(["fa", "st"], first=0.01), Stream(["mid"], first=0.3)
+    s1 = Stream(["fa", "st"], first=0.01)
+    s0, s2 = Stream(["slow"], first=0.5, wait=(0, s1)), Stream(["mid"], first=0.3, wait=(0, s1))
     events = []
 
     async def go():
@@ -98,8 +113,8 @@ def test_race_without_hedge_the_first_token_wins_and_losers_are_closed():
 
 def test_role_only_chunks_do_not_win_and_iteration_yields_every_chunk_once_in_order():
     # op 0 sends its role chunk at once but its text late; op 1's text comes first.
-    s0 = Stream([ROLE, chat("late")], first=0.0, gap=0.5)
     s1 = Stream([ROLE, chat("a"), chat("b"), chat("", "stop")], first=0.01, gap=0.01)
+    s0 = Stream([ROLE, chat("late")], first=0.0, gap=0.5, wait=(1, s1))
 
     async def go():
         r = await race([Op(s0), Op(s1)])
@@ -128,16 +143,17 @@ def test_race_text_after_partial_iteration_is_the_whole_text():
 
 def test_hedge_second_op_not_started_when_the_first_answers_in_time():
     first, second = Op(Stream(["ok"], first=0.01)), Op(Stream(["never"]))
-    r = run(race([first, second], hedge_s=0.5))
+    r = run(race([first, second], hedge_s=5.0))   # (the answer comes at once; 5 s is the test's margin)
     assert r.index == 0 and r.started == [0] and r.cancelled == []
     assert second.calls == 0
 
 
 def test_hedge_starts_the_next_op_when_the_first_stalls():
     s0 = Stream(["stalled"], first=30)
-    second, third = Op(Stream(["quick"], first=0.01)), Op(Stream(["never"]))
+    second, third = Op(Stream(["quick"])), Op(Stream(["never"]))
     events = []
-    r = run(race([Op(s0), second, third], hedge_s=0.05, on_event=events.append))
+    # op 1 answers at once; op 2 would start if op 1 took longer than hedge_s
+    r = run(race([Op(s0), second, third], hedge_s=1.0, on_event=events.append))
     assert r.index == 1 and r.started == [0, 1] and r.cancelled == [0]
     assert s0.closed and third.calls == 0
     assert [(e.index, e.reason) for e in events if e.type == "race_start"] == [(0, "initial"), (1, "hedge")]
@@ -157,14 +173,14 @@ def test_hedge_a_failure_starts_the_next_op_at_once():
 
 def test_a_stream_failing_before_content_is_closed_and_the_race_goes_on():
     bad = Stream(["x"], fail=TimeoutError("stall"))
-    r = run(race([Op(bad), Op(Stream(["y"], first=0.05))]))
+    r = run(race([Op(bad), Op(Stream(["y"], first=0.05))]))   # (y can only win: x fails at once)
     assert r.index == 1 and isinstance(r.errors[0], TimeoutError) and bad.closed and r.cancelled == []
 
 
 def test_win_complete_with_accept():
     s0 = Stream(["b", "ad"], first=0.01, gap=0.01)          # finishes first, rejected
-    s1 = Stream(["go", "od"], first=0.05, gap=0.05)
-    s2 = Stream(["late"], first=1.0)
+    s1 = Stream(["go", "od"], first=0.05, gap=0.05, wait=(0, s0))
+    s2 = Stream(["late"], first=1.0, wait=(0, s1))
     seen = []
 
     def accept(text):
@@ -182,8 +198,8 @@ def test_win_complete_with_accept():
 
 
 def test_win_complete_is_the_first_to_finish_not_the_first_token():
-    s0 = Stream(["a", "b", "c"], first=0.01, gap=0.3)
     s1 = Stream(["x", "y"], first=0.05, gap=0.01)
+    s0 = Stream(["a", "b", "c"], first=0.01, gap=0.3, wait=(1, s1))   # its first token first, then slow
     r = run(race([Op(s0), Op(s1)], win="complete"))
     assert r.index == 1 and r.cancelled == [0] and s0.closed
 
@@ -201,7 +217,8 @@ def test_all_fail_raises_race_failed_with_every_error():
 
 def test_value_ops():
     async def go():
-        r = await race([Op("slow", delay=0.5), Op("fast", delay=0.01), Op("rejected", delay=0.0)],
+        fast = Op("fast", delay=0.01)
+        r = await race([Op("slow", delay=0.5, after=fast), fast, Op("rejected", delay=0.0)],
                        accept=lambda v: v != "rejected")
         with pytest.raises(TypeError):
             async for _ in r:
@@ -216,13 +233,20 @@ def test_value_ops():
 
 
 def test_plain_callables_and_async_generators_are_ops():
+    done = asyncio.Event()
+
     async def gen():
         await asyncio.sleep(0.01)
         yield "g"
         yield "en"
+        done.set()
+
+    async def late():
+        await done.wait()   # after the generator's end: never, it is cancelled first
+        return "late"
 
     async def go():
-        r = await race([lambda: gen(), lambda: asyncio.sleep(0.5, result="late")])
+        r = await race([lambda: gen(), late])
         return r, await r.text()
 
     r, text = run(go())

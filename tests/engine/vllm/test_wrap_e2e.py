@@ -585,16 +585,18 @@ def test_a_tool_call_stream_cut_after_its_pieces_were_delivered_is_regenerated(f
     weather = [{"role": "user", "content": "What is the weather in Paris? Use the tool."}]
     ref = wrapped_run(fleet, fleet["r1"].url, request=request, messages=weather, max_tokens=96)
     want = _tool_calls(ref)
-    first = next(i for i, c in enumerate(ref.chunks) if c.choices and c.choices[0].delta.tool_calls)
-    assert first + 3 < len(ref.chunks) - 1 and len(want[0][2]) > 4
-    proxies["r1"].inject(Cut(after_events=first + 3))
+    assert "Paris" in want[0][2] and not want[0][2].startswith("Paris")
+    # before the piece that names the city, the call's first pieces delivered (found by
+    # content: a lagging server puts several tokens in one event, so event counts move)
+    proxies["r1"].inject(Cut(before=rb"Paris"))
     calls = []
     run = wrapped_run(fleet, proxies["r1"].url, request=request, messages=weather, max_tokens=96,
                       on_tool_call=calls.append)
     assert [e.mode for e in run.of("attempt_start")] == ["fresh", "regenerate"]
     got = _tool_calls(run)
     assert [(n, a) for _, n, a in got] == [(n, a) for _, n, a in want] and run.ids == ref.ids
-    assert got[0][0] == run.chunks[first].choices[0].delta.tool_calls[0].id   # one call, its first id
+    first = next(c for c in run.chunks if c.choices and c.choices[0].delta.tool_calls)
+    assert got[0][0] == first.choices[0].delta.tool_calls[0].id   # one call, its first id
     assert [(c.name, c.arguments, c.id) for c in calls] == [(want[0][1], want[0][2], got[0][0])]
     assert run.of("tool_call") == calls and run.types()[-2:] == ["tool_call", "complete"]
 
@@ -834,6 +836,16 @@ def anthropic_events(url, model, wrapped=True, hook=None, **options):
     return events, text, session
 
 
+def _firsts(events):
+    """The events with each run of consecutive events of one type cut to its first."""
+    return [e for i, e in enumerate(events) if i == 0 or e.type != events[i - 1].type]
+
+
+def _runs(events):
+    """The event types, each run of one type once."""
+    return [e.type for e in _firsts(events)]
+
+
 @pytest.fixture(scope="module")
 def anthropic_reference(fleet):
     events, text, _ = anthropic_events(fleet["r2"].url, fleet["model"], wrapped=False)
@@ -846,8 +858,10 @@ def test_an_anthropic_stream_is_the_sdks_own_stream(fleet, anthropic_reference, 
 
     want, text = anthropic_reference
     events, got, session = anthropic_events(proxies["r1"].url, fleet["model"])
-    assert got == text and [e.type for e in events] == [e.type for e in want]
-    assert all(isinstance(e, type(w)) for e, w in zip(events, want))
+    # the same events, but for how many text deltas carry the text: a lagging server
+    # puts several tokens in one (seen in CI), so the count is the server's, not the stream's
+    assert got == text and _runs(events) == _runs(want)
+    assert all(isinstance(e, type(w)) for e, w in zip(_firsts(events), _firsts(want)))
     assert isinstance(events[0], at.RawMessageStartEvent)
     types = [e.type for e in session.events]
     assert types == ["session_start", "attempt_start", "first_token", "complete"]
