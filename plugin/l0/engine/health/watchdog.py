@@ -143,6 +143,7 @@ class Watchdog:
         self.starved_s = 0.0   # of the time since the last beat, what the stepping thread waited for a CPU
         self._mark: float | None = None     # hb.last when starved_s began
         self._wait_at: float | None = None  # the thread's CPU wait at the last check
+        self._excused: float | None = None  # the gap (its _mark) already logged as starved, not stalled
         self.floor_s, self.factor, self.fixed = floor_s, factor, fixed_timeout_s
         self.check_every_s = check_every_s
         self.on_stall = list(on_stall or [])
@@ -179,6 +180,10 @@ class Watchdog:
         age = self.heartbeat_age_s()
         starved = self._starved()
         stuck = self.hb.in_flight > 0 and age - starved > self.stall_timeout_s
+        if not stuck and self.hb.in_flight > 0 and age > self.stall_timeout_s and self._excused != self._mark:
+            self._excused = self._mark   # once per gap: the operator learns the host starves its engine
+            log.warning("l0: a starved step, not a stall: no step for %.1f s, %.1f s of it waiting for a CPU "
+                        "(timeout %.1f s): the host's cores are oversubscribed", age, starved, self.stall_timeout_s)
         if stuck and not self.stalled:
             self.stalled = True
             self.stalls += 1
