@@ -19,6 +19,7 @@ timeout as before; one that only shares its cores with a busier neighbour
 (seen in CI: a 38 s step on a 2-core machine beside a 27-request batch) is
 not, so its replica is not drained and its streams are not cut. Where the
 file cannot be read, every second counts.
+
 The clock is injectable, and :meth:`Watchdog.check` can be driven by hand, so
 tests never sleep.
 """
