@@ -7,6 +7,7 @@ import stat
 import subprocess
 import sys
 import time
+from contextlib import closing
 
 import pytest
 
@@ -81,7 +82,7 @@ def test_sqlite_purges_expired_rows_by_time_when_writes_are_rare(tmp_path):
     s.put_many([rec("old")])
     time.sleep(4.2)                        # past the TTL (and purge_s)
     s.put_many([rec("new")])
-    with sqlite3.connect(tmp_path / "p.db") as db:
+    with closing(sqlite3.connect(tmp_path / "p.db")) as db:
         assert db.execute("SELECT key FROM l0_checkpoints").fetchall() == [("new",)]
     assert s.get("new") is not None
     assert SqliteStore(tmp_path / "q.db", ttl_s=24 * 3600).purge_s == 300.0
