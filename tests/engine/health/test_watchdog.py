@@ -105,9 +105,10 @@ def test_between_steps_is_not_in_flight_and_keeps_the_step_statistics():
 
 def test_a_starved_step_is_not_a_stall_a_hung_one_is(caplog):
     """The time the stepping thread waited for a CPU is not counted: a step
-    starved by a busier neighbour is not declared (a warning says so, once);
-    the same gap with the thread waiting for nothing is. The wait is summed
-    between checks and starts over at each beat."""
+    starved by a busier neighbour is not declared (a warning says so, once,
+    when the step comes back); the same gap with the thread waiting for
+    nothing is, and a gap declared a stall gets no such warning. The wait is
+    summed between checks and starts over at each beat."""
     caplog.set_level(logging.WARNING, logger="l0.watchdog")
     clock, wait = Clock(), {"s": 0.0}
     hb = Heartbeat(clock)
@@ -120,11 +121,19 @@ def test_a_starved_step_is_not_a_stall_a_hung_one_is(caplog):
         wait["s"] += 0.9
         assert not wd.check()
     assert wd.starved_s == pytest.approx(9.0) and wd.heartbeat_age_s() == 10.0
+    assert "a starved step" not in caplog.text           # not yet: the step has not come back
+    hb.beat(1)                                           # it does: one warning, with the gap's figures
+    assert not wd.check() and wd.starved_s == 0.0
     assert caplog.text.count("a starved step, not a stall") == 1 and "stalled" not in caplog.text
-    clock.t += 1.5                                       # then 1.5 s more, given the CPU: 2.5 s its own
+    assert "a step took over 10.0 s, 9.0 s of it waiting for a CPU (timeout 2.0 s)" in caplog.text
+    clock.t += 2.1                                       # past the timeout, 0.2 s of it waiting: excused, for now
+    wait["s"] += 0.2
+    assert not wd.check()
+    clock.t += 1.0                                       # then 1 s more, given the CPU: 2.9 s its own
     assert wd.check() and wd.stalls == 1
     hb.beat(1)                                           # a step: the count starts over
     assert not wd.check() and wd.starved_s == 0.0
+    assert caplog.text.count("a starved step, not a stall") == 1   # the declared gap was no starved step
     clock.t += 2.5                                       # hung: no wait for a CPU at all
     assert wd.check() and wd.stalls == 2
 
