@@ -144,9 +144,9 @@ class Watchdog:
         self.starved_s = 0.0   # of the time since the last beat, what the stepping thread waited for a CPU
         self._mark: float | None = None     # hb.last when starved_s began
         self._wait_at: float | None = None  # the thread's CPU wait at the last check
-        # (mark, age, starved, timeout) of a gap the wait has excused so far:
+        # (age, starved, timeout) of the current gap while the wait excuses it:
         # logged when its step comes back, never if it is declared a stall first
-        self._excused: tuple[float, float, float, float] | None = None
+        self._excused: tuple[float, float, float] | None = None
         self.floor_s, self.factor, self.fixed = floor_s, factor, fixed_timeout_s
         self.check_every_s = check_every_s
         self.on_stall = list(on_stall or [])
@@ -172,11 +172,11 @@ class Watchdog:
         tid = self.hb.tid
         wait = None if tid is None else self.cpu_wait(tid)
         if self.hb.last != self._mark:   # a beat since the last check: a new gap begins
-            if self._excused is not None and self._excused[0] == self._mark:
+            if self._excused is not None:
                 # Logged at the gap's end, once: a warning as it crossed the timeout
                 # read "oversubscribed" beside a hang that a few ms of wait had
                 # excused for one check (a CI health test's freeze: "0.0 s of it").
-                _, age, starved, timeout = self._excused
+                age, starved, timeout = self._excused
                 log.warning("l0: a starved step, not a stall: a step took over %.1f s, %.1f s of it waiting for a "
                             "CPU (timeout %.1f s): the host's cores are oversubscribed", age, starved, timeout)
             self._excused = None
@@ -194,7 +194,7 @@ class Watchdog:
         if stuck:
             self._excused = None
         elif self.hb.in_flight > 0 and age > self.stall_timeout_s:
-            self._excused = (self._mark, age, starved, self.stall_timeout_s)
+            self._excused = (age, starved, self.stall_timeout_s)
         if stuck and not self.stalled:
             self.stalled = True
             self.stalls += 1
